@@ -1,0 +1,103 @@
+"""Pure checks of a Create request against the machine and the overlays that exist.
+
+Each returns the decided value or raises an error whose message says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from overlayd.config import DaemonConfig
+from overlayd.errors import InvalidSpec, LimitExceeded, MountFailed
+from overlayd.fstype import REFUSAL
+from overlayd.host.mountinfo import MountInfo
+from overlayd.layout import SOURCE_PREFIX, is_within
+from overlayd.model import Overlay, OverlaySpec, format_size
+
+# ext2 and ext3 are served by the ext4 driver on most kernels (CONFIG_EXT4_USE_FOR_EXT2).
+_DRIVER_FALLBACK = {"ext2": "ext4", "ext3": "ext4"}
+
+# Options overlayd pins on every overlay; mountinfo omits those equal to the kernel default.
+PINNED = (("redirect_dir", "off"), ("index", "off"), ("metacopy", "off"), ("xino", "off"))
+
+
+def choose_size(spec: OverlaySpec, cfg: DaemonConfig, memory: int) -> int:
+    limit = min(cfg.max_size or memory, memory)
+    if spec.size is None:
+        return min(cfg.default_size, limit)
+    if spec.size > memory:
+        raise LimitExceeded(
+            f"A size of {format_size(spec.size)} for the writes is more than this machine's "
+            f"memory ({format_size(memory)}); ask for less."
+        )
+    if spec.size > limit:
+        raise LimitExceeded(
+            f"A size of {format_size(spec.size)} is above the configured limit of "
+            f"{format_size(limit)} (max_size in overlayd.conf)."
+        )
+    return spec.size
+
+
+def choose_fstype(shown: str, requested: str | None, detected: str | None,
+                  kernel: frozenset[str]) -> tuple[str, str]:
+    """(the file system the image holds, the driver to mount it with)."""
+    if detected in REFUSAL:
+        raise InvalidSpec(f"The image '{shown}' {REFUSAL[detected]}.", "image")
+    if detected is None and requested is None:
+        raise InvalidSpec(
+            f"The image '{shown}' holds no file system overlayd recognizes (ext2/3/4, squashfs, "
+            "erofs, iso9660, xfs, btrfs); if it does hold one, name it with 'fstype'.", "image")
+    if requested is not None and detected is not None and requested != detected \
+            and _DRIVER_FALLBACK.get(detected) != requested:
+        raise InvalidSpec(f"The image '{shown}' holds {detected}, not {requested}.", "fstype")
+    fstype = detected or requested or ""
+    driver = fstype
+    if driver not in kernel:
+        driver = _DRIVER_FALLBACK.get(fstype, fstype)
+    if driver not in kernel:
+        raise InvalidSpec(f"The image '{shown}' holds {fstype}, which this kernel cannot mount "
+                          "(it is not in /proc/filesystems).", "image")
+    return fstype, driver
+
+
+def check_mountpoint(path: str, kind: str, *, is_default: bool, cfg: DaemonConfig,
+                     mounts: Iterable[MountInfo], overlays: Iterable[Overlay]) -> None:
+    """PATH is the resolved mount point; KIND is 'missing', 'directory' or 'other'."""
+    mounts = list(mounts)
+    if not is_default:
+        if kind == "missing":
+            raise InvalidSpec(f"The mount point '{path}' does not exist; create the directory "
+                              "first.", "mountpoint")
+        if kind != "directory":
+            raise InvalidSpec(f"The mount point '{path}' is not a directory.", "mountpoint")
+        if is_within(path, cfg.runtime_dir) and not is_within(path, cfg.mount_root_dir):
+            raise InvalidSpec(f"The mount point '{path}' is inside overlayd's runtime directory "
+                              f"'{cfg.runtime_dir}'.", "mountpoint")
+    for o in overlays:
+        if is_within(path, o.mountpoint):
+            raise InvalidSpec(f"The mount point '{path}' is inside overlay '{o.name}' (mounted "
+                              f"at '{o.mountpoint}'); overlays cannot be nested.", "mountpoint")
+        if is_within(o.mountpoint, path):
+            raise InvalidSpec(f"The mount point '{path}' would hide overlay '{o.name}' mounted "
+                              f"below it at '{o.mountpoint}'.", "mountpoint")
+    for m in mounts:
+        if m.target == path:
+            raise InvalidSpec(f"'{path}' is already a mount point ({m.fstype} from {m.source}); "
+                              "overlayd does not mount over other mounts.", "mountpoint")
+        if m.source.startswith(SOURCE_PREFIX) and m.fstype == "overlay" \
+                and is_within(path, m.target):
+            raise InvalidSpec(f"The mount point '{path}' is inside the overlay mounted at "
+                              f"'{m.target}'; overlays cannot be nested.", "mountpoint")
+
+
+def check_overlay_options(mounts: Iterable[MountInfo], target: str, source: str) -> None:
+    """Read the new overlay back from mountinfo: ours, and every pinned option off."""
+    found = [m for m in mounts if m.target == target]
+    if not found or found[-1].fstype != "overlay" or found[-1].source != source:
+        raise MountFailed(f"The overlay did not appear at '{target}' after mounting it.")
+    m = found[-1]
+    for key, want in PINNED:
+        got = m.super_option(key)
+        if got is not None and got != want:  # absent: the kernel's default, which we overrode
+            raise MountFailed(f"The kernel mounted the overlay at '{target}' with {key}={got}; "
+                              f"overlayd needs {key}={want}.")

@@ -1,0 +1,66 @@
+"""The daemon's configuration: what the admin owns, never the caller.
+
+Read from ``/etc/overlayd/overlayd.conf`` and its drop-ins
+``/etc/overlayd/overlayd.conf.d/*.conf`` (TOML, later files win, key by key).
+Every field has a default, so no file is needed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from overlayd.errors import InvalidSpec
+from overlayd.model import parse_size
+
+DEFAULT_CONFIG = Path("/etc/overlayd/overlayd.conf")
+
+
+class DaemonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtime_dir: Path = Field(
+        default=Path("/run/overlayd"),
+        description="State records and per-overlay layers; never /tmp (cleaners delete uppers).",
+    )
+    mount_root: Path | None = Field(
+        default=None, description="Where default mount points go; RUNTIME_DIR/mnt if unset."
+    )
+    default_size: int = Field(default=1 << 30, description="tmpfs size when a spec gives none.")
+    max_size: int = Field(
+        default=0, description="Largest tmpfs size a caller may ask for; 0 means physical memory."
+    )
+    max_overlays: int = Field(default=1024, ge=1)
+
+    @field_validator("default_size", "max_size", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
+
+    @property
+    def mount_root_dir(self) -> Path:
+        return self.mount_root if self.mount_root is not None else self.runtime_dir / "mnt"
+
+
+def load_config(path: Path = DEFAULT_CONFIG, **overrides: Any) -> DaemonConfig:
+    """Merge PATH and PATH.d/*.conf (sorted), then OVERRIDES; a missing file is fine."""
+    data: dict[str, Any] = {}
+    files = [path, *sorted(Path(str(path) + ".d").glob("*.conf"))]
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                data.update(tomllib.load(fh))
+        except FileNotFoundError:
+            continue
+        except (tomllib.TOMLDecodeError, OSError) as e:
+            raise InvalidSpec(f"Cannot read the configuration file '{f}': {e}.") from None
+    data.update(overrides)
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise InvalidSpec(f"Invalid setting '{key}' in the configuration: {first['msg']}.") from None

@@ -1,0 +1,1 @@
+"""The host layer: the only code that talks to the kernel (syscalls, ioctls, /proc)."""

@@ -1,0 +1,334 @@
+"""LinuxHost: the Host protocol on the real kernel, through syscalls only.
+
+Every OSError is turned into an overlayd error here, in ``_mount_errors`` and the
+image checks, so nothing above this layer sees an errno.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterator
+
+from overlayd.errors import (
+    CommitFailed,
+    InvalidSpec,
+    MountFailed,
+    NoSpace,
+    OverlayBusy,
+    describe_holders,
+)
+from overlayd.fstype import PROBE_BYTES, detect_fstype
+from overlayd.host import loop as loopdev
+from overlayd.host import mountinfo
+from overlayd.host.base import Applied, ImageInfo, Progress
+from overlayd.host.holders import find_holders
+from overlayd.host.merge import ApplyError, apply_upper
+from overlayd.host.ovlformat import user_xattrs
+from overlayd.host.syscalls import (
+    MNT_DETACH,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NODIRATIME,
+    MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    MOUNT_ATTR_STRICTATIME,
+    FsContext,
+    syncfs,
+    umount2,
+)
+from overlayd.host.syscalls import MOUNT_ATTR_NOATIME as _NOATIME
+from overlayd.host.upperdiff import diff_upper
+from overlayd.model import LowerKind, UpperUsage
+
+BLKGETSIZE64 = 0x80081272
+
+_ATTRS = {
+    "ro": MOUNT_ATTR_RDONLY, "nosuid": MOUNT_ATTR_NOSUID, "nodev": MOUNT_ATTR_NODEV,
+    "noexec": MOUNT_ATTR_NOEXEC, "noatime": _NOATIME, "strictatime": MOUNT_ATTR_STRICTATIME,
+    "nodiratime": MOUNT_ATTR_NODIRATIME, "relatime": 0, "rw": 0,
+}
+
+# Pinned so that an upper is plain data we can merge and nothing refers to lower inodes.
+OVERLAY_PINNED = (("redirect_dir", "off"), ("index", "off"), ("metacopy", "off"), ("xino", "off"))
+
+
+def mount_attrs(options: tuple[str, ...]) -> int:
+    flags = 0
+    for o in options:
+        flags |= _ATTRS[o]
+    return flags
+
+
+@contextlib.contextmanager
+def _mount_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        detail = e.strerror or os.strerror(e.errno or 0)
+        if e.errno == errno.EBUSY:
+            raise OverlayBusy(f"Cannot {what}: it is busy ({detail}).") from None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"Cannot {what}: no space left ({detail}).") from None
+        if e.errno == errno.ENODEV:
+            raise MountFailed(f"Cannot {what}: the kernel does not support this file system.",
+                              e.errno) from None
+        raise MountFailed(f"Cannot {what}: {detail}.", e.errno) from None
+
+
+class LinuxHost:
+    def memory_total(self) -> int:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+        raise MountFailed("Cannot read the size of memory from /proc/meminfo.")
+
+    def kernel_filesystems(self) -> frozenset[str]:
+        with open("/proc/filesystems") as f:
+            return frozenset(line.split()[-1] for line in f if line.strip())
+
+    # -- images ---------------------------------------------------------------------------
+
+    def open_image(self, path: str | None, fd: int | None) -> ImageInfo:
+        shown = path if path is not None else f"fd {fd}"
+        try:
+            st = os.fstat(fd) if fd is not None else os.stat(path or "")
+        except FileNotFoundError:
+            raise InvalidSpec(f"The image '{shown}' does not exist.", "image") from None
+        except NotADirectoryError:
+            raise InvalidSpec(f"The image '{shown}' does not exist (a parent is not a directory).",
+                              "image") from None
+        except OSError as e:
+            if fd is not None and e.errno == errno.EBADF:
+                raise InvalidSpec(f"The image {shown} is not an open file descriptor.",
+                                  "image_fd") from None
+            raise InvalidSpec(f"Cannot look at the image '{shown}': {e.strerror}.", "image") from None
+        field = "image_fd" if fd is not None else "image"
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            if fd is not None:
+                raise InvalidSpec(f"The image {shown} is a directory; pass a directory by path.",
+                                  field)
+            return ImageInfo(os.path.realpath(path or ""), LowerKind.DIRECTORY, st.st_dev,
+                             st.st_ino, 0, None, -1)
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            kind = {stat.S_IFSOCK: "socket", stat.S_IFIFO: "pipe or fifo",
+                    stat.S_IFCHR: "character device"}.get(stat.S_IFMT(mode), "special file")
+            raise InvalidSpec(f"The image '{shown}' is a {kind}, not an image file, block device "
+                              "or directory.", field)
+        source = f"/proc/self/fd/{fd}" if fd is not None else (path or "")
+        try:
+            # Our own read-only open file description, even if the caller's fd is read-write:
+            # the loop device inherits read-only from it.
+            ofd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as e:
+            raise InvalidSpec(f"The image '{shown}' cannot be read: {e.strerror}.", field) from None
+        try:
+            real = os.readlink(f"/proc/self/fd/{ofd}")
+            return self._probe(ofd, real, st, shown, field)
+        except BaseException:
+            os.close(ofd)
+            raise
+
+    def _probe(self, ofd: int, real: str, st: os.stat_result, shown: str, field: str) -> ImageInfo:
+        kind = LowerKind.BLOCK if stat.S_ISBLK(st.st_mode) else LowerKind.FILE
+        size = st.st_size
+        if kind is LowerKind.BLOCK:
+            size = struct.unpack("Q", fcntl.ioctl(ofd, BLKGETSIZE64, b"\0" * 8))[0]
+        if size == 0:
+            raise InvalidSpec(f"The image '{shown}' is empty (0 bytes); it holds no file system.",
+                              field)
+        try:
+            head = os.pread(ofd, PROBE_BYTES, 0)
+        except OSError as e:
+            raise InvalidSpec(f"The image '{shown}' cannot be read: {e.strerror}.", field) from None
+        return ImageInfo(real, kind, st.st_dev, st.st_ino, size, detect_fstype(head), ofd)
+
+    def reopen_image(self, image: str, dev: int, ino: int, *, writable: bool) -> ImageInfo:
+        """Open the recorded image again, checking it is still the same inode."""
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(image, flags)
+        except OSError as e:
+            raise CommitFailed(f"Cannot open the image '{image}' "
+                               f"{'for writing' if writable else ''}: {e.strerror}.") from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            os.close(fd)
+            raise CommitFailed(f"The image '{image}' was replaced by another file since the "
+                               "overlay was created; refusing to write to it.")
+        kind = LowerKind.BLOCK if stat.S_ISBLK(st.st_mode) else LowerKind.FILE
+        return ImageInfo(image, kind, dev, ino, st.st_size, None, fd)
+
+    def close_image(self, info: ImageInfo) -> None:
+        if info.fd >= 0:
+            os.close(info.fd)
+            info.fd = -1
+
+    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str) -> loopdev.LoopDevice:
+        with _mount_errors(f"attach '{info.path}' to a loop device"):
+            return loopdev.attach(info.fd, read_only=read_only, name=name)
+
+    def loop_backing(self, device: str) -> str | None:
+        return loopdev.backing_file(device)
+
+    # -- mounts ---------------------------------------------------------------------------
+
+    def mount_fs(self, source: str, target: str, fstype: str, *, read_only: bool) -> None:
+        mode = "read-only" if read_only else "read-write"
+        with _mount_errors(f"mount {source} ({fstype}) {mode} at '{target}'"), \
+                FsContext(fstype) as fc:
+            fc.set_string("source", source)
+            if read_only:
+                fc.set_flag("ro")
+            fc.create()
+            fc.mount_at(target, MOUNT_ATTR_RDONLY if read_only else 0)
+
+    def mount_tmpfs(self, source: str, target: str, size: int) -> None:
+        with _mount_errors(f"mount a tmpfs of {size} bytes at '{target}'"), \
+                FsContext("tmpfs") as fc:
+            fc.set_string("source", source)
+            fc.set_string("size", str(size))
+            fc.set_string("mode", "0700")
+            fc.create()
+            fc.mount_at(target, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
+
+    def mount_overlay(self, source: str, target: str, *, lower: str, upper: str, work: str,
+                      options: tuple[str, ...]) -> None:
+        with _mount_errors(f"mount the overlay at '{target}'"), FsContext("overlay") as fc:
+            fc.set_string("source", source)
+            fc.set_string("lowerdir+", lower)  # no escaping of ':' or ',' needed
+            fc.set_string("upperdir", upper)
+            fc.set_string("workdir", work)
+            for key, value in OVERLAY_PINNED:
+                fc.set_string(key, value)
+            fc.create()
+            fc.mount_at(target, mount_attrs(options))
+
+    def mounts(self) -> list[mountinfo.MountInfo]:
+        return mountinfo.read_mounts()
+
+    def unmount(self, target: str, owned: Callable[[mountinfo.MountInfo], bool], *,
+                lazy: bool = False) -> bool:
+        """Unmount the top mount at TARGET if OWNED says it is ours; False if none is there."""
+        top = [m for m in self.mounts() if m.target == target]
+        if not top:
+            return False
+        if not owned(top[-1]):
+            raise MountFailed(f"Refusing to unmount '{target}': what is mounted there "
+                              f"({top[-1].source}, {top[-1].fstype}) was not mounted by overlayd.")
+        try:
+            umount2(target, MNT_DETACH if lazy else 0)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                holders = self.holders(target)
+                raise OverlayBusy(f"'{target}' is busy: in use by {describe_holders(holders)}.",
+                                  holders) from None
+            if e.errno == errno.EINVAL:  # not a mount point (any more)
+                return False
+            raise MountFailed(f"Cannot unmount '{target}': {e.strerror}.", e.errno) from None
+        return True
+
+    def holders(self, target: str) -> list[tuple[int, str]]:
+        ids = {m.mount_id for m in self.mounts() if m.target == target
+               or m.target.startswith(target.rstrip("/") + "/")}
+        return find_holders(target, ids)
+
+    # -- directories ----------------------------------------------------------------------
+
+    def path_kind(self, path: str) -> str:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "missing"
+        except OSError:
+            return "other"
+        return "directory" if stat.S_ISDIR(st.st_mode) else "other"
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def read_file(self, path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write_file(self, path: str, text: str) -> None:
+        tmp = f"{path}.tmp"
+        with _mount_errors(f"write '{path}'"):
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+
+    def make_dir(self, path: str, mode: int = 0o755) -> None:
+        with _mount_errors(f"create the directory '{path}'"):
+            os.mkdir(path, mode)
+
+    def remove_dir(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError), _mount_errors(f"remove '{path}'"):
+            os.rmdir(path)
+
+    def remove_file(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError), _mount_errors(f"remove '{path}'"):
+            os.unlink(path)
+
+    def prepare_upper(self, lower_root: str, upper: str, work: str) -> None:
+        """Make upper/ and work/; the upper root takes the lower root's owner, mode, xattrs
+        and times, because the merged root shows the upper root's attributes."""
+        with _mount_errors(f"prepare '{upper}'"):
+            os.mkdir(work, 0o700)
+            os.mkdir(upper, 0o755)
+            st = os.stat(lower_root)
+            os.chown(upper, st.st_uid, st.st_gid)
+            for name, value in user_xattrs(lower_root).items():
+                with contextlib.suppress(OSError):
+                    os.setxattr(upper, name, value)
+            os.chmod(upper, stat.S_IMODE(st.st_mode))
+            os.utime(upper, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    # -- commit, diff, usage --------------------------------------------------------------
+
+    def apply_upper(self, upper: str, lower: str, progress: Progress | None) -> Applied:
+        try:
+            r = apply_upper(upper, lower, progress)
+        except ApplyError as e:
+            where = f"while writing '{e.relpath}' ({e.done.entries} entries applied)"
+            if e.cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"The image is full: no space left {where}.") from None
+            raise CommitFailed(f"Cannot apply the changes: {e.cause.strerror} {where}.") from None
+        return Applied(r.entries, r.bytes, r.seconds)
+
+    def diff(self, upper: str, lower: str) -> list[tuple[str, str]]:
+        try:
+            return diff_upper(upper, lower)
+        except OSError as e:
+            raise MountFailed(f"Cannot read the changes: {e.strerror} ({e.filename}).") from None
+
+    def usage(self, path: str) -> UpperUsage:
+        try:
+            v = os.statvfs(path)
+        except OSError as e:
+            raise MountFailed(f"Cannot read the usage of '{path}': {e.strerror}.") from None
+        return UpperUsage(size=v.f_blocks * v.f_frsize, used=(v.f_blocks - v.f_bfree) * v.f_frsize,
+                          inodes_used=v.f_files - v.f_ffree)
+
+    def syncfs(self, path: str) -> None:
+        with _mount_errors(f"flush '{path}' to disk"):
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                syncfs(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,183 @@
+"""OverlayManager: the engine's async face, and the only stateful object.
+
+It keeps the registry of overlays, serializes calls per overlay with a lock, runs the
+blocking procedures of ``ops`` in worker threads (so the event loop stays responsive
+while a commit copies gigabytes), keeps each record's ``state`` current, tells
+listeners about changes, and logs each outcome once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from overlayd import ops
+from overlayd.config import DaemonConfig
+from overlayd.errors import LimitExceeded, NoSuchOverlay, OverlaydError, OverlayExists
+from overlayd.host.base import Host, Progress
+from overlayd.model import CommitStats, DiffEntry, Overlay, OverlaySpec, OverlayState, UpperUsage
+from overlayd.state import dump_record
+
+log = logging.getLogger("overlayd")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Listener = Callable[[str, Overlay | None], None]  # (name, record or None when gone)
+
+
+def _fields(rec: Overlay, **more: Any) -> dict[str, Any]:
+    """Structured journal fields for an event about REC."""
+    return {"OVERLAYD_NAME": rec.name, "OVERLAYD_IMAGE": rec.image,
+            "OVERLAYD_MOUNTPOINT": rec.mountpoint, **more}
+
+
+class OverlayManager:
+    def __init__(self, config: DaemonConfig, host: Host) -> None:
+        self.config = config
+        self.host = host
+        self._overlays: dict[str, Overlay] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._creating: set[str] = set()
+        self._create_lock = asyncio.Lock()  # mount point checks must see each other's result
+        self._listeners: list[Listener] = []
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self, name: str, rec: Overlay | None) -> None:
+        for fn in self._listeners:
+            fn(name, rec)
+
+    async def _blocking(self, fn: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
+        return await asyncio.to_thread(fn, *args, **kw)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _set_state(self, rec: Overlay, state: OverlayState, error: str = "") -> None:
+        rec.state = state
+        rec.error = error
+        self._changed(rec.name, rec)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> ops.Recovery:
+        """Make the runtime directory and adopt or clean what an earlier daemon left."""
+        def prepare() -> ops.Recovery:
+            root = str(self.config.runtime_dir)
+            if self.host.path_kind(root) == "missing":
+                self.host.make_dir(root, 0o755)
+            return ops.recover(self.host, self.config)
+
+        result = await self._blocking(prepare)
+        for rec in result.adopted:
+            self._overlays[rec.name] = rec
+            how = "Repaired" if rec.name in result.repaired else "Adopted"
+            log.info("%s overlay '%s' at '%s'.", how, rec.name, rec.mountpoint,
+                     extra=_fields(rec, OVERLAYD_EVENT="recovered"))
+        for name in result.cleaned:
+            log.info("Removed the leftovers of overlay '%s'.", name,
+                     extra={"OVERLAYD_NAME": name, "OVERLAYD_EVENT": "recovered"})
+        for problem in result.problems:
+            log.warning("Recovery: %s", problem)
+        return result
+
+    # -- reading --------------------------------------------------------------------------
+
+    def list(self) -> list[Overlay]:
+        return [self._overlays[n] for n in sorted(self._overlays)]
+
+    def get(self, name: str) -> Overlay:
+        try:
+            return self._overlays[name]
+        except KeyError:
+            raise NoSuchOverlay(name) from None
+
+    async def usage(self, name: str) -> UpperUsage:
+        rec = self.get(name)
+        return await self._blocking(self.host.usage, rec.tmpfs_dir)
+
+    async def diff(self, name: str) -> list[DiffEntry]:
+        async with self._lock(name):
+            rec = self.get(name)
+            pairs = await self._blocking(self.host.diff, rec.upper_dir, ops.lower_source(rec))
+        return [DiffEntry(path=p, kind=k) for p, k in pairs]
+
+    # -- changing -------------------------------------------------------------------------
+
+    async def create(self, spec: OverlaySpec, *, owner_uid: int = 0) -> Overlay:
+        name = spec.name
+        if name in self._overlays or name in self._creating:
+            raise OverlayExists(name)
+        if len(self._overlays) + len(self._creating) >= self.config.max_overlays:
+            raise LimitExceeded(f"There are already {self.config.max_overlays} overlays, the "
+                                "configured maximum (max_overlays in overlayd.conf).")
+        self._creating.add(name)
+        try:
+            async with self._create_lock:
+                rec = await self._blocking(
+                    ops.create, self.host, self.config, spec, self.list(),
+                    owner_uid=owner_uid, now_usec=time.time_ns() // 1000)
+        except OverlaydError as e:
+            log.info("Failed to create overlay '%s': %s", name, e,
+                     extra={"OVERLAYD_NAME": name, "OVERLAYD_IMAGE": spec.image or "",
+                            "OVERLAYD_EVENT": "failed", "OVERLAYD_UID": owner_uid})
+            raise
+        finally:
+            self._creating.discard(name)
+        self._overlays[name] = rec
+        log.info("Created overlay '%s' of '%s' at '%s'.", name, rec.image, rec.mountpoint,
+                 extra=_fields(rec, OVERLAYD_EVENT="created", OVERLAYD_UID=owner_uid))
+        self._changed(name, rec)
+        return rec
+
+    async def commit(self, name: str, *, progress: Progress | None = None) -> CommitStats:
+        async with self._lock(name):
+            rec = self.get(name)
+            self._set_state(rec, OverlayState.COMMITTING)
+            await self._save(rec)
+            try:
+                applied = await self._blocking(ops.commit, self.host, rec, progress)
+            except OverlaydError as e:
+                up = any(m.target == rec.mountpoint for m in await self._blocking(self.host.mounts))
+                self._set_state(rec, OverlayState.ACTIVE if up else OverlayState.FAILED, str(e))
+                await self._save(rec)
+                log.info("Failed to commit overlay '%s': %s", name, e,
+                         extra=_fields(rec, OVERLAYD_EVENT="failed"))
+                raise
+            self._set_state(rec, OverlayState.ACTIVE)
+            await self._save(rec)
+        stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
+        log.info("Committed overlay '%s' into '%s': %d entries, %d bytes in %.3f s.", name,
+                 rec.image, stats.entries, stats.bytes, stats.seconds,
+                 extra=_fields(rec, OVERLAYD_EVENT="committed", OVERLAYD_ENTRIES=stats.entries,
+                               OVERLAYD_BYTES=stats.bytes, OVERLAYD_SECONDS=f"{stats.seconds:.6f}"))
+        return stats
+
+    async def discard(self, name: str, *, force: bool = False) -> None:
+        async with self._lock(name):
+            rec = self.get(name)
+            previous = rec.state
+            self._set_state(rec, OverlayState.DISCARDING)
+            try:
+                await self._blocking(ops.teardown, self.host, rec, force=force)
+            except OverlaydError as e:
+                self._set_state(rec, previous if previous is not OverlayState.COMMITTING
+                                else OverlayState.ACTIVE)
+                log.info("Failed to discard overlay '%s': %s", name, e,
+                         extra=_fields(rec, OVERLAYD_EVENT="failed"))
+                raise
+            del self._overlays[name]
+            self._locks.pop(name, None)
+        log.info("Discarded overlay '%s'%s.", name, " (forced)" if force else "",
+                 extra=_fields(rec, OVERLAYD_EVENT="discarded"))
+        self._changed(name, None)
+
+    async def _save(self, rec: Overlay) -> None:
+        await self._blocking(self.host.write_file, f"{rec.base_dir}/overlay.json",
+                             dump_record(rec))

@@ -1,0 +1,260 @@
+"""What an overlay is: the caller's spec, the daemon's record, and their states.
+
+Pure pydantic models; no I/O. ``parse_spec`` turns a dict (from the bus, a TOML
+file or the CLI) into an ``OverlaySpec`` or raises ``InvalidSpec`` with a
+sentence that names the field.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from overlayd.errors import InvalidSpec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+NAME_RULE = (
+    "a name is 1 to 64 characters of letters, digits, '_', '.' and '-', "
+    "and does not start with '.' or '-'"
+)
+# Directories of the daemon's own that sit beside the per-overlay directories.
+RESERVED_NAMES = frozenset({"mnt"})
+
+# File systems overlayd mounts as a lower layer (and detects from the superblock).
+SUPPORTED_FSTYPES = ("ext2", "ext3", "ext4", "squashfs", "erofs", "iso9660", "xfs", "btrfs")
+
+# Mount options a caller may ask for on the merged mount (udisks-style allow-list).
+ALLOWED_MOUNT_OPTIONS = (
+    "ro", "rw", "nosuid", "nodev", "noexec", "noatime", "relatime", "strictatime", "nodiratime",
+)
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_U64 = (1 << 64) - 1
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from an int or a human size: '512M', '1G', '1.5G', '4096' (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string such as '512M' or '1G'")
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"'{value}' is not a size; write bytes or a size such as '512M' or '1G'")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_size(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit] and n % (_UNITS[unit] // 1024 or 1) == 0:
+            v = n / _UNITS[unit]
+            return f"{v:.0f}{unit}" if v == int(v) else f"{v:.1f}{unit}"
+    return f"{n}B"
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = repr(name)[:80]
+        raise ValueError(f"{NAME_RULE} (got {shown})")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"'{name}' is reserved for overlayd's own directories; choose another name")
+    return name
+
+
+def _check_abs_path(value: str, what: str) -> str:
+    if "\0" in value:
+        raise ValueError(f"the {what} path contains a NUL character")
+    if not value.startswith("/"):
+        raise ValueError(f"the {what} must be an absolute path (got '{value[:200]}')")
+    if len(value) > 4000:
+        raise ValueError(f"the {what} path is longer than 4000 characters")
+    return value
+
+
+class OverlaySpec(BaseModel):
+    """What a caller asks for. Keys are the field names (snake_case); unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="The overlay's name; " + NAME_RULE + ".")
+    image: str | None = Field(
+        default=None,
+        description="Absolute path of the image file, block device or directory used read-only.",
+    )
+    image_fd: int | None = Field(
+        default=None, description="An fd of the image that the caller opened (instead of image)."
+    )
+    fstype: str | None = Field(
+        default=None, description="File system of the image; detected from its superblock if unset."
+    )
+    mountpoint: str | None = Field(
+        default=None, description="Where the merged view appears; default /run/overlayd/mnt/NAME."
+    )
+    size: int | None = Field(
+        default=None, description="Limit of the RAM (tmpfs) that takes the writes, in bytes."
+    )
+    mount_options: tuple[str, ...] = Field(
+        default=(), description="Options of the merged mount: " + ", ".join(ALLOWED_MOUNT_OPTIONS)
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        return None if v is None else _check_abs_path(v, "image")
+
+    @field_validator("mountpoint")
+    @classmethod
+    def _mountpoint(cls, v: str | None) -> str | None:
+        return None if v is None else _check_abs_path(v, "mount point")
+
+    @field_validator("image_fd")
+    @classmethod
+    def _image_fd(cls, v: int | None) -> int | None:
+        if v is not None and v < 0:
+            raise ValueError("the image fd must be an open file descriptor (got a negative number)")
+        return v
+
+    @field_validator("fstype")
+    @classmethod
+    def _fstype(cls, v: str | None) -> str | None:
+        if v is not None and v not in SUPPORTED_FSTYPES:
+            raise ValueError(
+                f"file system type '{v[:40]}' is not supported; use one of "
+                + ", ".join(SUPPORTED_FSTYPES)
+                + " or leave it out to detect it"
+            )
+        return v
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        n = parse_size(v) if isinstance(v, str | int) and not isinstance(v, bool) else v
+        if isinstance(n, int):
+            if n <= 0:
+                raise ValueError("the size of the RAM for writes must be more than 0 bytes")
+            if n > MAX_U64:
+                raise ValueError("the size does not fit in 64 bits")
+        return n
+
+    @field_validator("mount_options", mode="before")
+    @classmethod
+    def _options(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [o for o in v.split(",") if o]
+        if isinstance(v, list | tuple):
+            bad = [o for o in v if o not in ALLOWED_MOUNT_OPTIONS]
+            if bad:
+                raise ValueError(
+                    f"mount option '{str(bad[0])[:40]}' is not allowed; allowed are "
+                    + ", ".join(ALLOWED_MOUNT_OPTIONS)
+                )
+            if "ro" in v and "rw" in v:
+                raise ValueError("mount options 'ro' and 'rw' contradict each other")
+            return tuple(dict.fromkeys(v))
+        return v
+
+    @model_validator(mode="after")
+    def _one_image(self) -> OverlaySpec:
+        if (self.image is None) == (self.image_fd is None):
+            raise ValueError("give exactly one of 'image' (a path) and 'image_fd' (an open fd)")
+        return self
+
+
+class OverlayState(str, enum.Enum):
+    CREATING = "creating"  # only in a state record, while Create runs
+    ACTIVE = "active"
+    COMMITTING = "committing"
+    DISCARDING = "discarding"
+    FAILED = "failed"
+
+
+class LowerKind(str, enum.Enum):
+    FILE = "file"  # an image file, attached to a loop device
+    BLOCK = "block"  # a block device, mounted directly
+    DIRECTORY = "directory"  # a directory, used as the lower as it is
+
+
+class Overlay(BaseModel):
+    """The daemon's record of one overlay; persisted in /run/overlayd/NAME/overlay.json."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = 1
+    name: str
+    state: OverlayState
+    image: str
+    image_kind: LowerKind
+    image_dev: int = 0
+    image_ino: int = 0
+    fstype: str
+    mountpoint: str
+    mountpoint_created: bool = False
+    size: int
+    mount_options: tuple[str, ...] = ()
+    loop_device: str = ""
+    base_dir: str
+    lower_dir: str
+    tmpfs_dir: str
+    upper_dir: str
+    work_dir: str
+    owner_uid: int = 0
+    created_usec: int = 0
+    error: str = ""
+
+
+class UpperUsage(BaseModel):
+    size: int
+    used: int
+    inodes_used: int
+
+
+class DiffEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    kind: str  # added | modified | deleted | opaque | metadata
+
+
+class CommitStats(BaseModel):
+    entries: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def parse_spec(data: dict[str, Any]) -> OverlaySpec:
+    """An OverlaySpec from a dict, or InvalidSpec naming the field that is wrong."""
+    if not isinstance(data, dict):
+        raise InvalidSpec("The overlay spec must be a dictionary of settings.")
+    try:
+        return OverlaySpec.model_validate(data)
+    except ValidationError as e:
+        raise spec_error(e) from None
+
+
+def spec_error(e: ValidationError) -> InvalidSpec:
+    first = e.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or None
+    kind = first["type"]
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        known = ", ".join(OverlaySpec.model_fields)
+        text = f"Unknown setting '{field}'; the known settings are {known}."
+    elif kind == "missing":
+        text = f"The setting '{field}' is required."
+    elif field is None:
+        text = msg[0].upper() + msg[1:] + "."
+    elif kind in ("string_type", "int_type", "int_parsing", "tuple_type", "list_type"):
+        text = f"The setting '{field}' has the wrong type: {msg.lower()}."
+    else:
+        text = f"Invalid '{field}': {msg}."
+    return InvalidSpec(text, field=field)

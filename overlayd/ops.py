@@ -1,0 +1,360 @@
+"""The engine's procedures: create, commit, teardown and recovery, on any ``Host``.
+
+Synchronous and lock-free: the manager runs each in a worker thread under the
+overlay's lock. Create undoes every completed step in reverse when a later one fails;
+Commit always brings the overlay back mounted, with a fresh upper on success and the
+same upper (the writes still in RAM) on failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from overlayd import checks
+from overlayd.config import DaemonConfig
+from overlayd.errors import (
+    CommitFailed,
+    MountFailed,
+    NoSpace,
+    OverlaydError,
+    OverlayBusy,
+    describe_holders,
+)
+from overlayd.host.base import Applied, Host, ImageInfo, Progress
+from overlayd.host.mountinfo import MountInfo
+from overlayd.layout import Layout, is_within, mount_source
+from overlayd.model import LowerKind, Overlay, OverlaySpec, OverlayState
+from overlayd.rollback import Rollback
+from overlayd.state import dump_record, load_record
+
+log = logging.getLogger(__name__)
+
+
+# -- ownership: what overlayd may unmount --------------------------------------------------
+
+def owns_layer(rec: Overlay) -> Callable[[MountInfo], bool]:
+    """The tmpfs and the overlay carry our source string."""
+    return lambda m: m.source == mount_source(rec.name)
+
+
+def owns_lower(rec: Overlay) -> Callable[[MountInfo], bool]:
+    """The lower mount sits in our private per-overlay directory and comes from the image's
+    loop device (or the image itself, for a block device)."""
+    def check(m: MountInfo) -> bool:
+        if m.target != rec.lower_dir:
+            return False
+        if rec.image_kind is LowerKind.BLOCK:
+            return True
+        return m.source.startswith("/dev/loop")
+    return check
+
+
+def lower_source(rec: Overlay) -> str:
+    return rec.lower_dir if rec.image_kind is not LowerKind.DIRECTORY else rec.image
+
+
+def driver_for(host: Host, fstype: str) -> str:
+    kernel = host.kernel_filesystems()
+    return fstype if fstype in kernel else checks._DRIVER_FALLBACK.get(fstype, fstype)
+
+
+# -- create ---------------------------------------------------------------------------------
+
+def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Overlay], *,
+           owner_uid: int, now_usec: int) -> Overlay:
+    layout = Layout.for_overlay(cfg.runtime_dir, spec.name)
+    size = checks.choose_size(spec, cfg, host.memory_total())
+    is_default = spec.mountpoint is None
+    mountpoint = str(cfg.mount_root_dir / spec.name) if is_default else \
+        host.realpath(spec.mountpoint or "")
+    mounts = host.mounts()
+    checks.check_mountpoint(mountpoint, host.path_kind(mountpoint), is_default=is_default,
+                            cfg=cfg, mounts=mounts, overlays=existing)
+    if host.path_kind(str(layout.base)) != "missing":
+        raise OverlaydError(f"Leftovers of an earlier overlay '{spec.name}' are in "
+                            f"'{layout.base}'; restart overlayd to clean them up.")
+
+    rb = Rollback()
+    info = host.open_image(spec.image, spec.image_fd)
+    rb.push("close the image", host.close_image, info)
+    try:
+        shown = spec.image or info.path
+        if info.kind is LowerKind.DIRECTORY:
+            fstype, driver = "none", ""
+            if spec.fstype is not None:
+                raise checks.InvalidSpec(f"The image '{shown}' is a directory; it has no "
+                                         "'fstype'.", "fstype")
+        else:
+            fstype, driver = checks.choose_fstype(shown, spec.fstype, info.detected_fstype,
+                                                  host.kernel_filesystems())
+        rec = Overlay(
+            name=spec.name, state=OverlayState.CREATING, image=info.path, image_kind=info.kind,
+            image_dev=info.dev, image_ino=info.ino, fstype=fstype, mountpoint=mountpoint,
+            mountpoint_created=is_default, size=size, mount_options=spec.mount_options,
+            base_dir=str(layout.base), lower_dir=str(layout.lower), tmpfs_dir=str(layout.tmpfs),
+            upper_dir=str(layout.upper), work_dir=str(layout.work), owner_uid=owner_uid,
+            created_usec=now_usec,
+        )
+        _make_dir(host, rb, str(layout.base), 0o700)
+        host.write_file(str(layout.record), dump_record(rec))
+        rb.push("remove the state record", host.remove_file, str(layout.record))
+        if info.kind is not LowerKind.DIRECTORY:
+            _make_dir(host, rb, rec.lower_dir, 0o755)
+            _mount_lower(host, rb, rec, info, driver, read_only=True)
+        _make_dir(host, rb, rec.tmpfs_dir, 0o700)
+        host.mount_tmpfs(mount_source(rec.name), rec.tmpfs_dir, size)
+        rb.push("unmount the tmpfs", host.unmount, rec.tmpfs_dir, owns_layer(rec))
+        host.prepare_upper(lower_source(rec), rec.upper_dir, rec.work_dir)
+        if is_default:
+            if host.path_kind(str(cfg.mount_root_dir)) == "missing":
+                host.make_dir(str(cfg.mount_root_dir), 0o755)  # shared by all; never removed
+            if host.path_kind(mountpoint) == "missing":
+                _make_dir(host, rb, mountpoint, 0o755)
+        _mount_overlay(host, rec)
+        rb.push("unmount the overlay", host.unmount, mountpoint, owns_layer(rec))
+        checks.check_overlay_options(host.mounts(), mountpoint, mount_source(rec.name))
+        rec.state = OverlayState.ACTIVE
+        host.write_file(str(layout.record), dump_record(rec))
+    except BaseException:
+        rb.unwind()
+        raise
+    host.close_image(info)
+    return rec
+
+
+def _make_dir(host: Host, rb: Rollback, path: str, mode: int) -> None:
+    host.make_dir(path, mode)
+    rb.push(f"remove '{path}'", host.remove_dir, path)
+
+
+def _mount_lower(host: Host, rb: Rollback | None, rec: Overlay, info: ImageInfo, driver: str, *,
+                 read_only: bool) -> None:
+    """Mount the image at rec.lower_dir: through a new loop device for a file (read-only
+    or read-write as asked; autoclear detaches it when the mount goes), directly for a
+    block device."""
+    if rec.image_kind is LowerKind.BLOCK:
+        host.mount_fs(info.path, rec.lower_dir, driver, read_only=read_only)
+    else:
+        loop = host.attach_loop(info, read_only=read_only, name=info.path)
+        try:
+            host.mount_fs(loop.path, rec.lower_dir, driver, read_only=read_only)
+        finally:
+            loop.release()  # the mount holds the device now; autoclear frees it after
+        rec.loop_device = loop.path
+    if rb is not None:
+        rb.push("unmount the image", host.unmount, rec.lower_dir, owns_lower(rec))
+
+
+def _mount_overlay(host: Host, rec: Overlay) -> None:
+    host.mount_overlay(mount_source(rec.name), rec.mountpoint, lower=lower_source(rec),
+                       upper=rec.upper_dir, work=rec.work_dir, options=rec.mount_options)
+
+
+# -- commit ---------------------------------------------------------------------------------
+
+@dataclass
+class CommitOutcome:
+    applied: Applied | None = None
+    error: OverlaydError | None = None
+    remount_problems: list[str] = field(default_factory=list)
+
+
+def commit(host: Host, rec: Overlay, progress: Progress | None) -> Applied:
+    """Unmount, apply the upper to the image opened read-write, sync, go back read-only,
+    remount on a fresh upper. On failure the upper is kept and the overlay remounted."""
+    try:
+        host.unmount(rec.mountpoint, owns_layer(rec))
+    except OverlayBusy as e:
+        raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
+                          f"{describe_holders(e.holders)}; close those files and try again.",
+                          e.holders) from None
+    out = CommitOutcome()
+    driver = driver_for(host, rec.fstype)
+    try:
+        target = rec.image
+        if rec.image_kind is not LowerKind.DIRECTORY:
+            host.unmount(rec.lower_dir, owns_lower(rec))
+            info = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True)
+            try:
+                _mount_lower(host, None, rec, info, driver, read_only=False)
+            finally:
+                host.close_image(info)
+            target = rec.lower_dir
+        out.applied = host.apply_upper(rec.upper_dir, target, progress)
+        host.syncfs(target)
+    except OverlaydError as e:
+        out.error = e
+    _restore_after_commit(host, rec, driver, fresh_upper=out.error is None, out=out)
+    if out.error is not None:
+        if out.remount_problems:
+            raise CommitFailed(f"{out.error} The overlay could not be mounted again "
+                               f"({'; '.join(out.remount_problems)}); the writes are still "
+                               f"in RAM under '{rec.upper_dir}'.")
+        text = (f"Commit of overlay '{rec.name}' failed: {out.error} Nothing was lost: the "
+                "writes are still in RAM and the overlay is mounted again; fix the cause and "
+                "commit again.")
+        raise NoSpace(text) if isinstance(out.error, NoSpace) else CommitFailed(text)
+    if out.remount_problems:
+        raise CommitFailed(f"The changes of overlay '{rec.name}' were written to the image, but "
+                           f"the overlay could not be mounted again: "
+                           f"{'; '.join(out.remount_problems)}.")
+    assert out.applied is not None
+    return out.applied
+
+
+def _restore_after_commit(host: Host, rec: Overlay, driver: str, *, fresh_upper: bool,
+                          out: CommitOutcome) -> None:
+    def step(what: str, fn: Callable[[], object]) -> bool:
+        try:
+            fn()
+            return True
+        except OverlaydError as e:
+            out.remount_problems.append(f"{what}: {e}")
+            return False
+
+    if rec.image_kind is not LowerKind.DIRECTORY:
+        if not step("unmount the image", lambda: host.unmount(rec.lower_dir, owns_lower(rec))):
+            return
+        def remount_ro() -> None:
+            info = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=False)
+            try:
+                _mount_lower(host, None, rec, info, driver, read_only=True)
+            finally:
+                host.close_image(info)
+        if not step("mount the image read-only", remount_ro):
+            return
+    if fresh_upper:
+        def renew() -> None:
+            host.unmount(rec.tmpfs_dir, owns_layer(rec))
+            host.mount_tmpfs(mount_source(rec.name), rec.tmpfs_dir, rec.size)
+            host.prepare_upper(lower_source(rec), rec.upper_dir, rec.work_dir)
+        if not step("start a fresh upper", renew):
+            return
+    step("mount the overlay", lambda: _mount_overlay(host, rec))
+
+
+# -- discard / teardown ---------------------------------------------------------------------
+
+def teardown(host: Host, rec: Overlay, *, force: bool) -> None:
+    """Unmount overlay, tmpfs and image (lazily with FORCE), remove our directories and
+    the record. Without FORCE a busy overlay raises OverlayBusy and nothing changes."""
+    try:
+        host.unmount(rec.mountpoint, owns_layer(rec))
+    except OverlayBusy as e:
+        if not force:
+            raise OverlayBusy(f"Overlay '{rec.name}' is busy: in use by "
+                              f"{describe_holders(e.holders)}. Close those files or discard "
+                              "with force to detach it anyway.", e.holders) from None
+        host.unmount(rec.mountpoint, owns_layer(rec), lazy=True)
+    host.unmount(rec.tmpfs_dir, owns_layer(rec), lazy=force)
+    if rec.image_kind is not LowerKind.DIRECTORY:
+        host.unmount(rec.lower_dir, owns_lower(rec), lazy=force)
+    remove_dirs(host, rec)
+
+
+def remove_dirs(host: Host, rec: Overlay) -> None:
+    if rec.mountpoint_created:
+        try:
+            host.remove_dir(rec.mountpoint)
+        except OverlaydError as e:  # ours but not essential; never fail a discard for it
+            log.warning("Cannot remove the mount point '%s': %s, ignoring.", rec.mountpoint, e)
+    host.remove_file(os.path.join(rec.base_dir, "overlay.json"))
+    for d in (rec.lower_dir, rec.tmpfs_dir, rec.base_dir):
+        host.remove_dir(d)
+
+
+# -- recovery -------------------------------------------------------------------------------
+
+@dataclass
+class Recovery:
+    adopted: list[Overlay] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # brought back after an interruption
+    cleaned: list[str] = field(default_factory=list)  # half-made or dead, removed
+    problems: list[str] = field(default_factory=list)
+
+
+def recover(host: Host, cfg: DaemonConfig) -> Recovery:
+    """Reconcile state records with the mount table: adopt what is live, finish what an
+    interrupted commit left, and remove what a dead daemon left half-made."""
+    result = Recovery()
+    root = str(cfg.runtime_dir)
+    mounts = host.mounts()
+    for name in host.list_dir(root):
+        base = os.path.join(root, name)
+        if is_within(cfg.mount_root_dir, base) or host.path_kind(base) != "directory":
+            continue
+        text = host.read_file(os.path.join(base, "overlay.json"))
+        rec = load_record(text) if text is not None else None
+        try:
+            if rec is None or rec.name != name:
+                _clean_unrecorded(host, cfg, name, mounts)
+                result.cleaned.append(name)
+            else:
+                _recover_one(host, rec, mounts, result)
+        except OverlaydError as e:
+            result.problems.append(f"{name}: {e}")
+    return result
+
+
+def _recover_one(host: Host, rec: Overlay, mounts: list[MountInfo], result: Recovery) -> None:
+    def mounted(path: str, owned: Callable[[MountInfo], bool]) -> bool:
+        top = [m for m in mounts if m.target == path]
+        return bool(top) and owned(top[-1])
+
+    upper_alive = mounted(rec.tmpfs_dir, owns_layer(rec))
+    if rec.state in (OverlayState.CREATING, OverlayState.DISCARDING) or not upper_alive:
+        teardown(host, rec, force=True)
+        result.cleaned.append(rec.name)
+        return
+    overlay_up = mounted(rec.mountpoint, owns_layer(rec))
+    lower = [m for m in mounts if m.target == rec.lower_dir]
+    lower_ok = rec.image_kind is LowerKind.DIRECTORY or (
+        bool(lower) and owns_lower(rec)(lower[-1]) and "ro" in lower[-1].options)
+    if overlay_up and lower_ok and rec.state is OverlayState.ACTIVE:
+        result.adopted.append(rec)
+        return
+    # An interrupted commit, or a layer unmounted behind our back: the writes are in the
+    # tmpfs, so bring the overlay back over the read-only image and keep them.
+    if overlay_up:
+        host.unmount(rec.mountpoint, owns_layer(rec), lazy=True)
+    if not lower_ok:
+        driver = driver_for(host, rec.fstype)
+        if lower:
+            host.syncfs(rec.lower_dir)
+            host.unmount(rec.lower_dir, owns_lower(rec))
+        info = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=False)
+        try:
+            _mount_lower(host, None, rec, info, driver, read_only=True)
+        finally:
+            host.close_image(info)
+    _mount_overlay(host, rec)
+    rec.state = OverlayState.ACTIVE
+    host.write_file(os.path.join(rec.base_dir, "overlay.json"), dump_record(rec))
+    result.adopted.append(rec)
+    result.repaired.append(rec.name)
+
+
+def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str, mounts: list[MountInfo]) -> None:
+    """A directory without a usable record: unmount only what is provably ours in it."""
+    layout = Layout.for_overlay(cfg.runtime_dir, name)
+    src = mount_source(name)
+    for m in reversed(mounts):
+        if m.source == src and m.fstype == "overlay":
+            host.unmount(m.target, lambda x: x.source == src, lazy=True)
+    for path, owned in ((str(layout.tmpfs), lambda x: x.source == src),
+                        (str(layout.lower),
+                         lambda x: x.target == str(layout.lower) and x.source.startswith("/dev/"))):
+        host.unmount(path, owned, lazy=True)
+    host.remove_file(str(layout.record))
+    for d in (str(layout.lower), str(layout.tmpfs), str(layout.base)):
+        if host.path_kind(d) == "directory":
+            try:
+                host.remove_dir(d)
+            except MountFailed:
+                log.warning("Cannot remove '%s', ignoring.", d)
+    mp = cfg.mount_root_dir / name
+    if host.path_kind(str(mp)) == "directory":
+        host.remove_dir(str(mp))

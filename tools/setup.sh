@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine, run as root:
+# the Debian packages overlayd and its tests need, then a venv at .venv/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# libsystemd-dev + pkg-config + gcc + python3-dev: systemd-python builds from source.
+# e2fsprogs, squashfs-tools, erofs-utils, xfsprogs: images for tests and the demo.
+# dbus-daemon, polkitd: the bus service and its authorization (later issues).
+# psmisc: nothing in the product uses it; tests use `fuser` only to cross-check busy detection.
+PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
+      e2fsprogs squashfs-tools erofs-utils xfsprogs util-linux
+      dbus-daemon polkitd)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.overlayd-installed
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PY --version)"
+    "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing overlayd and its dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
