@@ -17,6 +17,9 @@ from overlayd.model import Overlay, OverlaySpec, format_size
 # ext2 and ext3 are served by the ext4 driver on most kernels (CONFIG_EXT4_USE_FOR_EXT2).
 _DRIVER_FALLBACK = {"ext2": "ext4", "ext3": "ext4"}
 
+# File systems that have no write support at all: nothing can be committed into them.
+READ_ONLY_FSTYPES = frozenset({"squashfs", "erofs", "iso9660"})
+
 # Options overlayd pins on every overlay; mountinfo omits those equal to the kernel default.
 PINNED = (("redirect_dir", "off"), ("index", "off"), ("metacopy", "off"), ("xino", "off"))
 

@@ -83,7 +83,7 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
     try:
         shown = spec.image or info.path
         if info.kind is LowerKind.DIRECTORY:
-            fstype, driver = "none", ""
+            fstype, driver = "", ""
             if spec.fstype is not None:
                 raise checks.InvalidSpec(f"The image '{shown}' is a directory; it has no "
                                          "'fstype'.", "fstype")
@@ -165,6 +165,10 @@ class CommitOutcome:
 def commit(host: Host, rec: Overlay, progress: Progress | None) -> Applied:
     """Unmount, apply the upper to the image opened read-write, sync, go back read-only,
     remount on a fresh upper. On failure the upper is kept and the overlay remounted."""
+    if rec.fstype in checks.READ_ONLY_FSTYPES:
+        raise CommitFailed(f"Overlay '{rec.name}' cannot be committed: its image holds "
+                           f"{rec.fstype}, which is read-only by design. The writes stay in RAM; "
+                           "Diff lists them, and Discard throws them away.")
     try:
         host.unmount(rec.mountpoint, owns_layer(rec))
     except OverlayBusy as e:

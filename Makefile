@@ -1,0 +1,27 @@
+# overlayd: every target installs what it needs first (idempotent), as root on Debian 12.
+PY := .venv/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test test-unit test-kernel lint bench clean
+
+setup:
+	@bash tools/setup.sh
+
+demo: setup
+	@$(PY) -m overlayd.demo
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+lint: setup
+	.venv/bin/ruff check overlayd tests tools
+	.venv/bin/mypy
+
+bench: setup
+	@$(PY) tools/bench.py
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache build *.egg-info
