@@ -78,7 +78,7 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
                             f"'{layout.base}'; restart overlayd to clean them up.")
 
     rb = Rollback()
-    info = host.open_image(spec.image, spec.image_fd)
+    info = host.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
     rb.push("close the image", host.close_image, info)
     try:
         shown = spec.image or info.path

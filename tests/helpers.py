@@ -38,6 +38,14 @@ def make_image(path: Path, tree: Path | None = None, *, size: str = "64M",
     return path
 
 
+def traversable(path: Path) -> None:
+    """Let other users reach PATH: pytest makes its temporary tree 0700 (root only)."""
+    for p in [path, *path.parents]:
+        if p == Path("/tmp"):
+            break
+        p.chmod(p.stat().st_mode | 0o111)
+
+
 def sha256(path: Path | str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -58,7 +58,7 @@ class FakeHost:
     def kernel_filesystems(self) -> frozenset[str]:
         return frozenset({"ext4", "squashfs", "erofs", "xfs", "btrfs", "tmpfs", "overlay"})
 
-    def open_image(self, path: str | None, fd: int | None) -> ImageInfo:
+    def open_image(self, path: str | None, fd: int | None, *, as_uid: int = 0) -> ImageInfo:
         self._call("open_image")
         if path is None or path not in self.images and path not in self.dirs:
             raise InvalidSpec(f"The image '{path}' does not exist.", "image")

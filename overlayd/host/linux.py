@@ -25,6 +25,7 @@ from overlayd.errors import (
 from overlayd.fstype import PROBE_BYTES, detect_fstype
 from overlayd.host import loop as loopdev
 from overlayd.host import mountinfo
+from overlayd.host.ascaller import open_as
 from overlayd.host.base import Applied, ImageInfo, Progress
 from overlayd.host.holders import find_holders
 from overlayd.host.merge import ApplyError, apply_upper
@@ -94,7 +95,9 @@ class LinuxHost:
 
     # -- images ---------------------------------------------------------------------------
 
-    def open_image(self, path: str | None, fd: int | None) -> ImageInfo:
+    def open_image(self, path: str | None, fd: int | None, *, as_uid: int = 0) -> ImageInfo:
+        """Open and probe the image. For AS_UID other than root, a path is opened with that
+        user's credentials: an image the caller cannot read is refused."""
         shown = path if path is not None else f"fd {fd}"
         try:
             st = os.fstat(fd) if fd is not None else os.stat(path or "")
@@ -125,9 +128,14 @@ class LinuxHost:
         try:
             # Our own read-only open file description, even if the caller's fd is read-write:
             # the loop device inherits read-only from it.
-            ofd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+            if as_uid != 0 and fd is None:
+                ofd = open_as(source, as_uid)
+            else:
+                ofd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as e:
-            raise InvalidSpec(f"The image '{shown}' cannot be read: {e.strerror}.", field) from None
+            who = f" by uid {as_uid}" if as_uid != 0 and fd is None else ""
+            raise InvalidSpec(f"The image '{shown}' cannot be read{who}: {e.strerror}.",
+                              field) from None
         try:
             real = os.readlink(f"/proc/self/fd/{ofd}")
             return self._probe(ofd, real, st, shown, field)
@@ -278,11 +286,11 @@ class LinuxHost:
             os.mkdir(path, mode)
 
     def remove_dir(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError), _mount_errors(f"remove '{path}'"):
+        with _mount_errors(f"remove '{path}'"), contextlib.suppress(FileNotFoundError):
             os.rmdir(path)
 
     def remove_file(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError), _mount_errors(f"remove '{path}'"):
+        with _mount_errors(f"remove '{path}'"), contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
     def prepare_upper(self, lower_root: str, upper: str, work: str) -> None:

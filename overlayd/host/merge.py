@@ -159,8 +159,7 @@ class _Applier:
             self.set_meta(src, target, st, fd)
         except BaseException:
             os.close(fd)
-            if target != dst:
-                _unlink_quietly(target)
+            _unlink_quietly(target)  # ours (O_EXCL): no half-written file stays behind
             raise
         os.close(fd)
         if target != dst:

@@ -1,0 +1,62 @@
+"""Fixtures for real-kernel tests: an engine on LinuxHost under the test's own root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlayd.config import DaemonConfig
+from overlayd.host.linux import LinuxHost
+from overlayd.manager import OverlayManager
+from overlayd.model import Overlay, parse_spec
+from tests import helpers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/kernel/" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+
+
+@dataclass
+class Env:
+    root: Path
+    config: DaemonConfig
+    manager: OverlayManager
+    run: Callable[[Any], Any]
+
+    def create(self, name: str, image: Path | str | None = None, **spec: Any) -> Overlay:
+        data = {"name": name, **spec}
+        if image is not None:
+            data["image"] = str(image)
+        rec: Overlay = self.run(self.manager.create(parse_spec(data)))
+        return rec
+
+    def fresh_manager(self) -> OverlayManager:
+        """A second daemon over the same runtime directory (as after a restart)."""
+        return OverlayManager(self.config, LinuxHost())
+
+
+@pytest.fixture
+def env(root: Path, run: Callable[[Any], Any]) -> Iterator[Env]:
+    cfg = DaemonConfig(runtime_dir=root / "run", default_size=64 << 20)
+    mgr = OverlayManager(cfg, LinuxHost())
+    run(mgr.start())
+    e = Env(root, cfg, mgr, run)
+    yield e
+    for rec in list(e.manager.list()):  # a failed test must not leak into the next one
+        run(e.manager.discard(rec.name, force=True))
+
+
+@pytest.fixture
+def image(root: Path) -> Path:
+    """A small ext4 image holding /hello.txt and /sub/keep.txt."""
+    tree = root / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "hello.txt").write_text("hello from the image\n")
+    (tree / "sub" / "keep.txt").write_text("keep me\n")
+    return helpers.make_image(root / "disk.img", tree)
