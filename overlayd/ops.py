@@ -169,6 +169,26 @@ def commit(host: Host, rec: Overlay, progress: Progress | None) -> Applied:
         raise CommitFailed(f"Overlay '{rec.name}' cannot be committed: its image holds "
                            f"{rec.fstype}, which is read-only by design. The writes stay in RAM; "
                            "Diff lists them, and Discard throws them away.")
+    # Open the image both ways before anything changes: a file that can't be opened (or
+    # was replaced) fails the commit here, and the way back never depends on the path.
+    rw = ro = None
+    if rec.image_kind is not LowerKind.DIRECTORY:
+        rw = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True)
+        try:
+            ro = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=False)
+        except BaseException:
+            host.close_image(rw)
+            raise
+    try:
+        return _commit_opened(host, rec, progress, rw, ro)
+    finally:
+        for info in (rw, ro):
+            if info is not None:
+                host.close_image(info)
+
+
+def _commit_opened(host: Host, rec: Overlay, progress: Progress | None,
+                   rw: ImageInfo | None, ro: ImageInfo | None) -> Applied:
     try:
         host.unmount(rec.mountpoint, owns_layer(rec))
     except OverlayBusy as e:
@@ -179,19 +199,15 @@ def commit(host: Host, rec: Overlay, progress: Progress | None) -> Applied:
     driver = driver_for(host, rec.fstype)
     try:
         target = rec.image
-        if rec.image_kind is not LowerKind.DIRECTORY:
+        if rw is not None:
             host.unmount(rec.lower_dir, owns_lower(rec))
-            info = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True)
-            try:
-                _mount_lower(host, None, rec, info, driver, read_only=False)
-            finally:
-                host.close_image(info)
+            _mount_lower(host, None, rec, rw, driver, read_only=False)
             target = rec.lower_dir
         out.applied = host.apply_upper(rec.upper_dir, target, progress)
         host.syncfs(target)
     except OverlaydError as e:
         out.error = e
-    _restore_after_commit(host, rec, driver, fresh_upper=out.error is None, out=out)
+    _restore_after_commit(host, rec, driver, ro, fresh_upper=out.error is None, out=out)
     if out.error is not None:
         if out.remount_problems:
             raise CommitFailed(f"{out.error} The overlay could not be mounted again "
@@ -209,8 +225,8 @@ def commit(host: Host, rec: Overlay, progress: Progress | None) -> Applied:
     return out.applied
 
 
-def _restore_after_commit(host: Host, rec: Overlay, driver: str, *, fresh_upper: bool,
-                          out: CommitOutcome) -> None:
+def _restore_after_commit(host: Host, rec: Overlay, driver: str, ro: ImageInfo | None, *,
+                          fresh_upper: bool, out: CommitOutcome) -> None:
     def step(what: str, fn: Callable[[], object]) -> bool:
         try:
             fn()
@@ -219,16 +235,14 @@ def _restore_after_commit(host: Host, rec: Overlay, driver: str, *, fresh_upper:
             out.remount_problems.append(f"{what}: {e}")
             return False
 
-    if rec.image_kind is not LowerKind.DIRECTORY:
-        if not step("unmount the image", lambda: host.unmount(rec.lower_dir, owns_lower(rec))):
+    if ro is not None:
+        lower_rw = [m for m in host.mounts() if m.target == rec.lower_dir]
+        if lower_rw and "ro" not in lower_rw[-1].options and not step(
+                "unmount the image", lambda: host.unmount(rec.lower_dir, owns_lower(rec))):
             return
-        def remount_ro() -> None:
-            info = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=False)
-            try:
-                _mount_lower(host, None, rec, info, driver, read_only=True)
-            finally:
-                host.close_image(info)
-        if not step("mount the image read-only", remount_ro):
+        if not any(m.target == rec.lower_dir for m in host.mounts()) and not step(
+                "mount the image read-only",
+                lambda: _mount_lower(host, None, rec, ro, driver, read_only=True)):
             return
     if fresh_upper:
         def renew() -> None:

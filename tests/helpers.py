@@ -23,7 +23,7 @@ def make_image(path: Path, tree: Path | None = None, *, size: str = "64M",
         sh("mksquashfs", tree or path.parent, path, "-quiet", "-noappend", "-no-progress")
         return path
     if fstype == "erofs":
-        sh("mkfs.erofs", "-q", path, tree or path.parent)
+        sh("mkfs.erofs", "--quiet", path, tree or path.parent)
         return path
     sh("truncate", "-s", size, path)
     if fstype.startswith("ext"):

@@ -5,11 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libsystemd-dev + pkg-config + gcc + python3-dev: systemd-python builds from source.
-# e2fsprogs, squashfs-tools, erofs-utils, xfsprogs: images for tests and the demo.
+# e2fsprogs, squashfs-tools, erofs-utils, xfsprogs, btrfs-progs: images for tests and the demo.
 # dbus-daemon, polkitd: the bus service and its authorization (later issues).
 # psmisc: nothing in the product uses it; tests use `fuser` only to cross-check busy detection.
 PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
-      e2fsprogs squashfs-tools erofs-utils xfsprogs util-linux
+      e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
       dbus-daemon polkitd)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,0 +1,102 @@
+"""A restarted daemon adopts live overlays, repairs interrupted commits and cleans
+half-made ones, touching nothing that is not its own."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from overlayd.host.linux import LinuxHost
+from overlayd.host.syscalls import umount2
+from tests import helpers
+from tests.kernel.conftest import Env
+
+
+def _set_state(rec_dir: str, state: str) -> None:
+    path = Path(rec_dir) / "overlay.json"
+    data = json.loads(path.read_text())
+    data["state"] = state
+    path.write_text(json.dumps(data))
+
+
+def test_restart_adopts_live_overlays(env: Env, image: Path) -> None:
+    rec = env.create("live", image)
+    (Path(rec.mountpoint) / "w.txt").write_text("written before the restart\n")
+    second = env.fresh_manager()
+    result = env.run(second.start())
+    assert [r.name for r in result.adopted] == ["live"] and result.cleaned == []
+    env.manager = second  # the first daemon is gone
+    assert second.get("live").mountpoint == rec.mountpoint
+    env.run(second.commit("live"))
+    env.run(second.discard("live"))
+    rec2 = env.create("again", image)
+    assert (Path(rec2.mountpoint) / "w.txt").exists()
+    env.run(second.discard("again"))
+
+
+def test_half_made_overlay_is_cleaned(env: Env, image: Path) -> None:
+    rec = env.create("half", image)
+    _set_state(rec.base_dir, "creating")  # as if the daemon died inside Create
+    second = env.fresh_manager()
+    result = env.run(second.start())
+    env.manager = second
+    assert result.cleaned == ["half"] and result.adopted == []
+    assert helpers.mounts_under(str(env.root)) == []
+    assert not Path(rec.base_dir).exists() and not Path(rec.mountpoint).exists()
+
+
+def test_interrupted_commit_is_repaired_and_keeps_the_writes(env: Env, image: Path) -> None:
+    rec = env.create("mid", image)
+    (Path(rec.mountpoint) / "pending.txt").write_text("pending\n")
+    # The daemon died in the middle of Commit: overlay unmounted, image mounted read-write.
+    host = LinuxHost()
+    umount2(rec.mountpoint)
+    umount2(rec.lower_dir)
+    info = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True)
+    loop = host.attach_loop(info, read_only=False, name=info.path)
+    host.mount_fs(loop.path, rec.lower_dir, "ext4", read_only=False)
+    loop.release()
+    host.close_image(info)
+    _set_state(rec.base_dir, "committing")
+
+    second = env.fresh_manager()
+    result = env.run(second.start())
+    env.manager = second
+    assert result.repaired == ["mid"]
+    assert second.get("mid").state.value == "active"
+    assert (Path(rec.mountpoint) / "pending.txt").read_text() == "pending\n"
+    lower = [m for m in host.mounts() if m.target == rec.lower_dir][-1]
+    assert "ro" in lower.options
+    env.run(second.commit("mid"))
+    assert os.listdir(rec.upper_dir) == []
+    env.run(second.discard("mid"))
+
+
+def test_directory_without_a_record_is_cleaned(env: Env, image: Path) -> None:
+    rec = env.create("orphan", image)
+    os.unlink(Path(rec.base_dir) / "overlay.json")
+    second = env.fresh_manager()
+    result = env.run(second.start())
+    env.manager = second
+    assert result.cleaned == ["orphan"]
+    assert helpers.mounts_under(str(env.root)) == []
+
+
+def test_recovery_never_unmounts_what_is_not_ours(env: Env, image: Path) -> None:
+    rec = env.create("mine", image)
+    _set_state(rec.base_dir, "creating")
+    # Someone else mounted their own tmpfs over our mount point.
+    helpers.sh("mount", "-t", "tmpfs", "someone-else", rec.mountpoint)
+    try:
+        second = env.fresh_manager()
+        result = env.run(second.start())
+        env.manager = second
+        assert any("not mounted by overlayd" in p for p in result.problems)
+        assert [m for m in helpers.mounts_under(str(env.root)) if "someone-else" in m]
+    finally:
+        helpers.sh("umount", rec.mountpoint)
+    third = env.fresh_manager()
+    env.run(third.start())
+    env.manager = third
+    assert helpers.mounts_under(str(env.root)) == []
