@@ -3,6 +3,7 @@
 It models directories, files, loop devices and a mount table closely enough for the
 engine's bookkeeping (what is mounted where, by whom, in what order) and lets a test
 make any method fail: ``FakeHost(fail={"mount_overlay": MountFailed("boom")})``.
+``fail_nth={("mount_overlay", 2): err}`` fails only the second call of that method.
 It never touches the real system; tests that show a feature works use LinuxHost.
 """
 
@@ -31,6 +32,7 @@ class FakeLoop:
 @dataclass
 class FakeHost:
     fail: dict[str, OverlaydError] = field(default_factory=dict)
+    fail_nth: dict[tuple[str, int], OverlaydError] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # path -> fstype ("" = no signature)
     dirs: set[str] = field(default_factory=lambda: {"/", "/run", "/srv", "/mnt"})
     files: dict[str, str] = field(default_factory=dict)
@@ -46,6 +48,9 @@ class FakeHost:
         self.calls.append(name)
         if name in self.fail:
             raise self.fail[name]
+        nth = (name, self.calls.count(name))
+        if nth in self.fail_nth:
+            raise self.fail_nth[nth]
 
     def _autoclear(self) -> None:
         used = {m.source for m in self.mount_table} | self.loop_fds

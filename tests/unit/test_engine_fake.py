@@ -1,0 +1,202 @@
+"""The engine's logic on FakeHost: rollback at every step, locks, failure paths.
+
+These tests show bookkeeping only; the real-kernel tests in tests/kernel show that the
+features work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlayd import ops
+from overlayd.config import DaemonConfig
+from overlayd.errors import (
+    CommitFailed,
+    InvalidSpec,
+    LimitExceeded,
+    MountFailed,
+    NoSpace,
+    OverlayBusy,
+    OverlayExists,
+)
+from overlayd.host.fake import FakeHost
+from overlayd.manager import OverlayManager
+from overlayd.model import OverlayState, parse_spec
+
+CFG = DaemonConfig(runtime_dir=Path("/run/overlayd"))
+IMG = "/srv/disk.img"
+
+
+def new_host(**kw: Any) -> FakeHost:
+    host = FakeHost(images={IMG: "ext4"}, **kw)
+    host.dirs.add("/run/overlayd")
+    return host
+
+
+def spec(name: str = "demo", **kw: Any) -> Any:
+    return parse_spec({"name": name, "image": IMG, **kw})
+
+
+def create_calls() -> list[tuple[str, int]]:
+    """Every host call a successful Create makes, as (method, nth call of that method)."""
+    host = new_host()
+    ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+    seen: dict[str, int] = {}
+    out = []
+    for name in host.calls:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name, seen[name]))
+    return out
+
+
+def settled(host: FakeHost) -> dict[str, Any]:
+    return {"mounts": host.mount_table, "loops": host.loops, "loop_fds": host.loop_fds,
+            "files": host.files, "fds": host.open_fds,
+            "dirs": host.dirs - {"/run/overlayd", "/run/overlayd/mnt"}}
+
+
+def test_successful_create_makes_every_layer() -> None:
+    host = new_host()
+    rec = ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+    assert [m.fstype for m in host.mount_table] == ["ext4", "tmpfs", "overlay"]
+    assert rec.state is OverlayState.ACTIVE and host.open_fds == 0
+    assert rec.loop_device in host.loops and not host.loop_fds
+
+
+@pytest.mark.parametrize("step", create_calls(), ids=lambda s: f"{s[0]}#{s[1]}")
+def test_create_rolls_back_every_step(step: tuple[str, int]) -> None:
+    host = new_host(fail_nth={step: MountFailed(f"injected at {step}")})
+    empty = settled(new_host())
+    with pytest.raises(MountFailed, match="injected"):
+        ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+    assert settled(host) == empty
+
+
+def test_rollback_goes_on_when_an_undo_fails(caplog: pytest.LogCaptureFixture) -> None:
+    host = new_host(fail={"mount_overlay": MountFailed("overlay refused")},
+                    busy={"/run/overlayd/demo/rw"})
+    with pytest.raises(MountFailed, match="overlay refused"):
+        ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+    assert [m.fstype for m in host.mount_table] == ["tmpfs"], "only the stuck step is left"
+    assert "Failed to undo 'unmount the tmpfs'" in caplog.text
+
+
+def run(coro: Any) -> Any:
+    return asyncio.new_event_loop().run_until_complete(coro)
+
+
+def manager(host: FakeHost, **cfg: Any) -> OverlayManager:
+    return OverlayManager(DaemonConfig(runtime_dir=Path("/run/overlayd"), **cfg), host)
+
+
+def test_two_creates_of_one_name_exactly_one_wins() -> None:
+    mgr = manager(new_host())
+
+    async def both() -> list[Any]:
+        await mgr.start()
+        return await asyncio.gather(mgr.create(spec()), mgr.create(spec()),
+                                    return_exceptions=True)
+
+    results = run(both())
+    assert sum(isinstance(r, OverlayExists) for r in results) == 1
+    assert [r.name for r in mgr.list()] == ["demo"]
+
+
+def test_two_creates_on_one_mountpoint_exactly_one_wins() -> None:
+    host = new_host()
+    mgr = manager(host)
+
+    async def both() -> list[Any]:
+        await mgr.start()
+        return await asyncio.gather(mgr.create(spec("a", mountpoint="/mnt")),
+                                    mgr.create(spec("b", mountpoint="/mnt")),
+                                    return_exceptions=True)
+
+    results = run(both())
+    assert sum(isinstance(r, InvalidSpec) for r in results) == 1
+    assert len(mgr.list()) == 1
+
+
+def test_limit_on_overlays() -> None:
+    mgr = manager(new_host(), max_overlays=1)
+
+    async def go() -> None:
+        await mgr.start()
+        await mgr.create(spec("one"))
+        with pytest.raises(LimitExceeded, match="max_overlays"):
+            await mgr.create(spec("two"))
+
+    run(go())
+
+
+def test_failed_commit_remounts_over_the_same_upper() -> None:
+    host = new_host(fail={"apply_upper": NoSpace("The image is full.")})
+    mgr = manager(host)
+    events: list[tuple[str, str | None]] = []
+    mgr.subscribe(lambda n, r: events.append((n, r.state.value if r else None)))
+
+    async def go() -> None:
+        await mgr.start()
+        await mgr.create(spec())
+        tmpfs_before = [m for m in host.mount_table if m.fstype == "tmpfs"]
+        with pytest.raises(NoSpace, match="still in RAM"):
+            await mgr.commit("demo")
+        tmpfs_after = [m for m in host.mount_table if m.fstype == "tmpfs"]
+        assert tmpfs_after == tmpfs_before, "the upper's tmpfs was never touched"
+
+    run(go())
+    assert sorted(m.fstype for m in host.mount_table) == ["ext4", "overlay", "tmpfs"]
+    rec = mgr.get("demo")
+    assert rec.state is OverlayState.ACTIVE and "image is full" in rec.error
+    assert [s for _, s in events] == ["active", "committing", "active"]
+
+
+def test_commit_that_cannot_remount_is_failed_and_says_so() -> None:
+    host = new_host(fail_nth={("mount_overlay", 2): MountFailed("no overlay today")})
+    mgr = manager(host)
+
+    async def go() -> None:
+        await mgr.start()
+        await mgr.create(spec())
+        with pytest.raises(CommitFailed, match="could not be mounted again"):
+            await mgr.commit("demo")
+
+    run(go())
+    assert mgr.get("demo").state is OverlayState.FAILED
+
+
+def test_busy_discard_keeps_the_overlay_until_forced() -> None:
+    host = new_host(busy={"/run/overlayd/mnt/demo"})
+    mgr = manager(host)
+
+    async def go() -> None:
+        await mgr.start()
+        await mgr.create(spec())
+        with pytest.raises(OverlayBusy, match=r"sleep \(pid 42\)"):
+            await mgr.discard("demo")
+        assert mgr.get("demo").state is OverlayState.ACTIVE
+        await mgr.discard("demo", force=True)
+
+    run(go())
+    assert mgr.list() == [] and host.mount_table == [] and not host.loops
+
+
+def test_recovery_on_fake_adopts_and_cleans() -> None:
+    host = new_host()
+    first = manager(host)
+    run(first.start())
+    run(first.create(spec("keep")))
+    run(first.create(spec("half")))
+    half = first.get("half")
+    half.state = OverlayState.CREATING
+    from overlayd.state import dump_record
+
+    host.files[f"{half.base_dir}/overlay.json"] = dump_record(half)
+    second = manager(host)
+    result = run(second.start())
+    assert [r.name for r in result.adopted] == ["keep"] and result.cleaned == ["half"]
+    assert {m.source for m in host.mount_table if m.fstype != "ext4"} == {"overlayd-keep"}
