@@ -21,7 +21,7 @@ lint: setup
 	.venv/bin/mypy
 
 bench: setup
-	@$(PY) tools/bench.py
+	@$(PY) tools/bench.py $(ARGS)
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache build *.egg-info

@@ -63,4 +63,5 @@ def load_config(path: Path = DEFAULT_CONFIG, **overrides: Any) -> DaemonConfig:
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise InvalidSpec(f"Invalid setting '{key}' in the configuration: {first['msg']}.") from None
+        msg = first["msg"]
+        raise InvalidSpec(f"Invalid setting '{key}' in the configuration: {msg}.") from None

@@ -96,8 +96,9 @@ async def story(root: Path) -> None:
 
     step("The image is untouched")
     os.sync()
-    show(f"sha256 of the image: {sha(image)} ({'unchanged' if sha(image) == original else 'CHANGED!'})"
-         f"\nfiles in the image: {image_listing(image)}")
+    verdict = "unchanged" if sha(image) == original else "CHANGED!"
+    show(f"sha256 of the image: {sha(image)} ({verdict})\n"
+         f"files in the image: {image_listing(image)}")
 
     step("What changed (Diff)")
     show("\n".join(f"{d.kind:9} {d.path}" for d in await mgr.diff("demo")))

@@ -9,6 +9,7 @@ listeners about changes, and logs each outcome once.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from collections.abc import Callable
@@ -102,7 +103,7 @@ class OverlayManager:
         rec = self.get(name)
         return await self._blocking(self.host.usage, rec.tmpfs_dir)
 
-    async def diff(self, name: str) -> list[DiffEntry]:
+    async def diff(self, name: str) -> builtins.list[DiffEntry]:
         async with self._lock(name):
             rec = self.get(name)
             pairs = await self._blocking(self.host.diff, rec.upper_dir, ops.lower_source(rec))

@@ -60,7 +60,8 @@ def check_name(name: str) -> str:
         shown = repr(name)[:80]
         raise ValueError(f"{NAME_RULE} (got {shown})")
     if name in RESERVED_NAMES:
-        raise ValueError(f"'{name}' is reserved for overlayd's own directories; choose another name")
+        raise ValueError(f"'{name}' is reserved for overlayd's own directories; "
+                         "choose another name")
     return name
 
 
@@ -138,7 +139,8 @@ class OverlaySpec(BaseModel):
     def _size(cls, v: Any) -> Any:
         if v is None:
             return None
-        n = parse_size(v) if isinstance(v, str | int) and not isinstance(v, bool) else v
+        ok = isinstance(v, str | int) and not isinstance(v, bool)
+        n = parse_size(v) if ok else v
         if isinstance(n, int):
             if n <= 0:
                 raise ValueError("the size of the RAM for writes must be more than 0 bytes")
@@ -170,7 +172,7 @@ class OverlaySpec(BaseModel):
         return self
 
 
-class OverlayState(str, enum.Enum):
+class OverlayState(enum.StrEnum):
     CREATING = "creating"  # only in a state record, while Create runs
     ACTIVE = "active"
     COMMITTING = "committing"
@@ -178,7 +180,7 @@ class OverlayState(str, enum.Enum):
     FAILED = "failed"
 
 
-class LowerKind(str, enum.Enum):
+class LowerKind(enum.StrEnum):
     FILE = "file"  # an image file, attached to a loop device
     BLOCK = "block"  # a block device, mounted directly
     DIRECTORY = "directory"  # a directory, used as the lower as it is

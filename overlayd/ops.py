@@ -17,10 +17,11 @@ from overlayd import checks
 from overlayd.config import DaemonConfig
 from overlayd.errors import (
     CommitFailed,
+    InvalidSpec,
     MountFailed,
     NoSpace,
-    OverlaydError,
     OverlayBusy,
+    OverlaydError,
     describe_holders,
 )
 from overlayd.host.base import Applied, Host, ImageInfo, Progress
@@ -85,8 +86,8 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
         if info.kind is LowerKind.DIRECTORY:
             fstype, driver = "", ""
             if spec.fstype is not None:
-                raise checks.InvalidSpec(f"The image '{shown}' is a directory; it has no "
-                                         "'fstype'.", "fstype")
+                raise InvalidSpec(f"The image '{shown}' is a directory; it has no 'fstype'.",
+                                  "fstype")
         else:
             fstype, driver = checks.choose_fstype(shown, spec.fstype, info.detected_fstype,
                                                   host.kernel_filesystems())

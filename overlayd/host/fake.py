@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlayd.errors import InvalidSpec, MountFailed, OverlaydError, OverlayBusy
+from overlayd.errors import InvalidSpec, MountFailed, OverlayBusy, OverlaydError
 from overlayd.host.base import Applied, ImageInfo, Progress
 from overlayd.host.mountinfo import MountInfo
 from overlayd.model import LowerKind, UpperUsage
@@ -65,7 +65,7 @@ class FakeHost:
 
     def open_image(self, path: str | None, fd: int | None, *, as_uid: int = 0) -> ImageInfo:
         self._call("open_image")
-        if path is None or path not in self.images and path not in self.dirs:
+        if path is None or (path not in self.images and path not in self.dirs):
             raise InvalidSpec(f"The image '{path}' does not exist.", "image")
         self.open_fds += 1
         if path in self.dirs:

@@ -110,7 +110,8 @@ class LinuxHost:
             if fd is not None and e.errno == errno.EBADF:
                 raise InvalidSpec(f"The image {shown} is not an open file descriptor.",
                                   "image_fd") from None
-            raise InvalidSpec(f"Cannot look at the image '{shown}': {e.strerror}.", "image") from None
+            raise InvalidSpec(f"Cannot look at the image '{shown}': {e.strerror}.",
+                              "image") from None
         field = "image_fd" if fd is not None else "image"
         mode = st.st_mode
         if stat.S_ISDIR(mode):

@@ -20,6 +20,7 @@ a failed or interrupted commit keeps the upper and can simply be tried again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -264,10 +265,8 @@ def _lstat(path: str) -> os.stat_result | None:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def _remove_xattr(ref: str | int, name: str) -> None:
