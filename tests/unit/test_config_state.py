@@ -1,0 +1,282 @@
+"""The daemon's configuration (overlayd.config) and state records (overlayd.state)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from overlayd.config import DEFAULT_CONFIG, DaemonConfig, load_config
+from overlayd.errors import InvalidSpec
+from overlayd.model import LowerKind, Overlay, OverlayState
+from overlayd.state import dump_record, load_record
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+# --- DaemonConfig ------------------------------------------------------------------------------
+
+def test_defaults() -> None:
+    cfg = DaemonConfig()
+    assert cfg.runtime_dir == Path("/run/overlayd")
+    assert cfg.mount_root is None
+    assert cfg.mount_root_dir == Path("/run/overlayd/mnt")
+    assert cfg.default_size == GiB
+    assert cfg.max_size == 0
+    assert cfg.max_overlays == 1024
+
+
+def test_default_config_path() -> None:
+    assert Path("/etc/overlayd/overlayd.conf") == DEFAULT_CONFIG
+
+
+def test_runtime_dir_is_not_tmp() -> None:
+    assert not str(DaemonConfig().runtime_dir).startswith(("/tmp", "/var/tmp"))
+
+
+def test_mount_root_dir_follows_runtime_dir() -> None:
+    assert DaemonConfig(runtime_dir=Path("/run/x")).mount_root_dir == Path("/run/x/mnt")
+
+
+def test_mount_root_dir_explicit() -> None:
+    cfg = DaemonConfig(mount_root=Path("/srv/overlays"))
+    assert cfg.mount_root_dir == Path("/srv/overlays")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2G", 2 * GiB), ("512M", 512 * MiB),
+                                                 ("1.5G", GiB + GiB // 2), (4096, 4096),
+                                                 ("4096", 4096)])
+def test_sizes_as_strings(value: Any, expected: int) -> None:
+    cfg = DaemonConfig(default_size=value, max_size=value)
+    assert cfg.default_size == expected
+    assert cfg.max_size == expected
+
+
+def test_config_is_frozen() -> None:
+    cfg = DaemonConfig()
+    with pytest.raises(ValidationError):
+        cfg.max_size = 5  # type: ignore[misc]
+
+
+def test_max_overlays_at_least_one() -> None:
+    with pytest.raises(ValidationError):
+        DaemonConfig(max_overlays=0)
+
+
+# --- load_config -------------------------------------------------------------------------------
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_missing_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "overlayd.conf") == DaemonConfig()
+
+
+def test_file(tmp_path: Path) -> None:
+    conf = write(tmp_path / "overlayd.conf", 'runtime_dir = "/run/ov"\ndefault_size = "2G"\n'
+                                             "max_overlays = 7\n")
+    cfg = load_config(conf)
+    assert cfg.runtime_dir == Path("/run/ov")
+    assert cfg.mount_root_dir == Path("/run/ov/mnt")
+    assert cfg.default_size == 2 * GiB
+    assert cfg.max_overlays == 7
+    assert cfg.max_size == 0
+
+
+def test_drop_ins_win_key_by_key(tmp_path: Path) -> None:
+    conf = write(tmp_path / "overlayd.conf",
+                 'default_size = "2G"\nmax_size = "8G"\nmax_overlays = 7\n')
+    write(tmp_path / "overlayd.conf.d" / "10-size.conf", 'default_size = "512M"\n')
+    write(tmp_path / "overlayd.conf.d" / "20-more.conf", "max_overlays = 9\n")
+    write(tmp_path / "overlayd.conf.d" / "30-last.conf", "max_overlays = 11\n")
+    write(tmp_path / "overlayd.conf.d" / "99-ignored.conf.bak", "max_overlays = 1000\n")
+    write(tmp_path / "overlayd.conf.d" / "notes.txt", "this is not TOML [\n")
+    cfg = load_config(conf)
+    assert cfg.default_size == 512 * MiB
+    assert cfg.max_size == 8 * GiB
+    assert cfg.max_overlays == 11
+
+
+def test_drop_ins_sorted_by_name(tmp_path: Path) -> None:
+    conf = tmp_path / "overlayd.conf"
+    # Written in the reverse order, so the file system's order is unlikely to match by chance.
+    write(tmp_path / "overlayd.conf.d" / "b.conf", "max_overlays = 2\n")
+    write(tmp_path / "overlayd.conf.d" / "a.conf", "max_overlays = 1\n")
+    assert load_config(conf).max_overlays == 2
+
+
+def test_drop_ins_without_main_file(tmp_path: Path) -> None:
+    write(tmp_path / "overlayd.conf.d" / "50-x.conf", 'max_size = "4G"\n')
+    assert load_config(tmp_path / "overlayd.conf").max_size == 4 * GiB
+
+
+def test_overrides_win(tmp_path: Path) -> None:
+    conf = write(tmp_path / "overlayd.conf", "max_overlays = 7\n")
+    write(tmp_path / "overlayd.conf.d" / "10.conf", "max_overlays = 9\n")
+    cfg = load_config(conf, max_overlays=3, runtime_dir=tmp_path / "run")
+    assert cfg.max_overlays == 3
+    assert cfg.runtime_dir == tmp_path / "run"
+
+
+@pytest.mark.parametrize("where", ["main", "drop-in"])
+def test_unknown_key(tmp_path: Path, where: str) -> None:
+    conf = tmp_path / "overlayd.conf"
+    target = conf if where == "main" else tmp_path / "overlayd.conf.d" / "10.conf"
+    write(target, "runtime_dir = \"/run/ov\"\nfrobnicate = true\n")
+    with pytest.raises(InvalidSpec) as ei:
+        load_config(conf)
+    text = str(ei.value)
+    assert "'frobnicate'" in text
+    assert text[0].isupper()
+    assert "https://" not in text and "Traceback" not in text
+
+
+def test_wrong_value(tmp_path: Path) -> None:
+    conf = write(tmp_path / "overlayd.conf", 'max_overlays = "many"\n')
+    with pytest.raises(InvalidSpec, match="'max_overlays'"):
+        load_config(conf)
+
+
+def test_bad_size_string(tmp_path: Path) -> None:
+    conf = write(tmp_path / "overlayd.conf", 'default_size = "lots"\n')
+    with pytest.raises(InvalidSpec, match="'default_size'"):
+        load_config(conf)
+
+
+@pytest.mark.parametrize("where", ["main", "drop-in"])
+@pytest.mark.parametrize("text", ["max_overlays = \n", "[unclosed\n", "a = 1\na = 2\n",
+                                  'x = "unterminated\n'])
+def test_broken_toml(tmp_path: Path, where: str, text: str) -> None:
+    conf = tmp_path / "overlayd.conf"
+    bad = conf if where == "main" else tmp_path / "overlayd.conf.d" / "10-bad.conf"
+    write(bad, text)
+    with pytest.raises(InvalidSpec) as ei:
+        load_config(conf)
+    assert str(bad) in str(ei.value)
+    assert str(ei.value).startswith("Cannot read the configuration file")
+
+
+def test_config_path_is_a_directory(tmp_path: Path) -> None:
+    conf = tmp_path / "overlayd.conf"
+    conf.mkdir()
+    with pytest.raises(InvalidSpec):
+        load_config(conf)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: DaemonConfig does not bound default_size/max_size: "
+                   "0, negatives and booleans load (config.py:340-349); default_size = 0 makes "
+                   "choose_size return 0, which tmpfs reads as 'no limit', and max_size = -1 "
+                   "makes it return a negative size")
+@pytest.mark.parametrize("line", ["default_size = 0", "default_size = -1", "max_size = -1",
+                                  "default_size = true"])
+def test_nonsense_sizes_refused(tmp_path: Path, line: str) -> None:
+    conf = write(tmp_path / "overlayd.conf", line + "\n")
+    with pytest.raises(InvalidSpec):
+        load_config(conf)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: parse_size's float() overflows on a long digit "
+                   "string; load_config raises OverflowError instead of InvalidSpec "
+                   "(model.py:47 via config.py:349)")
+def test_huge_size_string_is_invalid_spec(tmp_path: Path) -> None:
+    conf = write(tmp_path / "overlayd.conf", f'max_size = "{"9" * 400}"\n')
+    with pytest.raises(InvalidSpec):
+        load_config(conf)
+
+
+# --- state records -----------------------------------------------------------------------------
+
+def record(**kw: Any) -> Overlay:
+    base = "/run/overlayd/demo"
+    fields: dict[str, Any] = dict(
+        name="demo", state=OverlayState.ACTIVE, image="/srv/img.raw", image_kind=LowerKind.FILE,
+        image_dev=2049, image_ino=12, fstype="ext4", mountpoint="/run/overlayd/mnt/demo",
+        mountpoint_created=True, size=GiB, mount_options=("nosuid", "nodev"),
+        loop_device="/dev/loop3", base_dir=base, lower_dir=f"{base}/lower",
+        tmpfs_dir=f"{base}/rw", upper_dir=f"{base}/rw/upper", work_dir=f"{base}/rw/work",
+        owner_uid=1000, created_usec=1_700_000_000_000_000,
+    )
+    fields.update(kw)
+    return Overlay(**fields)
+
+
+@pytest.mark.parametrize("rec", [
+    record(),
+    record(state=OverlayState.CREATING, loop_device="", mount_options=()),
+    record(state=OverlayState.FAILED, error="The commit stopped: no space left.",
+           image_kind=LowerKind.DIRECTORY, fstype="squashfs"),
+    record(image_kind=LowerKind.BLOCK, image="/dev/sdb1", size=(1 << 64) - 1,
+           name="x.y_z", mountpoint="/srv/with space/and\nnewline"),
+], ids=["active", "creating", "failed", "block"])
+def test_record_round_trip(rec: Overlay) -> None:
+    text = dump_record(rec)
+    assert text.endswith("\n")
+    loaded = load_record(text)
+    assert loaded == rec
+    assert loaded is not None
+    assert isinstance(loaded.state, OverlayState)
+    assert isinstance(loaded.image_kind, LowerKind)
+    assert isinstance(loaded.mount_options, tuple)
+
+
+def test_record_json_is_plain() -> None:
+    data = json.loads(dump_record(record()))
+    assert data["version"] == 1
+    assert data["state"] == "active"
+    assert data["image_kind"] == "file"
+    assert data["mount_options"] == ["nosuid", "nodev"]
+
+
+def test_record_ignores_unknown_keys() -> None:
+    data = json.loads(dump_record(record()))
+    data["from_a_newer_daemon"] = {"x": 1}
+    assert load_record(json.dumps(data)) == record()
+
+
+def test_record_defaults_for_missing_optional_keys() -> None:
+    data = json.loads(dump_record(record()))
+    for key in ("error", "loop_device", "owner_uid", "created_usec", "mountpoint_created"):
+        del data[key]
+    loaded = load_record(json.dumps(data))
+    assert loaded is not None
+    assert (loaded.error, loaded.loop_device, loaded.owner_uid) == ("", "", 0)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "\n",
+    "garbage",
+    "{",
+    '{"name": "demo"',
+    "[]",
+    "null",
+    "42",
+    "{}",
+    '{"name": "demo"}',
+    '{"name": "demo", "state": "active"}',
+    "\0\0\0\0",
+    "\ufffd\ufffd",
+])
+def test_load_record_garbage(text: str) -> None:
+    assert load_record(text) is None
+
+
+def test_load_record_half_written() -> None:
+    text = dump_record(record())
+    for cut in range(0, len(text) - 2, 7):
+        assert load_record(text[:cut]) is None
+
+
+@pytest.mark.parametrize(("key", "value"), [("state", "exploded"), ("image_kind", "tape"),
+                                            ("size", "big"), ("name", None)])
+def test_load_record_bad_values(key: str, value: Any) -> None:
+    data = json.loads(dump_record(record()))
+    data[key] = value
+    assert load_record(json.dumps(data)) is None
