@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from overlayd.errors import InvalidSpec
-from overlayd.model import parse_size
+from overlayd.model import check_size, parse_size
 
 DEFAULT_CONFIG = Path("/etc/overlayd/overlayd.conf")
 
@@ -35,10 +35,15 @@ class DaemonConfig(BaseModel):
     )
     max_overlays: int = Field(default=1024, ge=1)
 
-    @field_validator("default_size", "max_size", mode="before")
+    @field_validator("default_size", mode="before")
     @classmethod
-    def _sizes(cls, v: Any) -> Any:
-        return parse_size(v) if isinstance(v, str) else v
+    def _default_size(cls, v: Any) -> int:
+        return check_size(parse_size(v), "default_size")
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _max_size(cls, v: Any) -> int:
+        return check_size(parse_size(v), "max_size", allow_zero=True)
 
     @property
     def mount_root_dir(self) -> Path:

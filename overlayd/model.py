@@ -35,24 +35,42 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_U64 = (1 << 64) - 1
 
 
-def parse_size(value: str | int) -> int:
-    """Bytes from an int or a human size: '512M', '1G', '1.5G', '4096' (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError("a size is a number of bytes or a string such as '512M' or '1G'")
+def parse_size(value: object) -> int:
+    """Bytes from an int or a human size: '512M', '1G', '1.5G', '4096' (binary units).
+
+    Exact integer arithmetic (no float), and only ints or strings: a bool, a float or
+    anything else is refused, so lax coercion never turns True into 1 byte.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("a size is a whole number of bytes or a string such as '512M' or '1G'")
     if isinstance(value, int):
         return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+    m = re.fullmatch(r"\s*(\d{1,30})(?:\.(\d{1,9}))?\s*([KMGT]?)(?:i?B)?\s*", value,
+                     re.IGNORECASE)
     if not m:
-        raise ValueError(f"'{value}' is not a size; write bytes or a size such as '512M' or '1G'")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        raise ValueError(f"'{value[:40]}' is not a size; write bytes or a size such as "
+                         "'512M' or '1G'")
+    whole, frac, unit = m.group(1), m.group(2) or "", _UNITS[m.group(3).upper()]
+    return (int(whole) * unit) + (int(frac) * unit // 10 ** len(frac) if frac else 0)
 
 
 def format_size(n: int) -> str:
+    """'1G', '512M'; a size that is not a whole number of units also shows its bytes."""
     for unit in ("T", "G", "M", "K"):
-        if n >= _UNITS[unit] and n % (_UNITS[unit] // 1024 or 1) == 0:
+        if n >= _UNITS[unit]:
             v = n / _UNITS[unit]
-            return f"{v:.0f}{unit}" if v == int(v) else f"{v:.1f}{unit}"
+            if round(v, 2) * _UNITS[unit] == n:  # exact with at most two decimals
+                return f"{round(v, 2):g}{unit}"
+            return f"{v:.2f}{unit} ({n} bytes)"
     return f"{n}B"
+
+
+def check_size(n: int, what: str, *, allow_zero: bool = False) -> int:
+    if n < 0 or (n == 0 and not allow_zero):
+        raise ValueError(f"{what} must be more than 0 bytes")
+    if n > MAX_U64:
+        raise ValueError(f"{what} does not fit in 64 bits")
+    return n
 
 
 def check_name(name: str) -> str:
@@ -139,14 +157,7 @@ class OverlaySpec(BaseModel):
     def _size(cls, v: Any) -> Any:
         if v is None:
             return None
-        ok = isinstance(v, str | int) and not isinstance(v, bool)
-        n = parse_size(v) if ok else v
-        if isinstance(n, int):
-            if n <= 0:
-                raise ValueError("the size of the RAM for writes must be more than 0 bytes")
-            if n > MAX_U64:
-                raise ValueError("the size does not fit in 64 bits")
-        return n
+        return check_size(parse_size(v), "the size of the RAM for writes")
 
     @field_validator("mount_options", mode="before")
     @classmethod
@@ -163,7 +174,7 @@ class OverlaySpec(BaseModel):
             if "ro" in v and "rw" in v:
                 raise ValueError("mount options 'ro' and 'rw' contradict each other")
             return tuple(dict.fromkeys(v))
-        return v
+        raise ValueError("mount options are a list of strings such as ['nosuid', 'nodev']")
 
     @model_validator(mode="after")
     def _one_image(self) -> OverlaySpec:
@@ -255,6 +266,7 @@ def spec_error(e: ValidationError) -> InvalidSpec:
         text = f"The setting '{field}' is required."
     elif field is None:
         text = msg[0].upper() + msg[1:] + "."
+        field = "image" if "'image'" in msg else None
     elif kind in ("string_type", "int_type", "int_parsing", "tuple_type", "list_type"):
         text = f"The setting '{field}' has the wrong type: {msg.lower()}."
     else:

@@ -51,27 +51,9 @@ def parse_line(line: str) -> MountInfo:
         options=tuple(fields[5].split(",")),
         fstype=fields[sep + 1],
         source=unescape(fields[sep + 2]),
-        super_options=tuple(_split_super(unescape(fields[sep + 3]))),
+        # The kernel octal-escapes ',' inside a value (seq_show_option): split first, then decode.
+        super_options=tuple(unescape(o) for o in fields[sep + 3].split(",")),
     )
-
-
-def _split_super(text: str) -> list[str]:
-    # Overlay options may hold escaped commas ("\,") inside paths; keep them whole.
-    out, cur, i = [], [], 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            cur.append(text[i + 1])
-            i += 2
-            continue
-        if c == ",":
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    out.append("".join(cur))
-    return out
 
 
 def parse(text: str) -> list[MountInfo]:

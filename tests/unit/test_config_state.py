@@ -170,10 +170,6 @@ def test_config_path_is_a_directory(tmp_path: Path) -> None:
         load_config(conf)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DaemonConfig does not bound default_size/max_size: "
-                   "0, negatives and booleans load (config.py:340-349); default_size = 0 makes "
-                   "choose_size return 0, which tmpfs reads as 'no limit', and max_size = -1 "
-                   "makes it return a negative size")
 @pytest.mark.parametrize("line", ["default_size = 0", "default_size = -1", "max_size = -1",
                                   "default_size = true"])
 def test_nonsense_sizes_refused(tmp_path: Path, line: str) -> None:
@@ -182,9 +178,6 @@ def test_nonsense_sizes_refused(tmp_path: Path, line: str) -> None:
         load_config(conf)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_size's float() overflows on a long digit "
-                   "string; load_config raises OverflowError instead of InvalidSpec "
-                   "(model.py:47 via config.py:349)")
 def test_huge_size_string_is_invalid_spec(tmp_path: Path) -> None:
     conf = write(tmp_path / "overlayd.conf", f'max_size = "{"9" * 400}"\n')
     with pytest.raises(InvalidSpec):

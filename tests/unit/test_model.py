@@ -249,35 +249,24 @@ def test_size_too_big_message() -> None:
     assert "64 bits" in str(invalid(spec(size=2**64)))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: size=True slips through the before-validator and "
-                   "pydantic's lax int coerces it to 1 (model.py:141)")
 def test_size_true_refused() -> None:
     invalid(spec(size=True))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a float size bypasses the > 0 check, then pydantic "
-                   "turns -1.0 / 0.0 into -1 / 0 (model.py:141-147)")
 @pytest.mark.parametrize("value", [-1.0, 0.0, -1024.0])
 def test_size_nonpositive_float_refused(value: float) -> None:
     invalid(spec(size=value))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_size goes through float(); a long digit string "
-                   "becomes inf and int(inf) raises OverflowError, not InvalidSpec (model.py:47)")
 def test_size_huge_string_is_invalid_spec() -> None:
     err = invalid(spec(size="9" * 400))
     assert err.field == "size"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_size goes through float(), so an integer string "
-                   "above 2**53 loses precision; str(2**64-1) rounds to 2**64 and is refused "
-                   "(model.py:47)")
 def test_size_max_u64_as_string() -> None:
     assert parse_spec(spec(size=str(MAX_U64))).size == MAX_U64
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_size('9007199254740993') == 9007199254740992 "
-                   "(float rounding, model.py:47)")
 def test_parse_size_exact_for_large_integers() -> None:
     assert parse_size("9007199254740993") == 9007199254740993
 
@@ -334,8 +323,6 @@ def test_mount_options_ro_rw_contradict(value: Any) -> None:
     assert "contradict" in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the allow-list runs only for str/list/tuple; a set "
-                   "passes unchecked and pydantic's lax tuple accepts it (model.py:154)")
 def test_mount_options_set_is_checked() -> None:
     invalid(spec(mount_options={"suid"}))
 

@@ -109,10 +109,6 @@ def test_legacy_lowerdir_with_colons() -> None:
     assert m.super_option("lowerdir") == "/l1:/l2"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_line unescapes the super options before "
-                   "splitting them on ',' (mountinfo.py:54); the kernel's seq_show_option writes "
-                   "',' and '\\' inside a value as \\054 and \\134, so such a value is split or "
-                   "loses its backslash")
 @pytest.mark.parametrize(("raw", "value"), [
     (r"/srv/a\054b", "/srv/a,b"),
     (r"/srv/back\134slash", "/srv/back\\slash"),
