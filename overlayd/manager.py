@@ -44,6 +44,7 @@ class OverlayManager:
         self._creating: set[str] = set()
         self._create_lock = asyncio.Lock()  # mount point checks must see each other's result
         self._listeners: list[Listener] = []
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class OverlayManager:
             self._set_state(rec, OverlayState.COMMITTING)
             await self._save(rec)
             try:
-                applied = await self._blocking(ops.commit, self.host, rec, progress)
+                done = await self._blocking(ops.commit, self.host, rec, progress)
             except OverlaydError as e:
                 up = any(m.target == rec.mountpoint for m in await self._blocking(self.host.mounts))
                 self._set_state(rec, OverlayState.ACTIVE if up else OverlayState.FAILED, str(e))
@@ -153,6 +154,8 @@ class OverlayManager:
                 raise
             self._set_state(rec, OverlayState.ACTIVE)
             await self._save(rec)
+        self._in_background(done.free_old_upper)
+        applied = done.applied
         stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
         log.info("Committed overlay '%s' into '%s': %d entries, %d bytes in %.3f s.", name,
                  rec.image, stats.entries, stats.bytes, stats.seconds,
@@ -178,6 +181,17 @@ class OverlayManager:
         log.info("Discarded overlay '%s'%s.", name, " (forced)" if force else "",
                  extra=_fields(rec, OVERLAYD_EVENT="discarded"))
         self._changed(name, None)
+
+    def _in_background(self, fn: Callable[[], None]) -> None:
+        """Run FN in a worker thread without making the caller wait; ``aclose`` waits."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn)
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Wait for background work (freeing committed uppers). Overlays stay as they are."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _save(self, rec: Overlay) -> None:
         await self._blocking(self.host.write_file, f"{rec.base_dir}/overlay.json",

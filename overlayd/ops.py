@@ -161,9 +161,16 @@ class CommitOutcome:
     applied: Applied | None = None
     error: OverlaydError | None = None
     remount_problems: list[str] = field(default_factory=list)
+    free_old_upper: Callable[[], None] = lambda: None  # RAM of the committed upper
 
 
-def commit(host: Host, rec: Overlay, progress: Progress | None) -> Applied:
+@dataclass
+class Committed:
+    applied: Applied
+    free_old_upper: Callable[[], None]  # call after replying: frees the old upper's RAM
+
+
+def commit(host: Host, rec: Overlay, progress: Progress | None) -> Committed:
     """Unmount, apply the upper to the image opened read-write, sync, go back read-only,
     remount on a fresh upper. On failure the upper is kept and the overlay remounted."""
     if rec.fstype in checks.READ_ONLY_FSTYPES:
@@ -189,9 +196,10 @@ def commit(host: Host, rec: Overlay, progress: Progress | None) -> Applied:
 
 
 def _commit_opened(host: Host, rec: Overlay, progress: Progress | None,
-                   rw: ImageInfo | None, ro: ImageInfo | None) -> Applied:
+                   rw: ImageInfo | None, ro: ImageInfo | None) -> Committed:
+    mounts = host.mounts()
     try:
-        host.unmount(rec.mountpoint, owns_layer(rec))
+        host.unmount(rec.mountpoint, owns_layer(rec), mounts=mounts)
     except OverlayBusy as e:
         raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
                           f"{describe_holders(e.holders)}; close those files and try again.",
@@ -201,7 +209,7 @@ def _commit_opened(host: Host, rec: Overlay, progress: Progress | None,
     try:
         target = rec.image
         if rw is not None:
-            host.unmount(rec.lower_dir, owns_lower(rec))
+            host.unmount(rec.lower_dir, owns_lower(rec), mounts=mounts)
             _mount_lower(host, None, rec, rw, driver, read_only=False)
             target = rec.lower_dir
         out.applied = host.apply_upper(rec.upper_dir, target, progress)
@@ -219,11 +227,12 @@ def _commit_opened(host: Host, rec: Overlay, progress: Progress | None,
                 "commit again.")
         raise NoSpace(text) if isinstance(out.error, NoSpace) else CommitFailed(text)
     if out.remount_problems:
+        out.free_old_upper()
         raise CommitFailed(f"The changes of overlay '{rec.name}' were written to the image, but "
                            f"the overlay could not be mounted again: "
                            f"{'; '.join(out.remount_problems)}.")
     assert out.applied is not None
-    return out.applied
+    return Committed(out.applied, out.free_old_upper)
 
 
 def _restore_after_commit(host: Host, rec: Overlay, driver: str, ro: ImageInfo | None, *,
@@ -236,18 +245,22 @@ def _restore_after_commit(host: Host, rec: Overlay, driver: str, ro: ImageInfo |
             out.remount_problems.append(f"{what}: {e}")
             return False
 
+    mounts = host.mounts()
     if ro is not None:
-        lower_rw = [m for m in host.mounts() if m.target == rec.lower_dir]
-        if lower_rw and "ro" not in lower_rw[-1].options and not step(
-                "unmount the image", lambda: host.unmount(rec.lower_dir, owns_lower(rec))):
-            return
-        if not any(m.target == rec.lower_dir for m in host.mounts()) and not step(
+        lower = [m for m in mounts if m.target == rec.lower_dir]
+        if lower and "ro" not in lower[-1].options:
+            if not step("unmount the image",
+                        lambda: host.unmount(rec.lower_dir, owns_lower(rec), mounts=mounts)):
+                return
+            lower = []
+        if not lower and not step(
                 "mount the image read-only",
                 lambda: _mount_lower(host, None, rec, ro, driver, read_only=True)):
             return
     if fresh_upper:
         def renew() -> None:
-            host.unmount(rec.tmpfs_dir, owns_layer(rec))
+            out.free_old_upper = host.detach_for_later(rec.tmpfs_dir, owns_layer(rec),
+                                                       mounts=mounts)
             host.mount_tmpfs(mount_source(rec.name), rec.tmpfs_dir, rec.size)
             host.prepare_upper(lower_source(rec), rec.upper_dir, rec.work_dir)
         if not step("start a fresh upper", renew):
@@ -260,17 +273,18 @@ def _restore_after_commit(host: Host, rec: Overlay, driver: str, ro: ImageInfo |
 def teardown(host: Host, rec: Overlay, *, force: bool) -> None:
     """Unmount overlay, tmpfs and image (lazily with FORCE), remove our directories and
     the record. Without FORCE a busy overlay raises OverlayBusy and nothing changes."""
+    mounts = host.mounts()
     try:
-        host.unmount(rec.mountpoint, owns_layer(rec))
+        host.unmount(rec.mountpoint, owns_layer(rec), mounts=mounts)
     except OverlayBusy as e:
         if not force:
             raise OverlayBusy(f"Overlay '{rec.name}' is busy: in use by "
                               f"{describe_holders(e.holders)}. Close those files or discard "
                               "with force to detach it anyway.", e.holders) from None
         host.unmount(rec.mountpoint, owns_layer(rec), lazy=True)
-    host.unmount(rec.tmpfs_dir, owns_layer(rec), lazy=force)
+    host.unmount(rec.tmpfs_dir, owns_layer(rec), lazy=force, mounts=mounts)
     if rec.image_kind is not LowerKind.DIRECTORY:
-        host.unmount(rec.lower_dir, owns_lower(rec), lazy=force)
+        host.unmount(rec.lower_dir, owns_lower(rec), lazy=force, mounts=mounts)
     remove_dirs(host, rec)
 
 

@@ -18,9 +18,16 @@ Measured side by side in one run, on real loop devices, tmpfs and overlayfs (nee
    b. many small files (--small-files, default 10,000 files of 4 KiB, 100 per directory):
       files/s for Commit versus ``cp -a`` of the same tree + ``sync``. Aim: >= 1.0.
 
-Each commit measurement gets its own fresh ext4 image (made with lazy inode-table and
-journal init off, so no background zeroing runs during a timed phase), and ``sync`` runs
-before every timed phase so earlier dirty data does not count. Page caches are not dropped.
+Each commit measurement is sampled --repeat times (default 5) per side, alternating which
+side goes first, and the best sample of each side is reported (all samples, and the
+medians, are in the JSON). The noise here only ever adds time, and a lot of it: on a VM
+with free page reporting (virtio-balloon), RAM freed a few seconds earlier has gone back
+to the host, and the copy that happens to write into it pays a host page fault per page,
+up to 5 times slower; the disk adds its own. The best of a few samples is what the code
+can do; a single sample or a median of three is a coin toss. Every sample gets its own
+fresh ext4 image (made with lazy inode-table and journal init off, so no background zeroing
+runs during a timed phase), and ``sync`` runs before every timed phase so earlier dirty
+data does not count. Page caches are not dropped.
 
 Everything lives under a temporary root in /var/tmp (the engine's runtime directory too,
 never /run/overlayd). At the end, even after an error or Ctrl-C, the overlays are
@@ -29,7 +36,7 @@ removed, and ``losetup -a`` and /proc/self/mountinfo are checked for anything le
 
     make bench
     .venv/bin/python tools/bench.py [--quick] [--json] [--cycles N] [--big-mib N]
-                                    [--small-files N]
+                                    [--small-files N] [--repeat N]
 """
 
 from __future__ import annotations
@@ -100,6 +107,7 @@ class Settings:
     cycles: int
     big_mib: int
     small_files: int
+    repeat: int
 
 
 @dataclass(frozen=True)
@@ -312,38 +320,53 @@ def util_linux_cycle(tracker: Tracker, image: Path, paths: Paths) -> float:
 # -- 2. commits ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CommitJob:
+    """What one commit measurement writes, and how it checks the result."""
+
+    label: str
+    name: str  # the file or directory written at the top of the overlay / the source
+    data_bytes: int
+    fill: Fill
+    check: Fill
+
+    @property
+    def tmpfs_size(self) -> int:
+        return self.data_bytes + 64 * MIB
+
+
 @dataclass
 class CommitTiming:
     seconds: float  # the whole timed phase
     apply_seconds: float | None = None  # the engine's own figure for applying the upper
 
 
-async def engine_commit(mgr: OverlayManager, image: Path, mnt: Path, size: int, fill: Fill,
-                        check: Fill) -> CommitTiming:
+async def engine_commit(mgr: OverlayManager, image: Path, mnt: Path,
+                        job: CommitJob) -> CommitTiming:
     await mgr.create(parse_spec({"name": COMMIT_NAME, "image": str(image),
-                                 "mountpoint": str(mnt), "size": size}))
-    fill(mnt)
+                                 "mountpoint": str(mnt), "size": job.tmpfs_size}))
+    job.fill(mnt)
     os.sync()
     t0 = time.perf_counter()
     stats = await mgr.commit(COMMIT_NAME)
     seconds = time.perf_counter() - t0
-    check(mnt)  # now served by the image: the commit really landed
+    job.check(mnt)  # now served by the image: the commit really landed
     await mgr.discard(COMMIT_NAME)
     return CommitTiming(seconds, stats.seconds)
 
 
-def cp_commit(tracker: Tracker, image: Path, paths: Paths, size: int, fill: Fill, name: str,
-              check: Fill) -> CommitTiming:
+def cp_commit(tracker: Tracker, image: Path, paths: Paths, job: CommitJob) -> CommitTiming:
     src, dst = paths.cp_src, paths.cp_dst
-    tracker.mount("-t", "tmpfs", "-o", f"size={size}", f"{BASELINE_SOURCE}-src", target=src)
-    fill(src)
+    tracker.mount("-t", "tmpfs", "-o", f"size={job.tmpfs_size}", f"{BASELINE_SOURCE}-src",
+                  target=src)
+    job.fill(src)
     device = tracker.mount_image_rw(image, dst)
     os.sync()
     t0 = time.perf_counter()
-    sh("cp", "-a", str(src / name), str(dst / name))
+    sh("cp", "-a", str(src / job.name), str(dst / job.name))
     sh("sync")
     seconds = time.perf_counter() - t0
-    check(dst)
+    job.check(dst)
     tracker.umount(dst)
     tracker.release(device)
     tracker.umount(src)
@@ -433,9 +456,8 @@ class Bench:
 
     async def big(self, mgr: OverlayManager) -> Row:
         mib = self.settings.big_mib
-        size = (mib + 64) * MIB
-        size_img = image_mib(self.settings)
-        say(f"commit of one {mib} MiB file: engine, then cp -a + sync")
+        say(f"commit of one {mib} MiB file, {self.settings.repeat} x engine and "
+            "cp -a + sync, alternating")
 
         def fill(d: Path) -> None:
             write_big(d, mib)
@@ -443,20 +465,14 @@ class Bench:
         def check(d: Path) -> None:
             check_big(d, mib)
 
-        eng = await engine_commit(mgr, self.image("big-engine", size_img), self.paths.engine_mnt,
-                                  size, fill, check)
-        cp = cp_commit(self.tracker, self.image("big-cp", size_img), self.paths, size, fill,
-                       BIG_NAME, check)
-        self.raw["big"] = {"mib": mib, "engine_seconds": eng.seconds,
-                           "engine_apply_seconds": eng.apply_seconds, "cp_seconds": cp.seconds}
-        return Row(f"commit 1 x {mib} MiB", "MiB/s", mib / eng.seconds, mib / cp.seconds,
-                   (">=", 0.8))
+        job = CommitJob("big", BIG_NAME, mib * MIB, fill, check)
+        engine, cp = await self.commit_pairs(mgr, job)
+        return Row(f"commit 1 x {mib} MiB", "MiB/s", mib / engine, mib / cp, (">=", 0.8))
 
     async def small(self, mgr: OverlayManager) -> Row:
         count = self.settings.small_files
-        size = count * SMALL_SIZE + 64 * MIB
-        size_img = image_mib(self.settings)
-        say(f"commit of {count} files of 4 KiB: engine, then cp -a + sync")
+        say(f"commit of {count} files of 4 KiB, {self.settings.repeat} x engine and "
+            "cp -a + sync, alternating")
 
         def fill(d: Path) -> None:
             write_tree(d, count)
@@ -464,15 +480,33 @@ class Bench:
         def check(d: Path) -> None:
             check_tree(d, count)
 
-        eng = await engine_commit(mgr, self.image("small-engine", size_img),
-                                  self.paths.engine_mnt, size, fill, check)
-        cp = cp_commit(self.tracker, self.image("small-cp", size_img), self.paths, size, fill,
-                       TREE_NAME, check)
-        self.raw["small"] = {"files": count, "engine_seconds": eng.seconds,
-                             "engine_apply_seconds": eng.apply_seconds,
-                             "cp_seconds": cp.seconds}
-        return Row(f"commit {count} x 4 KiB", "files/s", count / eng.seconds,
-                   count / cp.seconds, (">=", 1.0))
+        job = CommitJob("small", TREE_NAME, count * SMALL_SIZE, fill, check)
+        engine, cp = await self.commit_pairs(mgr, job)
+        return Row(f"commit {count} x 4 KiB", "files/s", count / engine, count / cp,
+                   (">=", 1.0))
+
+    async def commit_pairs(self, mgr: OverlayManager, job: CommitJob) -> tuple[float, float]:
+        """Best seconds of the engine's commit and of cp + sync, each on a fresh image
+        per sample, the order alternating so that warm-up effects hit both sides."""
+        engine: list[CommitTiming] = []
+        cp: list[CommitTiming] = []
+        size_mib = image_mib(self.settings)
+        for i in range(self.settings.repeat):
+            for side in ("engine", "cp") if i % 2 == 0 else ("cp", "engine"):
+                image = self.image(f"{job.label}-{side}-{i}", size_mib)
+                if side == "engine":
+                    engine.append(await engine_commit(mgr, image, self.paths.engine_mnt, job))
+                else:
+                    cp.append(cp_commit(self.tracker, image, self.paths, job))
+                image.unlink()  # sparse, but up to the data written: keep the disk free
+        engine_s, cp_s = [t.seconds for t in engine], [t.seconds for t in cp]
+        self.raw[job.label] = {
+            "engine_seconds": engine_s,
+            "engine_apply_seconds": [t.apply_seconds for t in engine],
+            "cp_seconds": cp_s,
+            "median_ratio": statistics.median(cp_s) / statistics.median(engine_s),
+        }
+        return min(engine_s), min(cp_s)
 
 
 def measure(bench: Bench) -> list[Row]:
@@ -544,6 +578,8 @@ def cleanup(bench: Bench) -> list[str]:
     else:
         shutil.rmtree(root, ignore_errors=True)
         left = wait_for_leftovers(root)
+        if root.exists():
+            warnings.append(f"could not remove '{root}' entirely")
     warnings += [f"left behind: {item}" for item in left]
     return warnings
 
@@ -565,7 +601,7 @@ def fmt(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
 
 
-def table(rows: list[Row], settings: Settings) -> str:
+def table(rows: list[Row], settings: Settings, raw: dict[str, Any]) -> str:
     head = ("measure", "unit", "engine", "baseline", "ratio", "aim", "")
     body = [(r.label, r.unit, fmt(r.engine), fmt(r.baseline), f"{r.ratio:.3f}",
              "" if r.aim is None else f"{r.aim[0]} {r.aim[1]}",
@@ -577,12 +613,16 @@ def table(rows: list[Row], settings: Settings) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
-    out = [f"overlayd benchmark on Linux {os.uname().release}: {settings.cycles} cycles, "
-           f"{settings.big_mib} MiB file, {settings.small_files} small files",
+    out = [f"overlayd benchmark on Linux {os.uname().release}: {settings.cycles} cycles; "
+           f"commits of a {settings.big_mib} MiB file and of {settings.small_files} small "
+           f"files, best of {settings.repeat}",
            line(head), line(tuple("-" * w for w in widths)), *(line(b) for b in body),
            "baseline: util-linux commands as subprocesses (cycle); cp -a + sync into the "
            "image mounted read-write (commits)",
-           "ratio: engine / baseline; for ms lower is better, for rates higher is better"]
+           "ratio: engine / baseline; for ms lower is better, for rates higher is better",
+           "commits, ratio of the medians instead of the best samples: "
+           + ", ".join(f"{k} {raw[k]['median_ratio']:.3f}" for k in ("big", "small")
+                       if k in raw)]
     return "\n".join(out)
 
 
@@ -592,7 +632,7 @@ def report(rows: list[Row], bench: Bench, warnings: list[str], as_json: bool) ->
                "results": [r.as_dict() for r in rows], "raw": bench.raw, "warnings": warnings}
         print(json.dumps(doc, indent=2))
     else:
-        print(table(rows, bench.settings))
+        print(table(rows, bench.settings, bench.raw))
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -603,15 +643,17 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--cycles", type=int, default=200, help="create/write/discard cycles")
     p.add_argument("--big-mib", type=int, default=512, help="size of the big file, MiB")
     p.add_argument("--small-files", type=int, default=10_000, help="number of 4 KiB files")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="samples of each commit measurement (the best is reported)")
     p.add_argument("--quick", action="store_true",
-                   help="a fast smoke run: 30 cycles, 64 MiB, 1000 files")
+                   help="a fast smoke run: 30 cycles, 64 MiB, 1000 files, 3 samples")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
     if a.quick:
-        a.cycles, a.big_mib, a.small_files = 30, 64, 1000
-    if min(a.cycles, a.big_mib, a.small_files) < 1:
-        p.error("--cycles, --big-mib and --small-files must be at least 1")
-    return Settings(a.cycles, a.big_mib, a.small_files), a.json
+        a.cycles, a.big_mib, a.small_files, a.repeat = 30, 64, 1000, 3
+    if min(a.cycles, a.big_mib, a.small_files, a.repeat) < 1:
+        p.error("--cycles, --big-mib, --small-files and --repeat must be at least 1")
+    return Settings(a.cycles, a.big_mib, a.small_files, a.repeat), a.json
 
 
 def preflight() -> None:

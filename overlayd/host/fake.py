@@ -113,8 +113,13 @@ class FakeHost:
                       options: tuple[str, ...]) -> None:
         self._mount("mount_overlay", source, target, "overlay", options)
 
+    def detach_for_later(self, target: str, owned: Callable[[MountInfo], bool], *,
+                         mounts: list[MountInfo] | None = None) -> Callable[[], None]:
+        self.unmount(target, owned, lazy=True)
+        return lambda: None
+
     def unmount(self, target: str, owned: Callable[[MountInfo], bool], *,
-                lazy: bool = False) -> bool:
+                lazy: bool = False, mounts: list[MountInfo] | None = None) -> bool:
         self._call("unmount")
         top = [m for m in self.mount_table if m.target == target]
         if not top:

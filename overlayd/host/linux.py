@@ -222,15 +222,24 @@ class LinuxHost:
     def mounts(self) -> list[mountinfo.MountInfo]:
         return mountinfo.read_mounts()
 
-    def unmount(self, target: str, owned: Callable[[mountinfo.MountInfo], bool], *,
-                lazy: bool = False) -> bool:
-        """Unmount the top mount at TARGET if OWNED says it is ours; False if none is there."""
-        top = [m for m in self.mounts() if m.target == target]
+    def _top_owned(self, target: str, owned: Callable[[mountinfo.MountInfo], bool],
+                   mounts: list[mountinfo.MountInfo] | None) -> bool:
+        """True if the top mount at TARGET is ours, False if nothing is mounted there;
+        refuses (MountFailed) when someone else's mount is on top."""
+        top = [m for m in (mounts if mounts is not None else self.mounts()) if m.target == target]
         if not top:
             return False
         if not owned(top[-1]):
             raise MountFailed(f"Refusing to unmount '{target}': what is mounted there "
                               f"({top[-1].source}, {top[-1].fstype}) was not mounted by overlayd.")
+        return True
+
+    def unmount(self, target: str, owned: Callable[[mountinfo.MountInfo], bool], *,
+                lazy: bool = False, mounts: list[mountinfo.MountInfo] | None = None) -> bool:
+        """Unmount the top mount at TARGET if OWNED says it is ours; False if none is there.
+        MOUNTS, a mount table read moments ago by the same operation, saves a re-read."""
+        if not self._top_owned(target, owned, mounts):
+            return False
         try:
             umount2(target, MNT_DETACH if lazy else 0)
         except OSError as e:
@@ -242,6 +251,23 @@ class LinuxHost:
                 return False
             raise MountFailed(f"Cannot unmount '{target}': {e.strerror}.", e.errno) from None
         return True
+
+    def detach_for_later(self, target: str, owned: Callable[[mountinfo.MountInfo], bool], *,
+                         mounts: list[mountinfo.MountInfo] | None = None) -> Callable[[], None]:
+        """Detach the mount at TARGET now, but free it later: an O_PATH fd keeps its
+        superblock alive until the returned function closes it. Unmounting a tmpfs frees
+        its pages synchronously (70 ms for 512 MiB), which a commit's caller need not wait
+        for."""
+        if not self._top_owned(target, owned, mounts):
+            return lambda: None
+        with _mount_errors(f"detach '{target}'"):
+            fd = os.open(target, os.O_PATH | os.O_CLOEXEC)
+            try:
+                umount2(target, MNT_DETACH)
+            except BaseException:
+                os.close(fd)
+                raise
+        return lambda: os.close(fd)
 
     def holders(self, target: str) -> list[tuple[int, str]]:
         ids = {m.mount_id for m in self.mounts() if m.target == target

@@ -58,6 +58,9 @@ def build_lower(tree: Path) -> None:
     os.setxattr(tree / "acl.txt", "system.posix_acl_access", acl_for(1000))
     (tree / "defacl").mkdir()
     os.setxattr(tree / "defacl", "system.posix_acl_default", acl_for(4242, 4))
+    (tree / "sgid").mkdir()
+    os.chown(tree / "sgid", 0, 4321)
+    (tree / "sgid").chmod(0o2775)
 
 
 def mutate(mp: Path, outside: Path) -> None:
@@ -116,6 +119,11 @@ def mutate(mp: Path, outside: Path) -> None:
     os.setxattr(mp / "keep.txt", "trusted.mine", b"t")  # copy-up for an xattr alone
     os.setxattr(mp / "modify.txt", "trusted.overlay.nested", b"escaped")
     (mp / "defacl" / "inherits.txt").write_text("inherits the default ACL\n")
+    (mp / "defacl" / "no-acl.txt").write_text("its inherited ACL removed\n")
+    os.removexattr(mp / "defacl" / "no-acl.txt", "system.posix_acl_access")
+    (mp / "sgid" / "root-group.txt").write_text("group reset to root in a setgid dir\n")
+    os.chown(mp / "sgid" / "root-group.txt", 0, 0)
+    (mp / "sgid" / "inherited").mkdir()  # gets group 4321 and setgid from its parent
     os.chown(mp / "new", 7, 8)
 
 
