@@ -104,6 +104,15 @@ class OverlayManager:
         rec = self.get(name)
         return await self._blocking(self.host.usage, rec.tmpfs_dir)
 
+    def usage_now(self, name: str) -> UpperUsage:
+        """Usage of the upper, read inline: statvfs of a tmpfs does no I/O, so property
+        reads may call it on the event loop. Zeros while the tmpfs is being replaced."""
+        rec = self.get(name)
+        try:
+            return self.host.usage(rec.tmpfs_dir)
+        except OverlaydError:
+            return UpperUsage(size=rec.size, used=0, inodes_used=0)
+
     async def diff(self, name: str) -> builtins.list[DiffEntry]:
         async with self._lock(name):
             rec = self.get(name)

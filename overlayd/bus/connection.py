@@ -1,0 +1,116 @@
+"""OverlaydBus: dbus-next's MessageBus with its rough edges filed off, in one place.
+
+dbus-next 0.2.3 (pinned in pyproject.toml) has four habits a system service cannot keep:
+
+1. a method is not told who called it: here the calling ``Message`` is put in the
+   ``current_message`` ContextVar before the method's task starts;
+2. an exception is sent back with its Python traceback, and even a deliberate
+   ``DBusError`` is logged as an ERROR: here replies are built by ``_reply``, which maps
+   every exception with ``errors.to_dbus`` and logs only unexpected ones;
+3. a call with the right name but wrong argument types is ``UnknownMethod``: here it is
+   ``InvalidArgs`` saying which types were expected;
+4. ObjectManager signals are sent from the child object's path: here they come from the
+   manager object, as the ObjectManager specification says.
+
+Unix fds received with a call are closed when the call is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from dbus_next import Message, MessageType
+from dbus_next.aio import MessageBus
+from dbus_next.service import ServiceInterface
+
+from overlayd.bus.errors import to_dbus
+from overlayd.bus.names import INVALID_ARGS, ROOT_PATH
+
+log = logging.getLogger("overlayd.bus")
+
+current_message: contextvars.ContextVar[Message] = contextvars.ContextVar("current_message")
+
+SendReply = Callable[[Message], None]
+
+
+class OverlaydBus(MessageBus):  # type: ignore[misc]
+    def _make_method_handler(self, interface: ServiceInterface, method: Any) -> Any:
+        def handler(msg: Message, send_reply: SendReply) -> None:
+            token = current_message.set(msg)
+            try:
+                args = ServiceInterface._msg_body_to_args(msg)
+                fut = asyncio.ensure_future(method.fn(interface, *args))
+            finally:
+                current_message.reset(token)
+            fut.add_done_callback(lambda f: self._reply(msg, method, f, send_reply))
+
+        return handler
+
+    def _reply(self, msg: Message, method: Any, fut: asyncio.Future[Any],
+               send_reply: SendReply) -> None:
+        try:
+            try:
+                result = fut.result()
+                body, fds = ServiceInterface._fn_result_to_body(result, method.out_signature_tree)
+                reply = Message.new_method_return(msg, method.out_signature, body, fds)
+            except Exception as e:  # noqa: BLE001 - the one place every call's errors end
+                reply = to_dbus(e)._as_message(msg)
+            send_reply(reply)
+        finally:
+            for fd in msg.unix_fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _find_message_handler(self, msg: Message) -> Any:
+        handler = super()._find_message_handler(msg)
+        if handler is not None or msg.message_type is not MessageType.METHOD_CALL:
+            return handler
+        for interface in self._path_exports.get(msg.path, []):
+            if msg.interface not in (None, interface.name):
+                continue
+            for method in ServiceInterface._get_methods(interface):
+                if method.name == msg.member and not method.disabled:
+                    return _wrong_signature(method.name, method.in_signature)
+        return None
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        if self._disconnected:
+            return
+
+        def send(iface: ServiceInterface, values: Any, _user: Any, err: Any) -> None:
+            if err is not None:
+                log.warning("Cannot read the properties of %s for InterfacesAdded: %s, "
+                            "ignoring.", path, err)
+                return
+            self.send(Message.new_signal(
+                path=_manager_of(path), interface="org.freedesktop.DBus.ObjectManager",
+                member="InterfacesAdded", signature="oa{sa{sv}}",
+                body=[path, {iface.name: values}]))
+
+        ServiceInterface._get_all_property_values(interface, send)
+
+    def _emit_interface_removed(self, path: str, removed: list[str]) -> None:
+        if self._disconnected:
+            return
+        self.send(Message.new_signal(
+            path=_manager_of(path), interface="org.freedesktop.DBus.ObjectManager",
+            member="InterfacesRemoved", signature="oas", body=[path, removed]))
+
+
+def _manager_of(path: str) -> str:
+    return ROOT_PATH if path.startswith(ROOT_PATH + "/") else path
+
+
+def _wrong_signature(member: str, expected: str) -> Callable[[Message, SendReply], None]:
+    def handler(msg: Message, send_reply: SendReply) -> None:
+        send_reply(Message.new_error(
+            msg, INVALID_ARGS,
+            f"{member}() takes arguments of type '{expected}', not '{msg.signature}'."))
+    return handler

@@ -1,0 +1,39 @@
+"""Names fixed by DESIGN.md; scripts depend on them."""
+
+from __future__ import annotations
+
+BUS_NAME = "org.overlayd.Overlayd1"
+ROOT_PATH = "/org/overlayd/Overlayd1"
+MANAGER_IFACE = "org.overlayd.Overlayd1.Manager"
+OVERLAY_IFACE = "org.overlayd.Overlayd1.Overlay"
+ERROR_PREFIX = "org.overlayd.Overlayd1.Error."
+OVERLAY_PREFIX = ROOT_PATH + "/overlay/"
+
+INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+INTERACTIVE_AUTH_REQUIRED = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+FAILED = ERROR_PREFIX + "Failed"
+
+ACTION_PREFIX = "org.overlayd.overlayd1."
+ACTION_CREATE = ACTION_PREFIX + "create"
+ACTION_COMMIT = ACTION_PREFIX + "commit"
+ACTION_DISCARD = ACTION_PREFIX + "discard"
+ACTION_MANAGE_OTHERS = ACTION_PREFIX + "manage-others"
+
+
+def bus_label(name: str) -> str:
+    """systemd's bus_label_escape: [A-Za-z0-9] kept, any other byte as _xx (lowercase hex)."""
+    if not name:
+        return "_"
+    out = []
+    for i, b in enumerate(name.encode()):
+        c = chr(b)
+        if c.isascii() and (c.isalpha() or (c.isdigit() and i > 0)):
+            out.append(c)
+        else:
+            out.append(f"_{b:02x}")
+    return "".join(out)
+
+
+def overlay_path(name: str) -> str:
+    return OVERLAY_PREFIX + bus_label(name)

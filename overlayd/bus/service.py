@@ -1,0 +1,275 @@
+"""The objects on the bus: the Manager (with ObjectManager) and one Overlay per overlay.
+
+Each method: decode the arguments, validate them (cheap, InvalidArgs), look the overlay
+up, identify the caller and authorize (before anything changes), then hand over to the
+OverlayManager. Errors become D-Bus errors in ``connection.OverlaydBus._reply``; the
+interfaces are written down in dbus/*.xml and a test holds them to it.
+
+No ``from __future__ import annotations`` here: dbus-next reads the signature strings
+('s', 'a{sv}') from the annotations.
+"""
+
+import logging
+from typing import Any
+
+from dbus_next import Variant
+from dbus_next.aio import MessageBus
+from dbus_next.constants import PropertyAccess
+from dbus_next.service import ServiceInterface, dbus_property, method
+
+from overlayd.bus.auth import Authorizer, Caller, identify
+from overlayd.bus.connection import current_message
+from overlayd.bus.errors import InvalidArgs
+from overlayd.bus.names import (
+    ACTION_COMMIT,
+    ACTION_CREATE,
+    ACTION_DISCARD,
+    ACTION_MANAGE_OTHERS,
+    MANAGER_IFACE,
+    OVERLAY_IFACE,
+    ROOT_PATH,
+    overlay_path,
+)
+from overlayd.errors import InvalidSpec
+from overlayd.manager import OverlayManager
+from overlayd.model import Overlay, OverlaySpec, UpperUsage, parse_spec
+
+log = logging.getLogger("overlayd.bus")
+
+# Variant types accepted for each spec key ('size' may also be a string like "1G").
+SPEC_TYPES: dict[str, tuple[str, ...]] = {
+    "image": ("s",), "image_fd": ("h",), "fstype": ("s",), "mountpoint": ("s",),
+    "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",),
+}
+COMMIT_OPTIONS: dict[str, str] = {}
+DISCARD_OPTIONS = {"force": "b"}
+
+
+def decode_options(options: dict[str, Variant], allowed: dict[str, str], what: str) -> dict[str, Any]:
+    out = {}
+    for key, variant in options.items():
+        if key not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise InvalidArgs(f"Unknown {what} option '{key[:64]}'; known options: {known}.")
+        if variant.signature != allowed[key]:
+            raise InvalidArgs(f"The {what} option '{key}' must be of type "
+                              f"'{allowed[key]}', not '{variant.signature}'.")
+        out[key] = variant.value
+    return out
+
+
+def decode_spec(name: str, spec: dict[str, Variant]) -> OverlaySpec:
+    data: dict[str, Any] = {"name": name}
+    for key, variant in spec.items():
+        if key == "name":
+            raise InvalidArgs("The name is Create's first argument, not a key of the spec.")
+        types = SPEC_TYPES.get(key)
+        if types is None:
+            known = ", ".join(SPEC_TYPES)
+            raise InvalidArgs(f"Unknown spec key '{key[:64]}'; the known keys are {known}.")
+        if variant.signature not in types:
+            raise InvalidArgs(f"The spec key '{key}' must be of type '{types[0]}', "
+                              f"not '{variant.signature}'.")
+        if key == "image_fd" and variant.value is None:
+            raise InvalidArgs("The spec key 'image_fd' names no file descriptor that came "
+                              "with the call.")
+        data[key] = variant.value
+    try:
+        return parse_spec(data)
+    except InvalidSpec as e:
+        raise InvalidArgs(str(e)) from None
+
+
+class Service:
+    """Keeps the bus objects in step with the OverlayManager."""
+
+    def __init__(self, bus: MessageBus, manager: OverlayManager, auth: Authorizer) -> None:
+        self.bus = bus
+        self.manager = manager
+        self.auth = auth
+        self.manager_iface = ManagerInterface(self)
+        self.objects: dict[str, OverlayInterface] = {}
+        manager.subscribe(self._on_change)
+
+    def export_all(self) -> None:
+        self.bus.export(ROOT_PATH, self.manager_iface)
+        for rec in self.manager.list():
+            self._on_change(rec.name, rec)
+
+    def _on_change(self, name: str, rec: Overlay | None) -> None:
+        obj = self.objects.get(name)
+        if rec is None:
+            if obj is not None:
+                del self.objects[name]
+                self.bus.unexport(overlay_path(name), obj)
+            return
+        if obj is None:
+            obj = self.objects[name] = OverlayInterface(self, name)
+            obj.last = obj.snapshot()
+            self.bus.export(overlay_path(name), obj)
+            return
+        now = obj.snapshot()
+        changed = {k: v for k, v in now.items() if obj.last.get(k) != v}
+        obj.last = now
+        if changed:
+            obj.emit_properties_changed(changed)
+
+    async def caller(self) -> Caller:
+        return await identify(self.bus, current_message.get())
+
+    async def authorize(self, action: str, rec_or_name: Overlay | str, caller: Caller) -> None:
+        if isinstance(rec_or_name, Overlay):
+            rec = rec_or_name
+            details = {"overlay": rec.name, "image": rec.image, "mountpoint": rec.mountpoint}
+            if rec.owner_uid != caller.uid:
+                await self.auth.require(ACTION_MANAGE_OTHERS, caller, details)
+        else:
+            details = {"overlay": rec_or_name}
+        await self.auth.require(action, caller, details)
+
+    # -- the operations, shared by the Manager and the Overlay objects -------------------
+
+    async def create(self, name: str, spec: dict[str, Variant]) -> str:
+        parsed = decode_spec(name, spec)
+        caller = await self.caller()
+        details = {"overlay": parsed.name, "image": parsed.image or f"fd {parsed.image_fd}",
+                   "mountpoint": parsed.mountpoint or ""}
+        await self.auth.require(ACTION_CREATE, caller, details)
+        await self.manager.create(parsed, owner_uid=caller.uid)
+        return overlay_path(parsed.name)
+
+    async def commit(self, name: str, options: dict[str, Variant]) -> None:
+        decode_options(options, COMMIT_OPTIONS, "Commit")
+        rec = self.manager.get(name)
+        await self.authorize(ACTION_COMMIT, rec, await self.caller())
+        await self.manager.commit(name)
+
+    async def discard(self, name: str, options: dict[str, Variant]) -> None:
+        opts = decode_options(options, DISCARD_OPTIONS, "Discard")
+        rec = self.manager.get(name)
+        await self.authorize(ACTION_DISCARD, rec, await self.caller())
+        await self.manager.discard(name, force=bool(opts.get("force", False)))
+
+    async def diff(self, name: str) -> list[list[str]]:
+        rec = self.manager.get(name)
+        caller = await self.caller()
+        if caller.uid != rec.owner_uid:  # one's own overlay needs no action
+            await self.auth.require(ACTION_MANAGE_OTHERS, caller, {"overlay": rec.name})
+        return [[d.path, d.kind] for d in await self.manager.diff(name)]
+
+
+class ManagerInterface(ServiceInterface):  # type: ignore[misc]
+    def __init__(self, svc: Service) -> None:
+        super().__init__(MANAGER_IFACE)
+        self.svc = svc
+
+    @method()
+    async def Create(self, name: "s", spec: "a{sv}") -> "o":  # noqa: F821
+        return await self.svc.create(name, spec)
+
+    @method()
+    async def Commit(self, name: "s", options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+        await self.svc.commit(name, options)
+
+    @method()
+    async def Discard(self, name: "s", options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+        await self.svc.discard(name, options)
+
+    @method()
+    async def GetOverlay(self, name: "s") -> "o":  # noqa: F821
+        return overlay_path(self.svc.manager.get(name).name)
+
+    @method()
+    async def ListOverlays(self) -> "a(so)":  # noqa: F821
+        return [[r.name, overlay_path(r.name)] for r in self.svc.manager.list()]
+
+
+class OverlayInterface(ServiceInterface):  # type: ignore[misc]
+    def __init__(self, svc: Service, name: str) -> None:
+        super().__init__(OVERLAY_IFACE)
+        self.svc = svc
+        self.overlay = name  # not .name: ServiceInterface keeps the interface name there
+        self.last: dict[str, Any] = {}
+
+    def _rec(self) -> Overlay | None:
+        try:
+            return self.svc.manager.get(self.overlay)
+        except Exception:  # noqa: BLE001 - gone between the call and the read
+            return None
+
+    def _usage(self) -> UpperUsage:
+        rec = self._rec()
+        if rec is None:
+            return UpperUsage(size=0, used=0, inodes_used=0)
+        return self.svc.manager.usage_now(rec.name)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The properties that change and are announced with PropertiesChanged."""
+        rec = self._rec()
+        if rec is None:
+            return {}
+        return {"State": rec.state.value, "LoopDevice": rec.loop_device}
+
+    @method()
+    async def Commit(self, options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+        await self.svc.commit(self.overlay, options)
+
+    @method()
+    async def Discard(self, options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+        await self.svc.discard(self.overlay, options)
+
+    @method()
+    async def Diff(self) -> "a(ss)":  # noqa: F821
+        return await self.svc.diff(self.overlay)
+
+    def _get(self, attr: str, default: Any) -> Any:
+        rec = self._rec()
+        return default if rec is None else getattr(rec, attr)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":  # noqa: F821
+        return self.overlay
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":  # noqa: F821
+        return str(self._get("state", "failed"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def MountPoint(self) -> "s":  # noqa: F821
+        return str(self._get("mountpoint", ""))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Image(self) -> "s":  # noqa: F821
+        return str(self._get("image", ""))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def FsType(self) -> "s":  # noqa: F821
+        return str(self._get("fstype", ""))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LoopDevice(self) -> "s":  # noqa: F821
+        return str(self._get("loop_device", ""))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpperSize(self) -> "t":  # noqa: F821
+        return int(self._get("size", 0))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpperUsed(self) -> "t":  # noqa: F821
+        return self._usage().used
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpperInodesUsed(self) -> "t":  # noqa: F821
+        return self._usage().inodes_used
+
+    @dbus_property(access=PropertyAccess.READ)
+    def OwnerUID(self) -> "u":  # noqa: F821
+        return int(self._get("owner_uid", 0))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CreatedUSec(self) -> "t":  # noqa: F821
+        return int(self._get("created_usec", 0))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def MountOptions(self) -> "as":  # noqa: F821
+        return list(self._get("mount_options", ()))

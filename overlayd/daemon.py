@@ -1,0 +1,117 @@
+"""overlayd, the daemon: wiring and lifetime.
+
+load config -> recover (adopt what a previous daemon left) -> connect to the bus ->
+export the objects -> request the name last (so "name owned" means ready) -> serve until
+SIGTERM. Stopping never touches live overlays; ``--standalone --discard-on-exit`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dbus_next.constants import BusType, NameFlag, RequestNameReply
+
+from overlayd import __version__
+from overlayd.bus.auth import RootOnly
+from overlayd.bus.connection import OverlaydBus
+from overlayd.bus.names import BUS_NAME
+from overlayd.bus.service import Service
+from overlayd.config import DEFAULT_CONFIG, load_config
+from overlayd.errors import OverlaydError
+from overlayd.host.linux import LinuxHost
+from overlayd.log import setup_logging
+from overlayd.manager import OverlayManager
+from overlayd.standalone import StandaloneBus
+
+log = logging.getLogger("overlayd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="overlayd", description=(
+        "Serve org.overlayd.Overlayd1: read-only images with their writes in RAM, "
+        "committed or discarded on request."))
+    p.add_argument("--standalone", action="store_true",
+                   help="start a private system-like bus (for machines without one) and print "
+                        "DBUS_SYSTEM_BUS_ADDRESS=... on stdout once ready")
+    p.add_argument("--discard-on-exit", action="store_true",
+                   help="with --standalone: discard every overlay when stopping")
+    p.add_argument("--bus-address", help="serve on this bus instead of the system bus")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help=f"configuration file (default {DEFAULT_CONFIG}, plus its .d/ drop-ins)")
+    p.add_argument("--runtime-dir", type=Path,
+                   help="state and layers (default from the configuration: /run/overlayd)")
+    p.add_argument("--debug", action="store_true", help="log debug messages")
+    p.add_argument("--version", action="version", version=f"overlayd {__version__}")
+    args = p.parse_args(argv)
+    if args.discard_on_exit and not args.standalone:
+        p.error("--discard-on-exit only goes with --standalone")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> int:
+    overrides = {"runtime_dir": args.runtime_dir} if args.runtime_dir else {}
+    config = load_config(args.config, **overrides)
+    manager = OverlayManager(config, LinuxHost())
+    await manager.start()
+
+    standalone = await StandaloneBus.start() if args.standalone else None
+    try:
+        address = standalone.address if standalone else args.bus_address
+        bus = await OverlaydBus(bus_address=address, bus_type=BusType.SYSTEM,
+                                negotiate_unix_fd=True).connect()
+        try:
+            Service(bus, manager, RootOnly()).export_all()
+            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            if reply is not RequestNameReply.PRIMARY_OWNER:
+                raise OverlaydError(f"Another process owns {BUS_NAME} on this bus ({reply.name}).")
+            log.info("Serving %s with %d overlays.", BUS_NAME, len(manager.list()))
+            if standalone:
+                print(f"DBUS_SYSTEM_BUS_ADDRESS={standalone.address}", flush=True)
+            await until_stopped(bus)
+            if args.discard_on_exit:
+                for rec in manager.list():
+                    await manager.discard(rec.name, force=True)
+        finally:
+            bus.disconnect()
+            await manager.aclose()
+    finally:
+        if standalone:
+            await standalone.stop()
+    log.info("Stopped; %d overlays stay as they are.", len(manager.list()))
+    return 0
+
+
+async def until_stopped(bus: OverlaydBus) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gone = asyncio.ensure_future(bus.wait_for_disconnect())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for t in (gone, stopped):
+        t.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(logging.DEBUG if args.debug else logging.INFO)
+    if os.geteuid() != 0:
+        print("overlayd: must run as root (it attaches loop devices and mounts).",
+              file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(serve(args))
+    except OverlaydError as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
