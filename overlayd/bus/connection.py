@@ -18,6 +18,7 @@ Unix fds received with a call are closed when the call is done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -58,15 +59,13 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
                 result = fut.result()
                 body, fds = ServiceInterface._fn_result_to_body(result, method.out_signature_tree)
                 reply = Message.new_method_return(msg, method.out_signature, body, fds)
-            except Exception as e:  # noqa: BLE001 - the one place every call's errors end
+            except Exception as e:  # the one place where every call's errors end
                 reply = to_dbus(e)._as_message(msg)
             send_reply(reply)
         finally:
             for fd in msg.unix_fds:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
 
     def _find_message_handler(self, msg: Message) -> Any:
         handler = super()._find_message_handler(msg)

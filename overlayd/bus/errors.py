@@ -8,6 +8,7 @@ spec validation errors are ``InvalidArgs`` naming the field; anything unexpected
 from __future__ import annotations
 
 import logging
+
 from dbus_next import DBusError
 
 from overlayd.bus.names import ACCESS_DENIED, ERROR_PREFIX, FAILED, INVALID_ARGS

@@ -11,8 +11,10 @@ No ``from __future__ import annotations`` here: dbus-next reads the signature st
 
 import logging
 from typing import Any
+from xml.etree import ElementTree as ET
 
 from dbus_next import Variant
+from dbus_next import introspection as intr
 from dbus_next.aio import MessageBus
 from dbus_next.constants import PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
@@ -30,7 +32,7 @@ from overlayd.bus.names import (
     ROOT_PATH,
     overlay_path,
 )
-from overlayd.errors import InvalidSpec
+from overlayd.errors import InvalidSpec, OverlaydError
 from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, OverlaySpec, UpperUsage, parse_spec
 
@@ -45,7 +47,8 @@ COMMIT_OPTIONS: dict[str, str] = {}
 DISCARD_OPTIONS = {"force": "b"}
 
 
-def decode_options(options: dict[str, Variant], allowed: dict[str, str], what: str) -> dict[str, Any]:
+def decode_options(options: dict[str, Variant], allowed: dict[str, str],
+                   what: str) -> dict[str, Any]:
     out = {}
     for key, variant in options.items():
         if key not in allowed:
@@ -158,33 +161,74 @@ class Service:
         return [[d.path, d.kind] for d in await self.manager.diff(name)]
 
 
+# dbus-next leaves return values unnamed; the contract (dbus/*.xml) names them.
+OUT_NAMES = {"Create": "overlay", "GetOverlay": "overlay", "ListOverlays": "overlays",
+             "Diff": "changes"}
+
+
+def name_out_args(iface: intr.Interface) -> intr.Interface:
+    for m in iface.methods:
+        for arg in m.out_args:
+            arg.name = arg.name or OUT_NAMES.get(m.name)
+    return iface
+
+
 class ManagerInterface(ServiceInterface):  # type: ignore[misc]
+    def introspect(self) -> intr.Interface:
+        return name_out_args(super().introspect())
+
     def __init__(self, svc: Service) -> None:
         super().__init__(MANAGER_IFACE)
         self.svc = svc
 
     @method()
-    async def Create(self, name: "s", spec: "a{sv}") -> "o":  # noqa: F821
+    async def Create(self, name: "s", spec: "a{sv}") -> "o":
         return await self.svc.create(name, spec)
 
     @method()
-    async def Commit(self, name: "s", options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+    async def Commit(self, name: "s", options: "a{sv}"):
         await self.svc.commit(name, options)
 
     @method()
-    async def Discard(self, name: "s", options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+    async def Discard(self, name: "s", options: "a{sv}"):
         await self.svc.discard(name, options)
 
     @method()
-    async def GetOverlay(self, name: "s") -> "o":  # noqa: F821
+    async def GetOverlay(self, name: "s") -> "o":
         return overlay_path(self.svc.manager.get(name).name)
 
     @method()
-    async def ListOverlays(self) -> "a(so)":  # noqa: F821
+    async def ListOverlays(self) -> "a(so)":
         return [[r.name, overlay_path(r.name)] for r in self.svc.manager.list()]
 
 
+EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+# Properties that never change once the overlay exists, and those read live on every Get
+# (they change with every write in the overlay) and so are never signalled.
+CONST_PROPERTIES = {"Name", "MountPoint", "Image", "FsType", "UpperSize", "OwnerUID",
+                    "CreatedUSec", "MountOptions"}
+LIVE_PROPERTIES = {"UpperUsed", "UpperInodesUsed"}
+
+
+class _AnnotatedProperty(intr.Property):  # type: ignore[misc]
+    emits = "true"
+
+    def to_xml(self) -> ET.Element:
+        element: ET.Element = super().to_xml()
+        ET.SubElement(element, "annotation", name=EMITS, value=self.emits)
+        return element
+
+
 class OverlayInterface(ServiceInterface):  # type: ignore[misc]
+    def introspect(self) -> intr.Interface:
+        """dbus-next cannot annotate properties; say which ones are signalled."""
+        iface = name_out_args(super().introspect())
+        for prop in iface.properties:
+            if prop.name in CONST_PROPERTIES | LIVE_PROPERTIES:
+                prop.__class__ = _AnnotatedProperty
+                prop.emits = "const" if prop.name in CONST_PROPERTIES else "false"
+        return iface
+
     def __init__(self, svc: Service, name: str) -> None:
         super().__init__(OVERLAY_IFACE)
         self.svc = svc
@@ -194,7 +238,7 @@ class OverlayInterface(ServiceInterface):  # type: ignore[misc]
     def _rec(self) -> Overlay | None:
         try:
             return self.svc.manager.get(self.overlay)
-        except Exception:  # noqa: BLE001 - gone between the call and the read
+        except OverlaydError:  # gone between the call and the read
             return None
 
     def _usage(self) -> UpperUsage:
@@ -211,15 +255,15 @@ class OverlayInterface(ServiceInterface):  # type: ignore[misc]
         return {"State": rec.state.value, "LoopDevice": rec.loop_device}
 
     @method()
-    async def Commit(self, options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+    async def Commit(self, options: "a{sv}"):
         await self.svc.commit(self.overlay, options)
 
     @method()
-    async def Discard(self, options: "a{sv}"):  # type: ignore[no-untyped-def] # noqa: F821
+    async def Discard(self, options: "a{sv}"):
         await self.svc.discard(self.overlay, options)
 
     @method()
-    async def Diff(self) -> "a(ss)":  # noqa: F821
+    async def Diff(self) -> "a(ss)":
         return await self.svc.diff(self.overlay)
 
     def _get(self, attr: str, default: Any) -> Any:
@@ -227,49 +271,49 @@ class OverlayInterface(ServiceInterface):  # type: ignore[misc]
         return default if rec is None else getattr(rec, attr)
 
     @dbus_property(access=PropertyAccess.READ)
-    def Name(self) -> "s":  # noqa: F821
+    def Name(self) -> "s":
         return self.overlay
 
     @dbus_property(access=PropertyAccess.READ)
-    def State(self) -> "s":  # noqa: F821
+    def State(self) -> "s":
         return str(self._get("state", "failed"))
 
     @dbus_property(access=PropertyAccess.READ)
-    def MountPoint(self) -> "s":  # noqa: F821
+    def MountPoint(self) -> "s":
         return str(self._get("mountpoint", ""))
 
     @dbus_property(access=PropertyAccess.READ)
-    def Image(self) -> "s":  # noqa: F821
+    def Image(self) -> "s":
         return str(self._get("image", ""))
 
     @dbus_property(access=PropertyAccess.READ)
-    def FsType(self) -> "s":  # noqa: F821
+    def FsType(self) -> "s":
         return str(self._get("fstype", ""))
 
     @dbus_property(access=PropertyAccess.READ)
-    def LoopDevice(self) -> "s":  # noqa: F821
+    def LoopDevice(self) -> "s":
         return str(self._get("loop_device", ""))
 
     @dbus_property(access=PropertyAccess.READ)
-    def UpperSize(self) -> "t":  # noqa: F821
+    def UpperSize(self) -> "t":
         return int(self._get("size", 0))
 
     @dbus_property(access=PropertyAccess.READ)
-    def UpperUsed(self) -> "t":  # noqa: F821
+    def UpperUsed(self) -> "t":
         return self._usage().used
 
     @dbus_property(access=PropertyAccess.READ)
-    def UpperInodesUsed(self) -> "t":  # noqa: F821
+    def UpperInodesUsed(self) -> "t":
         return self._usage().inodes_used
 
     @dbus_property(access=PropertyAccess.READ)
-    def OwnerUID(self) -> "u":  # noqa: F821
+    def OwnerUID(self) -> "u":
         return int(self._get("owner_uid", 0))
 
     @dbus_property(access=PropertyAccess.READ)
-    def CreatedUSec(self) -> "t":  # noqa: F821
+    def CreatedUSec(self) -> "t":
         return int(self._get("created_usec", 0))
 
     @dbus_property(access=PropertyAccess.READ)
-    def MountOptions(self) -> "as":  # noqa: F821
+    def MountOptions(self) -> "as":
         return list(self._get("mount_options", ()))
