@@ -1,0 +1,101 @@
+"""The client side of org.overlayd.Overlayd1, for overlayctl: plain Python in and out."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dbus_next import Message, MessageFlag, MessageType, Variant
+from dbus_next.aio import MessageBus
+from dbus_next.constants import BusType
+
+from overlayd.bus.names import BUS_NAME, MANAGER_IFACE, OVERLAY_IFACE, ROOT_PATH
+
+
+class ClientError(Exception):
+    """An error reply: ``name`` is the D-Bus error name, str() its message."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _spec_variants(spec: dict[str, Any]) -> tuple[dict[str, Variant], list[int]]:
+    out: dict[str, Variant] = {}
+    fds: list[int] = []
+    for key, value in spec.items():
+        if key == "image_fd":
+            fds.append(value)
+            out[key] = Variant("h", len(fds) - 1)
+        elif key == "size":
+            out[key] = Variant("t", value)
+        elif key == "mount_options":
+            out[key] = Variant("as", list(value))
+        else:
+            out[key] = Variant("s", value)
+    return out, fds
+
+
+class OverlaydClient:
+    def __init__(self, bus: MessageBus, interactive: bool) -> None:
+        self.bus = bus
+        self.interactive = interactive
+
+    @classmethod
+    async def connect(cls, *, interactive: bool = True,
+                      address: str | None = None) -> OverlaydClient:
+        try:
+            bus = await MessageBus(bus_type=BusType.SYSTEM, bus_address=address,
+                                   negotiate_unix_fd=True).connect()
+        except (OSError, Exception) as e:
+            where = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
+            raise ClientError("Connect", f"Cannot connect to {where}: {e}") from None
+        return cls(bus, interactive)
+
+    def close(self) -> None:
+        self.bus.disconnect()
+
+    async def call(self, path: str, interface: str, member: str, signature: str = "",
+                   body: list[Any] | None = None, fds: list[int] | None = None) -> list[Any]:
+        flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if self.interactive \
+            else MessageFlag.NONE
+        reply = await self.bus.call(Message(
+            destination=BUS_NAME, path=path, interface=interface, member=member,
+            signature=signature, body=body or [], unix_fds=fds or [], flags=flags))
+        if reply.message_type is MessageType.ERROR:
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            raise ClientError(reply.error_name or "", text or reply.error_name or "error")
+        return list(reply.body)
+
+    async def _manager(self, member: str, signature: str = "", body: list[Any] | None = None,
+                       fds: list[int] | None = None) -> list[Any]:
+        return await self.call(ROOT_PATH, MANAGER_IFACE, member, signature, body, fds)
+
+    async def overlays(self) -> list[tuple[str, str]]:
+        (items,) = await self._manager("ListOverlays")
+        return [(n, p) for n, p in items]
+
+    async def path_of(self, name: str) -> str:
+        (path,) = await self._manager("GetOverlay", "s", [name])
+        return str(path)
+
+    async def properties(self, path: str) -> dict[str, Any]:
+        (props,) = await self.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                                   [OVERLAY_IFACE])
+        return {k: v.value for k, v in props.items()}
+
+    async def create(self, name: str, spec: dict[str, Any]) -> str:
+        variants, fds = _spec_variants(spec)
+        (path,) = await self._manager("Create", "sa{sv}", [name, variants], fds)
+        return str(path)
+
+    async def commit(self, name: str) -> None:
+        await self._manager("Commit", "sa{sv}", [name, {}])
+
+    async def discard(self, name: str, *, force: bool = False) -> None:
+        options = {"force": Variant("b", True)} if force else {}
+        await self._manager("Discard", "sa{sv}", [name, options])
+
+    async def diff(self, name: str) -> list[tuple[str, str]]:
+        (changes,) = await self.call(await self.path_of(name), OVERLAY_IFACE, "Diff")
+        return [(p, k) for p, k in changes]

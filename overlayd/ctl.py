@@ -1,0 +1,231 @@
+"""overlayctl: overlayd from the command line, over the bus only.
+
+    overlayctl list | status NAME | diff NAME          [--json]
+    overlayctl create NAME IMAGE [--mountpoint P] [--size S] [--option O]... [--fstype T]
+    overlayctl commit NAME
+    overlayctl discard NAME [--force]
+
+Exit codes (for scripts):
+    0  success
+    1  the operation failed (MountFailed, CommitFailed, NoSpace, LimitExceeded, Failed)
+    2  bad usage or invalid arguments (InvalidArgs, InvalidSpec)
+    3  no such overlay
+    4  not authorized (AccessDenied, InteractiveAuthorizationRequired)
+    5  busy (OverlayBusy)
+    6  an overlay of that name exists already
+    7  overlayd cannot be reached
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import stat
+import sys
+from typing import Any
+
+from overlayd.bus.client import ClientError, OverlaydClient
+from overlayd.model import format_size, parse_size
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH, EXIT_DENIED, EXIT_BUSY, EXIT_EXISTS, EXIT_UNREACHABLE = \
+    1, 2, 3, 4, 5, 6, 7
+_EXIT_BY_ERROR = {
+    "org.freedesktop.DBus.Error.InvalidArgs": EXIT_USAGE,
+    "org.overlayd.Overlayd1.Error.InvalidSpec": EXIT_USAGE,
+    "org.overlayd.Overlayd1.Error.NoSuchOverlay": EXIT_NO_SUCH,
+    "org.freedesktop.DBus.Error.AccessDenied": EXIT_DENIED,
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": EXIT_DENIED,
+    "org.overlayd.Overlayd1.Error.OverlayBusy": EXIT_BUSY,
+    "org.overlayd.Overlayd1.Error.OverlayExists": EXIT_EXISTS,
+    "org.freedesktop.DBus.Error.ServiceUnknown": EXIT_UNREACHABLE,
+    "org.freedesktop.DBus.Error.NoReply": EXIT_UNREACHABLE,
+    "Connect": EXIT_UNREACHABLE,
+}
+PROGRESS_AFTER = 1.0  # seconds before a commit shows that it is still working
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-ask-password", action="store_true",
+                        help="do not let polkit ask for a password; fail instead")
+    reads = argparse.ArgumentParser(add_help=False)
+    reads.add_argument("--json", action="store_true", help="print JSON")
+    p = argparse.ArgumentParser(prog="overlayctl", parents=[common],
+                                description="Control overlayd: read-only images with their "
+                                            "writes in RAM, committed or discarded.",
+                                epilog=__doc__.split("Exit codes", 1)[1].join(["Exit codes", ""])
+                                if __doc__ else None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("list", parents=[common, reads], help="list the overlays")
+    s = sub.add_parser("status", parents=[common, reads], help="show one overlay")
+    s.add_argument("name")
+    d = sub.add_parser("diff", parents=[common, reads], help="what the writes changed")
+    d.add_argument("name")
+    c = sub.add_parser("create", parents=[common], help="create an overlay of an image")
+    c.add_argument("name")
+    c.add_argument("image", help="image file, block device or directory")
+    c.add_argument("--mountpoint", help="default: /run/overlayd/mnt/NAME")
+    c.add_argument("--size", help="RAM for the writes, e.g. 512M or 1G")
+    c.add_argument("--option", action="append", default=[], dest="options", metavar="OPTION",
+                   help="mount option of the merged view (nosuid, nodev, noexec, ro, ...)")
+    c.add_argument("--fstype", help="file system of the image (detected if not given)")
+    m = sub.add_parser("commit", parents=[common], help="merge the writes into the image")
+    m.add_argument("name")
+    x = sub.add_parser("discard", parents=[common], help="throw the writes away and unmount")
+    x.add_argument("name")
+    x.add_argument("--force", action="store_true", help="detach even if files are open in it")
+    return p
+
+
+def _since(usec: int) -> str:
+    if not usec:
+        return "-"
+    return dt.datetime.fromtimestamp(usec / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def cmd_list(client: OverlaydClient, args: argparse.Namespace) -> int:
+    rows = [await client.properties(path) | {"ObjectPath": path}
+            for _name, path in await client.overlays()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if rows:
+        header = ("NAME", "STATE", "USED", "IMAGE", "MOUNT POINT")
+        table = [(r["Name"], r["State"], format_size(r["UpperUsed"]), r["Image"],
+                  r["MountPoint"]) for r in rows]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=False)]
+        for line in (header, *table):
+            print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=False)).rstrip())
+        print()
+    print(f"{len(rows)} overlay{'s' if len(rows) != 1 else ''} listed.")
+    return 0
+
+
+async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
+    path = await client.path_of(args.name)
+    p = await client.properties(path)
+    if args.json:
+        print(json.dumps(p | {"ObjectPath": path}, indent=2))
+        return 0
+    fields = [
+        ("State", p["State"]),
+        ("Image", f"{p['Image']} ({p['FsType'] or 'directory'})"),
+        ("Mount point", p["MountPoint"]),
+        ("Loop device", p["LoopDevice"] or "-"),
+        ("Writes", f"{format_size(p['UpperUsed'])} of {format_size(p['UpperSize'])} in RAM, "
+                   f"{p['UpperInodesUsed']} inodes"),
+        ("Options", ",".join(p["MountOptions"]) or "-"),
+        ("Owner", f"uid {p['OwnerUID']}"),
+        ("Created", _since(p["CreatedUSec"])),
+    ]
+    print(p["Name"])
+    for label, value in fields:
+        print(f"{label:>12}: {value}")
+    return 0
+
+
+async def cmd_diff(client: OverlaydClient, args: argparse.Namespace) -> int:
+    changes = await client.diff(args.name)
+    if args.json:
+        print(json.dumps([{"path": p, "kind": k} for p, k in changes], indent=2))
+    else:
+        for path, kind in changes:
+            print(f"{kind:9} {path}")
+    return 0
+
+
+def _image_arg(image: str) -> tuple[dict[str, Any], int | None]:
+    """A file or block device goes as an fd we opened (proving we may read it, as
+    udisksctl loop-setup does); a directory goes as its absolute path."""
+    path = os.path.abspath(image)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {"image": path}, None  # let overlayd say what is wrong with it
+    if stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return {"image_fd": fd}, fd
+    return {"image": path}, None
+
+
+async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
+    spec, fd = _image_arg(args.image)
+    try:
+        if args.mountpoint:
+            spec["mountpoint"] = os.path.abspath(args.mountpoint)
+        if args.size:
+            spec["size"] = parse_size(args.size)
+        if args.options:
+            spec["mount_options"] = [o for opt in args.options for o in opt.split(",") if o]
+        if args.fstype:
+            spec["fstype"] = args.fstype
+        path = await client.create(args.name, spec)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    p = await client.properties(path)
+    print(f"Created overlay '{args.name}' of {p['Image']} at {p['MountPoint']}.")
+    return 0
+
+
+async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
+    used = (await client.properties(await client.path_of(args.name)))["UpperUsed"]
+    task = asyncio.ensure_future(client.commit(args.name))
+    waited, tty = 0.0, sys.stderr.isatty()
+    while not task.done():
+        await asyncio.wait({task}, timeout=PROGRESS_AFTER)
+        waited += PROGRESS_AFTER
+        if not task.done() and (tty or waited == PROGRESS_AFTER):
+            end = "\r" if tty else "\n"
+            print(f"Committing '{args.name}' ({format_size(used)} in RAM)... {waited:.0f} s",
+                  end=end, file=sys.stderr, flush=True)
+    if waited > PROGRESS_AFTER and tty:
+        print(file=sys.stderr)
+    await task
+    print(f"Committed overlay '{args.name}'.")
+    return 0
+
+
+async def cmd_discard(client: OverlaydClient, args: argparse.Namespace) -> int:
+    await client.discard(args.name, force=args.force)
+    print(f"Discarded overlay '{args.name}'.")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "status": cmd_status, "diff": cmd_diff, "create": cmd_create,
+            "commit": cmd_commit, "discard": cmd_discard}
+
+
+async def run(args: argparse.Namespace) -> int:
+    client = await OverlaydClient.connect(interactive=not args.no_ask_password)
+    try:
+        return await COMMANDS[args.command](client, args)
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except ClientError as e:
+        print(f"overlayctl: {e}", file=sys.stderr)
+        return _EXIT_BY_ERROR.get(e.name, EXIT_FAILED)
+    except ValueError as e:  # a size that does not parse
+        print(f"overlayctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"overlayctl: {e.strerror}: {e.filename}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
