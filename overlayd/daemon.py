@@ -15,13 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
-from dbus_next.constants import BusType, NameFlag, RequestNameReply
-
 from overlayd import __version__
-from overlayd.bus.auth import RootOnly
-from overlayd.bus.connection import OverlaydBus
 from overlayd.bus.names import BUS_NAME
-from overlayd.bus.service import Service
+from overlayd.bus.server import BusServer
 from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import OverlaydError
 from overlayd.host.linux import LinuxHost
@@ -63,22 +59,17 @@ async def serve(args: argparse.Namespace) -> int:
     standalone = await StandaloneBus.start() if args.standalone else None
     try:
         address = standalone.address if standalone else args.bus_address
-        bus = await OverlaydBus(bus_address=address, bus_type=BusType.SYSTEM,
-                                negotiate_unix_fd=True).connect()
+        server = await BusServer.start(manager, address)
         try:
-            Service(bus, manager, RootOnly()).export_all()
-            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
-            if reply is not RequestNameReply.PRIMARY_OWNER:
-                raise OverlaydError(f"Another process owns {BUS_NAME} on this bus ({reply.name}).")
             log.info("Serving %s with %d overlays.", BUS_NAME, len(manager.list()))
             if standalone:
                 print(f"DBUS_SYSTEM_BUS_ADDRESS={standalone.address}", flush=True)
-            await until_stopped(bus)
+            await until_stopped(server)
             if args.discard_on_exit:
                 for rec in manager.list():
                     await manager.discard(rec.name, force=True)
         finally:
-            bus.disconnect()
+            server.stop()
             await manager.aclose()
     finally:
         if standalone:
@@ -87,12 +78,12 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def until_stopped(bus: OverlaydBus) -> None:
+async def until_stopped(server: BusServer) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gone = asyncio.ensure_future(bus.wait_for_disconnect())
+    gone = asyncio.ensure_future(server.wait_disconnected())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
     for t in (gone, stopped):

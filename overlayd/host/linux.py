@@ -125,6 +125,8 @@ class LinuxHost:
                     stat.S_IFCHR: "character device"}.get(stat.S_IFMT(mode), "special file")
             raise InvalidSpec(f"The image '{shown}' is a {kind}, not an image file, block device "
                               "or directory.", field)
+        if fd is None and stat.S_ISBLK(mode):
+            self._refuse_device_behind_symlink(path or "", field)
         source = f"/proc/self/fd/{fd}" if fd is not None else (path or "")
         try:
             # Our own read-only open file description, even if the caller's fd is read-write:
@@ -143,6 +145,22 @@ class LinuxHost:
         except BaseException:
             os.close(ofd)
             raise
+
+    @staticmethod
+    def _refuse_device_behind_symlink(path: str, field: str) -> None:
+        """A block device must be named, not reached through a link someone planted:
+        /tmp/innocent.img -> /dev/sda is refused. udev's links (/dev/disk/by-*) are fine."""
+        real = os.path.realpath(path)
+        current = os.path.abspath(path)
+        while current != real:
+            if os.path.islink(current) and not current.startswith("/dev/"):
+                raise InvalidSpec(f"The image '{path}' is a symbolic link to the block device "
+                                  f"'{real}'; name the device itself if you mean it.", field)
+            parent = os.path.dirname(current)
+            target = os.readlink(current) if os.path.islink(current) else None
+            if target is None:
+                break
+            current = os.path.normpath(os.path.join(parent, target))
 
     def _probe(self, ofd: int, real: str, st: os.stat_result, shown: str, field: str) -> ImageInfo:
         kind = LowerKind.BLOCK if stat.S_ISBLK(st.st_mode) else LowerKind.FILE

@@ -1,0 +1,151 @@
+"""The daemon as a service: concurrency, signals, standalone lifetime, overlayctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from dbus_next import Message, MessageType
+from dbus_next.aio import MessageBus
+
+from tests import helpers
+from tests.bus.conftest import MANAGER, Daemon, start_daemon, stop_daemon
+
+
+def test_a_long_commit_does_not_hold_up_other_calls(clean: Daemon, root: Path) -> None:
+    img = helpers.make_image(root / "big.img", size="3G")
+    path = clean.create("slow", img, "size", "t", str(2 << 30))
+    mp = Path(clean.prop(path, "MountPoint"))
+    chunk = os.urandom(1 << 20)
+    with open(mp / "big.bin", "wb") as f:
+        for _ in range(1536):  # 1.5 GiB: the commit takes a second or more here
+            f.write(chunk)
+    other = helpers.make_image(root / "other.img")
+    commit = subprocess.Popen(["busctl", "--system", "--timeout=300", "call", *MANAGER,
+                               "Commit", "sa{sv}", "slow", "0"], env=clean.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(500):  # wait until the commit has started
+            if clean.prop(path, "State") == "committing":
+                break
+            time.sleep(0.01)
+        assert clean.prop(path, "State") == "committing"
+        # While it runs, the rest of the API answers: reads, and changes to other overlays.
+        assert '"slow"' in clean.call("ListOverlays").stdout
+        assert clean.prop(path, "Name") == "slow"
+        clean.create("quick", other)
+        assert clean.call("Discard", "sa{sv}", "quick", "0").returncode == 0
+        assert clean.prop(path, "State") == "committing", "all that happened during the commit"
+        # Calls on the same overlay wait their turn.
+        r = clean.call("Discard", "sa{sv}", "slow", "0")
+        assert r.returncode == 0, r.stderr
+    finally:
+        _out, err = commit.communicate(timeout=300)
+    assert commit.returncode == 0, err
+
+
+async def _watch(address: str, actions: Any) -> list[tuple[str, str, list[Any]]]:
+    bus = await MessageBus(bus_address=address).connect()
+    seen: list[tuple[str, str, list[Any]]] = []
+
+    def on(msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.sender != bus.unique_name:
+            seen.append((msg.path, msg.member, msg.body))
+
+    bus.add_message_handler(on)
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                           body=["type='signal',sender='org.overlayd.Overlayd1'"]))
+    await actions()
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="GetId"))  # a round trip
+    bus.disconnect()
+    return seen
+
+
+def test_signals_for_objects_and_state(clean: Daemon, root: Path, run: Any) -> None:
+    import asyncio
+
+    img = helpers.make_image(root / "sig.img")
+
+    async def actions() -> None:
+        for argv in (["Create", "sa{sv}", "sig", "1", "image", "s", str(img)],
+                     ["Commit", "sa{sv}", "sig", "0"], ["Discard", "sa{sv}", "sig", "0"]):
+            await asyncio.to_thread(clean.call, *argv)
+        await asyncio.sleep(0.2)
+
+    seen = run(_watch(clean.address, actions))
+    path = "/org/overlayd/Overlayd1/overlay/sig"
+    added = [s for s in seen if s[1] == "InterfacesAdded"]
+    assert added and added[0][0] == "/org/overlayd/Overlayd1" and added[0][2][0] == path
+    assert "org.overlayd.Overlayd1.Overlay" in added[0][2][1]
+    removed = [s for s in seen if s[1] == "InterfacesRemoved"]
+    assert removed and removed[0][0] == "/org/overlayd/Overlayd1" and removed[0][2][0] == path
+    states = [s[2][1]["State"].value for s in seen
+              if s[1] == "PropertiesChanged" and s[0] == path and "State" in s[2][1]]
+    assert states[:2] == ["committing", "active"], states
+    assert "discarding" in states
+
+
+def test_standalone_stops_what_it_started_and_leaves_overlays(root: Path) -> None:
+    img = helpers.make_image(root / "keep.img")
+    d = start_daemon(root)
+    bus_dir = Path(d.address.removeprefix("unix:path=")).parent
+    dbus_pid = int(next(p for p in os.listdir("/proc") if p.isdigit()
+                        and _is_child_dbus(int(p), d.proc.pid)))
+    d.create("kept", img)
+    log = stop_daemon(d)
+    assert "Traceback" not in log
+    assert not bus_dir.exists(), "the private bus directory is removed"
+    assert not Path(f"/proc/{dbus_pid}").exists(), "the dbus-daemon it started is gone"
+    assert any("kept" in m for m in helpers.mounts_under(str(root))), "overlays stay"
+    # A new daemon adopts it; --discard-on-exit cleans it up on the way out.
+    d2 = start_daemon(root, "--discard-on-exit")
+    assert '"kept"' in d2.call("ListOverlays").stdout
+    stop_daemon(d2)
+    assert helpers.mounts_under(str(root)) == []
+
+
+def _is_child_dbus(pid: int, parent: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]) == parent and "(dbus-daemon)" in stat
+
+
+def test_overlayctl(clean: Daemon, root: Path) -> None:
+    img = helpers.make_image(root / "ctl.img")
+    r = clean.ctl("create", "ctl", str(img), "--size", "64M", "--option", "nosuid")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(clean.ctl("status", "ctl", "--json").stdout)
+    assert status["UpperSize"] == 64 << 20 and status["MountOptions"] == ["nosuid"]
+    (Path(status["MountPoint"]) / "f").write_text("f")
+    assert json.loads(clean.ctl("diff", "ctl", "--json").stdout) == [
+        {"path": "/f", "kind": "added"}]
+    listed = json.loads(clean.ctl("list", "--json").stdout)
+    assert [o["Name"] for o in listed] == ["ctl"]
+    text = clean.ctl("list").stdout
+    assert "ctl" in text and "1 overlay listed." in text
+    assert "Mount point:" in clean.ctl("status", "ctl").stdout
+    assert clean.ctl("commit", "ctl").returncode == 0
+    assert clean.ctl("discard", "ghost").returncode == 3
+    assert clean.ctl("create", "ctl", str(img)).returncode == 6
+    assert clean.ctl("create", "bad/x", str(img)).returncode == 2
+    assert clean.ctl("create", "y", str(img), "--size", "12Q").returncode == 2
+    r = clean.ctl("--no-ask-password", "discard", "ctl", uid=65534)
+    assert r.returncode == 4 and "uid 65534" in r.stderr and "Traceback" not in r.stderr
+    assert clean.ctl("discard", "ctl").returncode == 0
+    assert "0 overlays listed." in clean.ctl("list").stdout
+
+
+def test_overlayctl_without_a_daemon(root: Path) -> None:
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={root}/nothing")
+    r = subprocess.run([str(Path(os.sys.executable).parent / "overlayctl"), "list"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 7 and "Cannot connect" in r.stderr
