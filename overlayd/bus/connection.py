@@ -5,8 +5,10 @@ dbus-next 0.2.3 (pinned in pyproject.toml) has four habits a system service cann
 1. a method is not told who called it: here the calling ``Message`` is put in the
    ``current_message`` ContextVar before the method's task starts;
 2. an exception is sent back with its Python traceback, and even a deliberate
-   ``DBusError`` is logged as an ERROR: here replies are built by ``_reply``, which maps
-   every exception with ``errors.to_dbus`` and logs only unexpected ones;
+   ``DBusError`` (its own Properties handler raises them) is logged as an ERROR with a
+   traceback, because ``SendReply.__exit__`` drops the "handled" result: here
+   ``_send_reply`` and ``_reply`` map every exception with ``errors.to_dbus``, which logs
+   only unexpected ones, and nothing propagates further;
 3. a call with the right name but wrong argument types is ``UnknownMethod``: here it is
    ``InvalidArgs`` saying which types were expected;
 4. ObjectManager signals are sent from the child object's path: here they come from the
@@ -25,7 +27,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from dbus_next import Message, MessageType
+from dbus_next import Message, MessageFlag, MessageType
 from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface
 
@@ -40,6 +42,28 @@ SendReply = Callable[[Message], None]
 
 
 class OverlaydBus(MessageBus):  # type: ignore[misc]
+    def _send_reply(self, msg: Message) -> Any:
+        bus = self
+
+        class SendReply:
+            def __enter__(self) -> SendReply:
+                return self
+
+            def __call__(self, reply: Message) -> None:
+                if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+                    bus.send(reply)
+
+            def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+                if isinstance(exc, Exception):
+                    self(to_dbus(exc)._as_message(msg))
+                    return True  # handled: dbus-next would log it again with a traceback
+                return False
+
+            def send_error(self, exc: Exception) -> None:
+                self(to_dbus(exc)._as_message(msg))
+
+        return SendReply()
+
     def _make_method_handler(self, interface: ServiceInterface, method: Any) -> Any:
         def handler(msg: Message, send_reply: SendReply) -> None:
             token = current_message.set(msg)

@@ -239,6 +239,18 @@ def test_symlink_to_a_device_the_caller_did_not_name(clean: Daemon, root: Path) 
         dev.release()  # autoclear detaches it
 
 
+def test_errors_of_the_standard_interfaces_are_quiet(clean: Daemon, bus_image: Path) -> None:
+    path = clean.create("std", bus_image)
+    r = clean.busctl("get-property", "org.overlayd.Overlayd1", path, OVERLAY_IFACE, "Colour")
+    assert r.returncode != 0
+    r = clean.busctl("get-property", "org.overlayd.Overlayd1", path, "org.example.Nope", "X")
+    assert r.returncode != 0
+    r = clean.busctl("call", "org.overlayd.Overlayd1", path, OVERLAY_IFACE, "Explode")
+    assert r.returncode != 0 and "could not be found" in r.stderr
+    log = (clean.root / "overlayd.log").read_text()
+    assert "Traceback" not in log and "unexpected error" not in log, log
+
+
 def test_huge_size_is_limit_exceeded(clean: Daemon, bus_image: Path) -> None:
     r = clean.call("Create", "sa{sv}", "huge", "2", "image", "s", str(bus_image), "size", "t",
                    str((1 << 64) - 1))
