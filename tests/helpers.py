@@ -72,11 +72,6 @@ def mounts_under(path: str) -> list[str]:
             if m.target.startswith(p)]
 
 
-def overlayd_mounts() -> list[str]:
-    return [f"{m.target} ({m.fstype} from {m.source})" for m in read_mounts()
-            if m.source.startswith("overlayd-")]
-
-
 def force_cleanup(path: str) -> None:
     """Only for a test that already failed: detach what it left under its own root."""
     p = path.rstrip("/") + "/"

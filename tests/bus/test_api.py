@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -237,6 +238,27 @@ def test_symlink_to_a_device_the_caller_did_not_name(clean: Daemon, root: Path) 
         clean.call("Discard", "sa{sv}", "named", "0")
     finally:
         dev.release()  # autoclear detaches it
+
+
+def test_a_nul_in_a_name_never_reaches_the_daemon(daemon: Daemon, run: Any) -> None:
+    """D-Bus strings cannot hold NUL: the bus daemon drops a client that sends one."""
+    async def send() -> str:
+        try:
+            await asyncio.wait_for(raw_call(daemon.address, "Create", "sa{sv}",
+                                            ["a\0b", {"image": V("s", "/x")}]), 10)
+        except EOFError:
+            return "disconnected"
+        return "answered"
+
+    assert run(send()) == "disconnected"
+    assert daemon.call("ListOverlays").returncode == 0, "overlayd keeps serving"
+
+
+def test_only_root_may_own_the_name(daemon: Daemon) -> None:
+    r = daemon.busctl("call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                      "org.freedesktop.DBus", "RequestName", "su", "org.overlayd.Overlayd1",
+                      "4", uid=65534)
+    assert r.returncode != 0 and "Access denied" in r.stderr
 
 
 def test_errors_of_the_standard_interfaces_are_quiet(clean: Daemon, bus_image: Path) -> None:
