@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -243,11 +244,17 @@ def test_symlink_to_a_device_the_caller_did_not_name(clean: Daemon, root: Path) 
 def test_a_nul_in_a_name_never_reaches_the_daemon(daemon: Daemon, run: Any) -> None:
     """D-Bus strings cannot hold NUL: the bus daemon drops a client that sends one."""
     async def send() -> str:
+        bus = await MessageBus(bus_address=daemon.address).connect()
         try:
-            await asyncio.wait_for(raw_call(daemon.address, "Create", "sa{sv}",
-                                            ["a\0b", {"image": V("s", "/x")}]), 10)
+            await asyncio.wait_for(bus.call(Message(
+                destination="org.overlayd.Overlayd1", path="/org/overlayd/Overlayd1",
+                interface="org.overlayd.Overlayd1.Manager", member="Create",
+                signature="sa{sv}", body=["a\0b", {"image": V("s", "/x")}])), 10)
         except EOFError:
             return "disconnected"
+        finally:
+            with contextlib.suppress(Exception):  # collect the disconnect's EOFError
+                await bus.wait_for_disconnect()
         return "answered"
 
     assert run(send()) == "disconnected"
