@@ -8,6 +8,7 @@ root may, everyone else is refused with a message that says why.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,17 +27,43 @@ class Caller:
     interactive: bool  # the call carries ALLOW_INTERACTIVE_AUTHORIZATION
 
 
-async def identify(bus: MessageBus, msg: Message) -> Caller:
+class CallerCache:
+    """uid and pid of each unique bus name, asked of the bus daemon once.
+
+    A unique name (":1.42") belongs to one connection for the bus's whole life and is never
+    reused, so its credentials cannot change; the cache only needs a bound on its size.
+    Saves a round trip through the bus daemon on every call after a client's first.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._known: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    async def identify(self, bus: MessageBus, msg: Message) -> Caller:
+        sender = msg.sender
+        known = self._known.get(sender)
+        if known is None:
+            known = await _credentials(bus, sender)
+            self._known[sender] = known
+            if len(self._known) > self.size:
+                self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(sender)
+        uid, pid = known
+        return Caller(sender=sender, uid=uid, pid=pid,
+                      interactive=bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION))
+
+
+async def _credentials(bus: MessageBus, sender: str) -> tuple[int, int]:
     reply = await bus.call(Message(
         destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
         interface="org.freedesktop.DBus", member="GetConnectionCredentials",
-        signature="s", body=[msg.sender]))
+        signature="s", body=[sender]))
     if reply.message_type is MessageType.ERROR:
-        raise AccessDenied(f"Cannot identify the caller {msg.sender}: {reply.body}.")
+        raise AccessDenied(f"Cannot identify the caller {sender}: {reply.body}.")
     creds = reply.body[0]
-    return Caller(sender=msg.sender, uid=int(creds["UnixUserID"].value),
-                  pid=int(creds["ProcessID"].value) if "ProcessID" in creds else 0,
-                  interactive=bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION))
+    pid = int(creds["ProcessID"].value) if "ProcessID" in creds else 0
+    return int(creds["UnixUserID"].value), pid
 
 
 class Authorizer(Protocol):

@@ -25,7 +25,7 @@ import contextvars
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from dbus_next import Message, MessageFlag, MessageType
 from dbus_next.aio import MessageBus
@@ -39,6 +39,13 @@ log = logging.getLogger("overlayd.bus")
 current_message: contextvars.ContextVar[Message] = contextvars.ContextVar("current_message")
 
 SendReply = Callable[[Message], None]
+
+
+@runtime_checkable
+class HasPropertyValues(Protocol):
+    """An interface that can give all its properties at once (synchronous getters)."""
+
+    def property_values(self) -> dict[str, Any]: ...
 
 
 class OverlaydBus(MessageBus):  # type: ignore[misc]
@@ -117,7 +124,20 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
                 member="InterfacesAdded", signature="oa{sa{sv}}",
                 body=[path, {iface.name: values}]))
 
-        ServiceInterface._get_all_property_values(interface, send)
+        if isinstance(interface, HasPropertyValues):
+            send(interface, interface.property_values(), None, None)
+        else:
+            ServiceInterface._get_all_property_values(interface, send)
+
+    def _default_get_managed_objects_handler(self, msg: Message, send_reply: SendReply) -> None:
+        nodes = {p: ifaces for p, ifaces in self._path_exports.items()
+                 if msg.path == "/" or p.startswith(msg.path + "/")}
+        if not all(isinstance(i, HasPropertyValues) for ifaces in nodes.values()
+                   for i in ifaces):
+            super()._default_get_managed_objects_handler(msg, send_reply)
+            return
+        result = {p: {i.name: i.property_values() for i in ifaces} for p, ifaces in nodes.items()}
+        send_reply(Message.new_method_return(msg, "a{oa{sa{sv}}}", [result]))
 
     def _emit_interface_removed(self, path: str, removed: list[str]) -> None:
         if self._disconnected:

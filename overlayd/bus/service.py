@@ -19,7 +19,7 @@ from dbus_next.aio import MessageBus
 from dbus_next.constants import PropertyAccess
 from dbus_next.service import ServiceInterface, dbus_property, method
 
-from overlayd.bus.auth import Authorizer, Caller, identify
+from overlayd.bus.auth import Authorizer, Caller, CallerCache
 from overlayd.bus.connection import current_message
 from overlayd.bus.errors import InvalidArgs
 from overlayd.bus.names import (
@@ -92,6 +92,7 @@ class Service:
         self.auth = auth
         self.manager_iface = ManagerInterface(self)
         self.objects: dict[str, OverlayInterface] = {}
+        self.callers = CallerCache()
         manager.subscribe(self._on_change)
 
     def export_all(self) -> None:
@@ -118,7 +119,7 @@ class Service:
             obj.emit_properties_changed(changed)
 
     async def caller(self) -> Caller:
-        return await identify(self.bus, current_message.get())
+        return await self.callers.identify(self.bus, current_message.get())
 
     async def authorize(self, action: str, rec_or_name: Overlay | str, caller: Caller) -> None:
         if isinstance(rec_or_name, Overlay):
@@ -246,6 +247,23 @@ class OverlayInterface(ServiceInterface):  # type: ignore[misc]
         if rec is None:
             return UpperUsage(size=0, used=0, inodes_used=0)
         return self.svc.manager.usage_now(rec.name)
+
+    def property_values(self) -> dict[str, Variant]:
+        """Every property at once, for InterfacesAdded and GetManagedObjects: one statvfs,
+        no callback chain (the getters are synchronous)."""
+        rec = self._rec()
+        usage = self._usage()
+        if rec is None:
+            return {}
+        return {
+            "CreatedUSec": Variant("t", rec.created_usec), "FsType": Variant("s", rec.fstype),
+            "Image": Variant("s", rec.image), "LoopDevice": Variant("s", rec.loop_device),
+            "MountOptions": Variant("as", list(rec.mount_options)),
+            "MountPoint": Variant("s", rec.mountpoint), "Name": Variant("s", rec.name),
+            "OwnerUID": Variant("u", rec.owner_uid), "State": Variant("s", rec.state.value),
+            "UpperInodesUsed": Variant("t", usage.inodes_used),
+            "UpperSize": Variant("t", rec.size), "UpperUsed": Variant("t", usage.used),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """The properties that change and are announced with PropertiesChanged."""

@@ -149,3 +149,36 @@ def test_overlayctl_without_a_daemon(root: Path) -> None:
     r = subprocess.run([str(Path(os.sys.executable).parent / "overlayctl"), "list"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 7 and "Cannot connect" in r.stderr
+
+
+def test_managed_objects_agree_with_the_property_getters(clean: Daemon, root: Path,
+                                                          run: Any) -> None:
+    img = helpers.make_image(root / "mo.img")
+    clean.create("mo-a", img)
+    clean.create("mo-b", img, "size", "t", str(16 << 20))
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        bus = await MessageBus(bus_address=clean.address).connect()
+        try:
+            (objects,) = (await bus.call(Message(
+                destination="org.overlayd.Overlayd1", path="/org/overlayd/Overlayd1",
+                interface="org.freedesktop.DBus.ObjectManager",
+                member="GetManagedObjects"))).body
+            getall = {}
+            for path in objects:
+                (props,) = (await bus.call(Message(
+                    destination="org.overlayd.Overlayd1", path=path,
+                    interface="org.freedesktop.DBus.Properties", member="GetAll",
+                    signature="s", body=["org.overlayd.Overlayd1.Overlay"]))).body
+                getall[path] = props
+        finally:
+            bus.disconnect()
+        return objects, getall
+
+    objects, getall = run(both())
+    assert sorted(objects) == ["/org/overlayd/Overlayd1/overlay/mo_2da",
+                               "/org/overlayd/Overlayd1/overlay/mo_2db"]
+    for path, ifaces in objects.items():
+        managed = ifaces["org.overlayd.Overlayd1.Overlay"]
+        assert {k: (v.signature, v.value) for k, v in managed.items()} == \
+            {k: (v.signature, v.value) for k, v in getall[path].items()}
