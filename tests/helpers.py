@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from overlayd.host import loop
 from overlayd.host.mountinfo import read_mounts
 
 
@@ -55,15 +56,8 @@ def sha256(path: Path | str) -> str:
 
 
 def attached_loops() -> dict[str, str]:
-    out = {}
-    for name in os.listdir("/sys/block"):
-        if name.startswith("loop"):
-            try:
-                with open(f"/sys/block/{name}/loop/backing_file") as f:
-                    out[f"/dev/{name}"] = f.read().strip()
-            except OSError:
-                continue
-    return out
+    """Loop device -> backing file, for every attached loop device."""
+    return loop.attached()
 
 
 def mounts_under(path: str) -> list[str]:

@@ -92,6 +92,7 @@ from dbus_next.aio import MessageBus
 from overlayd.bus.names import BUS_NAME, MANAGER_IFACE, OVERLAY_IFACE, ROOT_PATH, overlay_path
 from overlayd.config import DaemonConfig
 from overlayd.errors import OverlaydError
+from overlayd.host import loop
 from overlayd.host.linux import LinuxHost
 from overlayd.host.mountinfo import read_mounts
 from overlayd.layout import is_within
@@ -277,15 +278,7 @@ def mounted_at(target: Path | str) -> list[str]:
 
 def attached_loops() -> dict[str, str]:
     """Loop device -> backing file, for every attached loop device."""
-    out: dict[str, str] = {}
-    for name in os.listdir("/sys/block"):
-        if name.startswith("loop"):
-            try:
-                with open(f"/sys/block/{name}/loop/backing_file") as f:
-                    out[f"/dev/{name}"] = f.read().strip()
-            except OSError:
-                continue
-    return out
+    return loop.attached()
 
 
 class Tracker:

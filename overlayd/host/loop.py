@@ -103,6 +103,17 @@ def backing_file(device: str) -> str | None:
         return None
 
 
+def attached() -> dict[str, str]:
+    """Every attached loop device and its backing file (from sysfs)."""
+    out: dict[str, str] = {}
+    for name in os.listdir("/sys/block"):
+        if name.startswith("loop"):
+            backing = backing_file(f"/dev/{name}")
+            if backing is not None:
+                out[f"/dev/{name}"] = backing
+    return out
+
+
 def clear(device: str) -> None:
     """Detach DEVICE now if nothing holds it (with autoclear it goes anyway on last close)."""
     try:
