@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 
 # libsystemd-dev + pkg-config + gcc + python3-dev: systemd-python builds from source.
 # e2fsprogs, squashfs-tools, erofs-utils, xfsprogs, btrfs-progs: images for tests and the demo.
-# dbus-daemon, polkitd: the bus service and its authorization (later issues).
-# psmisc: nothing in the product uses it; tests use `fuser` only to cross-check busy detection.
+# dbus-daemon: overlayd --standalone runs its own; polkitd: authorization (polkit issue).
+# systemd (busctl), libglib2.0-bin (gdbus): the bus tests and the demo call the daemon with them.
 PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
-      dbus-daemon polkitd)
+      dbus-daemon polkitd systemd libglib2.0-bin)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
