@@ -93,6 +93,24 @@ def check_mountpoint(path: str, kind: str, *, is_default: bool, cfg: DaemonConfi
                               f"'{m.target}'; overlays cannot be nested.", "mountpoint")
 
 
+# What every overlay made for a non-root caller gets, whatever it asked for.
+USER_FORCED_OPTIONS = ("nosuid", "nodev")
+
+
+def user_mount_options(options: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*options, *USER_FORCED_OPTIONS)))
+
+
+def check_user_mountpoint(path: str, uid: int, user: str, cfg: DaemonConfig) -> None:
+    """A non-root caller mounts only strictly below the mount root or its own roots."""
+    roots = [str(cfg.mount_root_dir)] + [r.replace("$USER", user) for r in cfg.user_mount_roots]
+    if any(is_within(path, r) and path.rstrip("/") != r.rstrip("/") for r in roots):
+        return
+    raise InvalidSpec(f"As uid {uid} you may mount overlays only below "
+                      + " or ".join(f"'{r}'" for r in roots) + f", not at '{path}'.",
+                      "mountpoint")
+
+
 def check_overlay_options(mounts: Iterable[MountInfo], target: str, source: str) -> None:
     """Read the new overlay back from mountinfo: ours, and every pinned option off."""
     found = [m for m in mounts if m.target == target]

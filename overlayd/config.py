@@ -34,6 +34,11 @@ class DaemonConfig(BaseModel):
         default=0, description="Largest tmpfs size a caller may ask for; 0 means physical memory."
     )
     max_overlays: int = Field(default=1024, ge=1)
+    user_mount_roots: tuple[str, ...] = Field(
+        default=("/media/$USER",),
+        description="Besides the mount root, where non-root callers may mount overlays "
+                    "($USER is the caller's user name).",
+    )
 
     @field_validator("default_size", mode="before")
     @classmethod

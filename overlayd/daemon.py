@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "DBUS_SYSTEM_BUS_ADDRESS=... on stdout once ready")
     p.add_argument("--discard-on-exit", action="store_true",
                    help="with --standalone: discard every overlay when stopping")
+    p.add_argument("--polkit-rules", type=Path, metavar="DIR",
+                   help="with --standalone: the rules.d directory its polkitd reads instead of "
+                        "/etc/polkit-1/rules.d")
     p.add_argument("--bus-address", help="serve on this bus instead of the system bus")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help=f"configuration file (default {DEFAULT_CONFIG}, plus its .d/ drop-ins)")
@@ -45,8 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--debug", action="store_true", help="log debug messages")
     p.add_argument("--version", action="version", version=f"overlayd {__version__}")
     args = p.parse_args(argv)
-    if args.discard_on_exit and not args.standalone:
-        p.error("--discard-on-exit only goes with --standalone")
+    if (args.discard_on_exit or args.polkit_rules) and not args.standalone:
+        p.error("--discard-on-exit and --polkit-rules only go with --standalone")
     return args
 
 
@@ -59,7 +62,8 @@ async def serve(args: argparse.Namespace) -> int:
     standalone = await StandaloneBus.start() if args.standalone else None
     try:
         address = standalone.address if standalone else args.bus_address
-        server = await BusServer.start(manager, address)
+        polkit = await standalone.start_polkitd(args.polkit_rules) if standalone else False
+        server = await BusServer.start(manager, address, wait_for_polkit=polkit)
         try:
             log.info("Serving %s with %d overlays.", BUS_NAME, len(manager.list()))
             if standalone:

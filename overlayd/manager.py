@@ -104,6 +104,10 @@ class OverlayManager:
         rec = self.get(name)
         return await self._blocking(self.host.usage, rec.tmpfs_dir)
 
+    def fd_path(self, fd: int) -> str:
+        """What an image fd refers to, for messages and polkit details."""
+        return self.host.fd_path(fd)
+
     def usage_now(self, name: str) -> UpperUsage:
         """Usage of the upper, read inline: statvfs of a tmpfs does no I/O, so property
         reads may call it on the event loop. Zeros while the tmpfs is being replaced."""
@@ -147,13 +151,15 @@ class OverlayManager:
         self._changed(name, rec)
         return rec
 
-    async def commit(self, name: str, *, progress: Progress | None = None) -> CommitStats:
+    async def commit(self, name: str, *, progress: Progress | None = None,
+                     caller_uid: int = 0) -> CommitStats:
         async with self._lock(name):
             rec = self.get(name)
             self._set_state(rec, OverlayState.COMMITTING)
             await self._save(rec)
             try:
-                done = await self._blocking(ops.commit, self.host, rec, progress)
+                done = await self._blocking(ops.commit, self.host, rec, progress,
+                                            as_uid=caller_uid)
             except OverlaydError as e:
                 up = any(m.target == rec.mountpoint for m in await self._blocking(self.host.mounts))
                 self._set_state(rec, OverlayState.ACTIVE if up else OverlayState.FAILED, str(e))

@@ -71,6 +71,10 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
     is_default = spec.mountpoint is None
     mountpoint = str(cfg.mount_root_dir / spec.name) if is_default else \
         host.realpath(spec.mountpoint or "")
+    options = spec.mount_options
+    if owner_uid != 0:
+        checks.check_user_mountpoint(mountpoint, owner_uid, host.user_name(owner_uid), cfg)
+        options = checks.user_mount_options(options)
     mounts = host.mounts()
     checks.check_mountpoint(mountpoint, host.path_kind(mountpoint), is_default=is_default,
                             cfg=cfg, mounts=mounts, overlays=existing)
@@ -94,7 +98,7 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
         rec = Overlay(
             name=spec.name, state=OverlayState.CREATING, image=info.path, image_kind=info.kind,
             image_dev=info.dev, image_ino=info.ino, fstype=fstype, mountpoint=mountpoint,
-            mountpoint_created=is_default, size=size, mount_options=spec.mount_options,
+            mountpoint_created=is_default, size=size, mount_options=options,
             base_dir=str(layout.base), lower_dir=str(layout.lower), tmpfs_dir=str(layout.tmpfs),
             upper_dir=str(layout.upper), work_dir=str(layout.work), owner_uid=owner_uid,
             created_usec=now_usec,
@@ -170,18 +174,24 @@ class Committed:
     free_old_upper: Callable[[], None]  # call after replying: frees the old upper's RAM
 
 
-def commit(host: Host, rec: Overlay, progress: Progress | None) -> Committed:
+def commit(host: Host, rec: Overlay, progress: Progress | None, *, as_uid: int = 0
+           ) -> Committed:
     """Unmount, apply the upper to the image opened read-write, sync, go back read-only,
-    remount on a fresh upper. On failure the upper is kept and the overlay remounted."""
+    remount on a fresh upper. On failure the upper is kept and the overlay remounted.
+    For a caller AS_UID other than root the image must open read-write as that caller."""
     if rec.fstype in checks.READ_ONLY_FSTYPES:
         raise CommitFailed(f"Overlay '{rec.name}' cannot be committed: its image holds "
                            f"{rec.fstype}, which is read-only by design. The writes stay in RAM; "
                            "Diff lists them, and Discard throws them away.")
     # Open the image both ways before anything changes: a file that can't be opened (or
     # was replaced) fails the commit here, and the way back never depends on the path.
+    if as_uid != 0 and rec.image_kind is LowerKind.DIRECTORY:
+        raise CommitFailed(f"Only root may commit overlay '{rec.name}': its lower is the "
+                           f"directory '{rec.image}', and overlayd would write into it as root.")
     rw = ro = None
     if rec.image_kind is not LowerKind.DIRECTORY:
-        rw = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True)
+        rw = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True,
+                               as_uid=as_uid)
         try:
             ro = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=False)
         except BaseException:

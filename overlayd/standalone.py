@@ -3,8 +3,10 @@
 It starts its own ``dbus-daemon`` with a deny-by-default system policy plus the project's
 bus policy (``dbus/org.overlayd.Overlayd1.conf``), listening on a socket in a directory
 under /run that every local user may reach, as on the real system bus: authorization is
-the daemon's job, not the socket's. Stopping it ends that dbus-daemon (ours, by PID) and
-removes the directory.
+the daemon's job, not the socket's. When polkitd is installed it starts one on that bus,
+in a mount namespace of its own where the actions directory is a private copy that also
+holds overlayd's policy (and the rules directory may be replaced), so no host file is
+touched. Stopping ends both (ours, by PID) and removes the directory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ POLICY_PLACES = (
     Path(__file__).resolve().parent.parent / "dbus",  # a source checkout
 )
 POLKIT_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
+POLKITD = Path("/usr/lib/polkit-1/polkitd")
+ACTIONS_DIR = Path("/usr/share/polkit-1/actions")
+RULES_DIR = Path("/etc/polkit-1/rules.d")
+ACTIONS_NAME = "org.overlayd.overlayd1.policy"
+ACTIONS_PLACES = (ACTIONS_DIR, Path(__file__).resolve().parent.parent / "polkit")
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -63,6 +70,13 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 """
 
 
+def find_actions() -> Path:
+    for place in ACTIONS_PLACES:
+        if (place / ACTIONS_NAME).is_file():
+            return place / ACTIONS_NAME
+    raise OverlaydError(f"Cannot find the polkit policy {ACTIONS_NAME}.")
+
+
 def find_policy() -> Path:
     for place in POLICY_PLACES:
         if (place / POLICY_NAME).is_file():
@@ -76,7 +90,8 @@ class StandaloneBus:
         self.directory = directory
         self.proc = proc
         self.address = address
-        self._stderr: asyncio.Future[None] | None = None
+        self.polkitd: asyncio.subprocess.Process | None = None
+        self._stderr: list[asyncio.Future[None]] = []
 
     @classmethod
     async def start(cls) -> StandaloneBus:
@@ -100,23 +115,51 @@ class StandaloneBus:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         bus = cls(directory, proc, f"unix:path={socket}")
-        bus._stderr = asyncio.ensure_future(bus._forward_stderr())
+        bus._forward(proc, "dbus-daemon")
         return bus
 
-    async def _forward_stderr(self) -> None:
-        """dbus-daemon's own complaints (say, an fd limit it may not raise) go to our log."""
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            log.debug("dbus-daemon: %s", line.decode(errors="replace").rstrip())
+    def _forward(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        """A helper's own complaints (say, an fd limit it may not raise) go to our log."""
+        async def forward() -> None:
+            for stream in (proc.stderr, proc.stdout) if name == "polkitd" else (proc.stderr,):
+                if stream is None:
+                    continue
+                async for line in stream:
+                    log.debug("%s: %s", name, line.decode(errors="replace").rstrip())
+        self._stderr.append(asyncio.ensure_future(forward()))
+
+    async def start_polkitd(self, rules: Path | None) -> bool:
+        """polkitd on our bus, seeing the host's actions plus overlayd's; RULES, if given,
+        replaces /etc/polkit-1/rules.d for it. False when polkitd is not installed."""
+        if not POLKITD.exists() or shutil.which("unshare") is None:
+            log.info("polkitd is not installed: only root may change overlays.")
+            return False
+        actions = self.directory / "polkit-actions"
+        actions.mkdir()
+        for f in ACTIONS_DIR.glob("*.policy"):
+            shutil.copy(f, actions / f.name)
+        shutil.copy(find_actions(), actions / ACTIONS_NAME)
+        binds = [f"mount --bind {actions} {ACTIONS_DIR}"]
+        if rules is not None:
+            binds.append(f"mount --bind {rules} {RULES_DIR}")
+        script = " && ".join([*binds, f"exec {POLKITD} --no-debug"])
+        self.polkitd = await spawn_tied("unshare", "--mount", "--propagation", "private",
+                                        "sh", "-c", script,
+                                        env={"DBUS_SYSTEM_BUS_ADDRESS": self.address,
+                                             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        self._forward(self.polkitd, "polkitd")
+        return True
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
+        for proc in (self.polkitd, self.proc):
+            if proc is None or proc.returncode is not None:
+                continue
+            proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout=5)
+                await asyncio.wait_for(proc.wait(), timeout=5)
             except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._stderr is not None:
-            self._stderr.cancel()
+                proc.kill()
+                await proc.wait()
+        for task in self._stderr:
+            task.cancel()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -12,11 +12,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-from dbus_next import Message, MessageFlag, MessageType
+from dbus_next import Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from overlayd.bus.errors import AccessDenied
-from overlayd.bus.names import ACTION_PREFIX
+from overlayd.bus.names import ACTION_PREFIX, INTERACTIVE_AUTH_REQUIRED
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ VERBS = {"create": "create overlays", "commit": "commit overlays",
 
 
 class RootOnly:
-    """The rule without polkit: root may do anything, nobody else may change anything."""
+    """The rule without polkit: root may do anything, nobody else may change anything.
+    What PolkitAuthorizer does when polkitd is not running."""
 
     async def require(self, action: str, caller: Caller, details: dict[str, str]) -> None:
         if caller.uid == 0:
@@ -85,3 +86,56 @@ class RootOnly:
         verb = VERBS.get(action.removeprefix(ACTION_PREFIX), action)
         raise AccessDenied(f"Not authorized to {verb} ({action}): polkit is not available to "
                            f"decide, so only root may (the caller is uid {caller.uid}).")
+
+
+POLKIT_NAME = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_IFACE = "org.freedesktop.PolicyKit1.Authority"
+ALLOW_USER_INTERACTION = 0x1
+# Error names that mean "polkitd is not running on this bus".
+POLKIT_ABSENT = {"org.freedesktop.DBus.Error.ServiceUnknown",
+                 "org.freedesktop.DBus.Error.NameHasNoOwner",
+                 "org.freedesktop.DBus.Error.NoReply"}
+
+
+class PolkitAuthorizer:
+    """Ask polkitd (CheckAuthorization, subject system-bus-name) before every change.
+
+    No decision is cached here: polkit's *_keep results do that. uid 0 is allowed without
+    asking, as polkit itself always allows it. Without polkitd, the RootOnly rule applies
+    and the refusal says that polkit is not available.
+    """
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self.fallback = RootOnly()
+
+    async def require(self, action: str, caller: Caller, details: dict[str, str]) -> None:
+        if caller.uid == 0:
+            return
+        subject = ["system-bus-name", {"name": Variant("s", caller.sender)}]
+        flags = ALLOW_USER_INTERACTION if caller.interactive else 0
+        reply = await self.bus.call(Message(
+            destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_IFACE,
+            member="CheckAuthorization", signature="(sa{sv})sa{ss}us",
+            body=[subject, action, details, flags, ""]))
+        verb = VERBS.get(action.removeprefix(ACTION_PREFIX), action)
+        if reply.message_type is MessageType.ERROR:
+            if reply.error_name in POLKIT_ABSENT:
+                await self.fallback.require(action, caller, details)
+                return
+            raise AccessDenied(f"Cannot check whether uid {caller.uid} may {verb} ({action}): "
+                               f"polkit answered {reply.error_name}.")
+        is_authorized, is_challenge, _details = reply.body[0]
+        if is_authorized:
+            return
+        if is_challenge and caller.interactive:
+            raise AccessDenied(f"Authentication is required to {verb} ({action}) as uid "
+                               f"{caller.uid}, and no polkit authentication agent answered.")
+        if is_challenge:
+            raise AccessDenied(
+                f"Authentication is required to {verb} ({action}) as uid {caller.uid}; the call "
+                "did not allow interactive authorization (overlayctl asks unless "
+                "--no-ask-password).",
+                INTERACTIVE_AUTH_REQUIRED)
+        raise AccessDenied(f"Not authorized to {verb} ({action}) as uid {caller.uid}.")

@@ -136,7 +136,8 @@ class Service:
     async def create(self, name: str, spec: dict[str, Variant]) -> str:
         parsed = decode_spec(name, spec)
         caller = await self.caller()
-        details = {"overlay": parsed.name, "image": parsed.image or f"fd {parsed.image_fd}",
+        image = parsed.image or self.manager.fd_path(parsed.image_fd or -1)
+        details = {"overlay": parsed.name, "image": image,
                    "mountpoint": parsed.mountpoint or ""}
         await self.auth.require(ACTION_CREATE, caller, details)
         await self.manager.create(parsed, owner_uid=caller.uid)
@@ -145,8 +146,9 @@ class Service:
     async def commit(self, name: str, options: dict[str, Variant]) -> None:
         decode_options(options, COMMIT_OPTIONS, "Commit")
         rec = self.manager.get(name)
-        await self.authorize(ACTION_COMMIT, rec, await self.caller())
-        await self.manager.commit(name)
+        caller = await self.caller()
+        await self.authorize(ACTION_COMMIT, rec, caller)
+        await self.manager.commit(name, caller_uid=caller.uid)
 
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
         opts = decode_options(options, DISCARD_OPTIONS, "Discard")

@@ -72,7 +72,14 @@ class FakeHost:
             return ImageInfo(path, LowerKind.DIRECTORY, 1, 2, 0, None, -1)
         return ImageInfo(path, LowerKind.FILE, 1, 3, 1 << 20, self.images[path] or None, 3)
 
-    def reopen_image(self, image: str, dev: int, ino: int, *, writable: bool) -> ImageInfo:
+    def fd_path(self, fd: int) -> str:
+        return f"fd {fd}"
+
+    def user_name(self, uid: int) -> str:
+        return {0: "root", 65534: "nobody"}.get(uid, str(uid))
+
+    def reopen_image(self, image: str, dev: int, ino: int, *, writable: bool,
+                     as_uid: int = 0) -> ImageInfo:
         self._call("reopen_image")
         self.open_fds += 1
         return ImageInfo(image, LowerKind.FILE, dev, ino, 1 << 20, None, 3)

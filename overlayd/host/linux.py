@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
 import stat
 import struct
 from collections.abc import Callable, Iterator
@@ -176,14 +177,18 @@ class LinuxHost:
             raise InvalidSpec(f"The image '{shown}' cannot be read: {e.strerror}.", field) from None
         return ImageInfo(real, kind, st.st_dev, st.st_ino, size, detect_fstype(head), ofd)
 
-    def reopen_image(self, image: str, dev: int, ino: int, *, writable: bool) -> ImageInfo:
-        """Open the recorded image again, checking it is still the same inode."""
+    def reopen_image(self, image: str, dev: int, ino: int, *, writable: bool,
+                     as_uid: int = 0) -> ImageInfo:
+        """Open the recorded image again, checking it is still the same inode; for AS_UID
+        other than root, with that user's credentials."""
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NOCTTY
         try:
-            fd = os.open(image, flags)
+            fd = open_as(image, as_uid, flags) if as_uid != 0 else os.open(image, flags)
         except OSError as e:
-            raise CommitFailed(f"Cannot open the image '{image}' "
-                               f"{'for writing' if writable else ''}: {e.strerror}.") from None
+            who = f" as uid {as_uid}" if as_uid != 0 else ""
+            how = " for writing" if writable else ""
+            raise CommitFailed(f"Cannot open the image '{image}'{how}{who}: "
+                               f"{e.strerror}.") from None
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (dev, ino):
             os.close(fd)
@@ -302,6 +307,18 @@ class LinuxHost:
         except OSError:
             return "other"
         return "directory" if stat.S_ISDIR(st.st_mode) else "other"
+
+    def fd_path(self, fd: int) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return f"fd {fd}"
+
+    def user_name(self, uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
 
     def realpath(self, path: str) -> str:
         return os.path.realpath(path)

@@ -30,6 +30,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kernel)
 
 
+# The session daemon's polkit rules, deciding per image and per overlay name so that every
+# cell of the authorization matrix can run against one polkitd:
+# - nobody may create overlays of images named granted*.img, and commit or discard
+#   overlays named granted-*; nothing else;
+# - bin (uid 2) may do anything to overlays named shared-*, whoever made them;
+# - uid 1 (daemon) gets nothing.
+TEST_RULES = """
+polkit.addRule(function(action, subject) {
+    var overlay = action.lookup("overlay") || "";
+    var image = action.lookup("image") || "";
+    if (action.id.indexOf("org.overlayd.overlayd1.") != 0) return polkit.Result.NOT_HANDLED;
+    if (subject.user == "nobody") {
+        if (action.id == "org.overlayd.overlayd1.create" && image.match(/\\/granted[^/]*\\.img$/))
+            return polkit.Result.YES;
+        if ((action.id == "org.overlayd.overlayd1.commit" ||
+             action.id == "org.overlayd.overlayd1.discard") && overlay.indexOf("granted-") == 0)
+            return polkit.Result.YES;
+    }
+    if (subject.user == "bin" && overlay.indexOf("shared-") == 0) return polkit.Result.YES;
+    return polkit.Result.NOT_HANDLED;
+});
+"""
+
+
 @dataclass
 class Daemon:
     proc: subprocess.Popen[str]
@@ -109,7 +133,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     if kernel_unavailable():
         pytest.skip(kernel_unavailable() or "")
     root = tmp_path_factory.mktemp("bus")
-    d = start_daemon(root, "--discard-on-exit")
+    rules = root / "rules"
+    rules.mkdir()
+    (rules / "50-test.rules").write_text(TEST_RULES)
+    rules.chmod(0o755)
+    d = start_daemon(root, "--discard-on-exit", "--polkit-rules", str(rules))
     yield d
     d.discard_all()
     err = stop_daemon(d)
