@@ -98,6 +98,29 @@ POLKIT_ABSENT = {"org.freedesktop.DBus.Error.ServiceUnknown",
                  "org.freedesktop.DBus.Error.NoReply"}
 
 
+# What an authentication agent shows (polkit.message); the policy file has the same
+# sentences with $(overlay) and $(image) for agents that read them from there.
+MESSAGES = {
+    "create": 'Authentication is required to mount {image} read-only with its writes in RAM '
+              'as overlay "{overlay}"',
+    "commit": 'Authentication is required to write the changes of overlay "{overlay}" into '
+              '{image}',
+    "discard": 'Authentication is required to unmount overlay "{overlay}" at {mountpoint} and '
+               'throw its writes away',
+    "manage-others": 'Authentication is required to act on overlay "{overlay}", which another '
+                     'user created',
+}
+
+
+def polkit_details(action: str, details: dict[str, str]) -> dict[str, str]:
+    """DETAILS plus polkit.message, the sentence an agent shows, with names filled in."""
+    template = MESSAGES.get(action.removeprefix(ACTION_PREFIX))
+    if template is None:
+        return dict(details)
+    fields = {"overlay": "", "image": "", "mountpoint": ""} | details
+    return {**details, "polkit.message": template.format(**fields)}
+
+
 class PolkitAuthorizer:
     """Ask polkitd (CheckAuthorization, subject system-bus-name) before every change.
 
@@ -118,7 +141,7 @@ class PolkitAuthorizer:
         reply = await self.bus.call(Message(
             destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_IFACE,
             member="CheckAuthorization", signature="(sa{sv})sa{ss}us",
-            body=[subject, action, details, flags, ""]))
+            body=[subject, action, polkit_details(action, details), flags, ""]))
         verb = VERBS.get(action.removeprefix(ACTION_PREFIX), action)
         if reply.message_type is MessageType.ERROR:
             if reply.error_name in POLKIT_ABSENT:

@@ -200,3 +200,13 @@ def test_recovery_on_fake_adopts_and_cleans() -> None:
     result = run(second.start())
     assert [r.name for r in result.adopted] == ["keep"] and result.cleaned == ["half"]
     assert {m.source for m in host.mount_table if m.fstype != "ext4"} == {"overlayd-keep"}
+
+
+def test_polkit_message_names_the_overlay_and_image() -> None:
+    from overlayd.bus.auth import polkit_details
+
+    d = polkit_details("org.overlayd.overlayd1.commit",
+                       {"overlay": "demo", "image": "/srv/disk.img", "mountpoint": "/mnt"})
+    assert d["polkit.message"] == ('Authentication is required to write the changes of overlay '
+                                   '"demo" into /srv/disk.img')
+    assert d["overlay"] == "demo" and d["image"] == "/srv/disk.img"
