@@ -14,7 +14,9 @@ dbus-next 0.2.3 (pinned in pyproject.toml) has four habits a system service cann
 4. ObjectManager signals are sent from the child object's path: here they come from the
    manager object, as the ObjectManager specification says.
 
-Unix fds received with a call are closed when the call is done.
+Unix fds received with any message are closed once it is handled: by ``_reply`` for the
+calls our methods serve, by ``_on_message`` for everything else (a Ping or a signal with
+fds attached must not cost the daemon an fd, or any caller could exhaust them).
 """
 
 from __future__ import annotations
@@ -76,15 +78,23 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
             token = current_message.set(msg)
             try:
                 args = ServiceInterface._msg_body_to_args(msg)
+                owned, msg.unix_fds = msg.unix_fds, []  # ours now; closed by _reply
                 fut = asyncio.ensure_future(method.fn(interface, *args))
             finally:
                 current_message.reset(token)
-            fut.add_done_callback(lambda f: self._reply(msg, method, f, send_reply))
+            fut.add_done_callback(lambda f: self._reply(msg, method, f, send_reply, owned))
 
         return handler
 
+    def _on_message(self, msg: Message) -> None:
+        try:
+            super()._on_message(msg)
+        finally:
+            _close_all(msg.unix_fds)
+            msg.unix_fds = []
+
     def _reply(self, msg: Message, method: Any, fut: asyncio.Future[Any],
-               send_reply: SendReply) -> None:
+               send_reply: SendReply, owned: list[int]) -> None:
         try:
             try:
                 result = fut.result()
@@ -92,11 +102,11 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
                 reply = Message.new_method_return(msg, method.out_signature, body, fds)
             except Exception as e:  # the one place where every call's errors end
                 reply = to_dbus(e)._as_message(msg)
+            except asyncio.CancelledError:  # the daemon is stopping: no reply to send
+                return
             send_reply(reply)
         finally:
-            for fd in msg.unix_fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            _close_all(owned)
 
     def _find_message_handler(self, msg: Message) -> Any:
         handler = super()._find_message_handler(msg)
@@ -145,6 +155,12 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
         self.send(Message.new_signal(
             path=_manager_of(path), interface="org.freedesktop.DBus.ObjectManager",
             member="InterfacesRemoved", signature="oas", body=[path, removed]))
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _manager_of(path: str) -> str:

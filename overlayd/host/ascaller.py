@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import signal
 import socket
 
 NOBODY = 65534
@@ -24,10 +25,14 @@ def credentials(uid: int) -> tuple[int, list[int]]:
     return pw.pw_gid, os.getgrouplist(pw.pw_name, pw.pw_gid)
 
 
-def open_as(path: str, uid: int, flags: int = os.O_RDONLY) -> int:
-    """An fd of PATH opened as UID, or OSError with the errno the caller would have got."""
+def open_as(path: str, uid: int, flags: int = os.O_RDONLY, timeout: float = 10.0) -> int:
+    """An fd of PATH opened as UID, or OSError with the errno the caller would have got.
+
+    The socketpair is SOCK_SEQPACKET, so a child that dies says so (EOF) instead of
+    leaving us waiting; a child that hangs (an open that blocks) is killed after TIMEOUT.
+    """
     gid, groups = credentials(uid)
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # child: only syscalls, then _exit, never back into the parent's code
         code = 0
@@ -45,7 +50,12 @@ def open_as(path: str, uid: int, flags: int = os.O_RDONLY) -> int:
         os._exit(code)
     child.close()
     try:
-        msg, fds, _flags, _addr = socket.recv_fds(parent, 16, 1)
+        parent.settimeout(timeout)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 16, 1)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)  # our own child, by PID
+            raise OSError(errno.ETIMEDOUT, "opening it did not finish", path) from None
     finally:
         parent.close()
         os.waitpid(pid, 0)

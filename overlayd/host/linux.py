@@ -48,6 +48,16 @@ from overlayd.host.upperdiff import diff_upper
 from overlayd.model import LowerKind, UpperUsage
 
 BLKGETSIZE64 = 0x80081272
+IMAGE_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_SPECIAL = {stat.S_IFSOCK: "socket", stat.S_IFIFO: "pipe or fifo",
+            stat.S_IFCHR: "character device"}
+
+
+def _refuse_special(st: os.stat_result, shown: str, field: str) -> None:
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        kind = _SPECIAL.get(stat.S_IFMT(st.st_mode), "special file")
+        raise InvalidSpec(f"The image '{shown}' is a {kind}, not an image file, block device "
+                          "or directory.", field)
 
 _ATTRS = {
     "ro": MOUNT_ATTR_RDONLY, "nosuid": MOUNT_ATTR_NOSUID, "nodev": MOUNT_ATTR_NODEV,
@@ -97,55 +107,100 @@ class LinuxHost:
     # -- images ---------------------------------------------------------------------------
 
     def open_image(self, path: str | None, fd: int | None, *, as_uid: int = 0) -> ImageInfo:
-        """Open and probe the image. For AS_UID other than root, a path is opened with that
-        user's credentials: an image the caller cannot read is refused."""
-        shown = path if path is not None else f"fd {fd}"
+        """Open and probe the image, every check made on the open file, not the path:
+
+        - an fd the caller opened must be a real read (or read-write) open: not O_PATH, not
+          write-only; we reopen it read-only for ourselves;
+        - a path given by a non-root caller is opened with the caller's credentials first,
+          so root neither reads nor even looks at a path for someone who could not;
+        - a path given by root is looked at first, so that no character device, fifo or
+          socket is ever opened (opening some devices has side effects), and must still be
+          the same file once open.
+        Opens are non-blocking: a fifo swapped in at the last moment cannot hang overlayd.
+        Directories are lowers for root only."""
+        if fd is not None:
+            field, shown = "image_fd", f"fd {fd}"
+            ofd = self._reopen_callers_fd(fd)
+        elif as_uid != 0:
+            field, shown = "image", path or ""
+            ofd = self._open_image_as(shown, as_uid)
+        else:
+            field, shown = "image", path or ""
+            ofd = self._open_image_as_root(shown)
         try:
-            st = os.fstat(fd) if fd is not None else os.stat(path or "")
-        except FileNotFoundError:
-            raise InvalidSpec(f"The image '{shown}' does not exist.", "image") from None
-        except NotADirectoryError:
-            raise InvalidSpec(f"The image '{shown}' does not exist (a parent is not a directory).",
-                              "image") from None
-        except OSError as e:
-            if fd is not None and e.errno == errno.EBADF:
-                raise InvalidSpec(f"The image {shown} is not an open file descriptor.",
-                                  "image_fd") from None
-            raise InvalidSpec(f"Cannot look at the image '{shown}': {e.strerror}.",
-                              "image") from None
-        field = "image_fd" if fd is not None else "image"
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            if fd is not None:
-                raise InvalidSpec(f"The image {shown} is a directory; pass a directory by path.",
-                                  field)
-            return ImageInfo(os.path.realpath(path or ""), LowerKind.DIRECTORY, st.st_dev,
-                             st.st_ino, 0, None, -1)
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            kind = {stat.S_IFSOCK: "socket", stat.S_IFIFO: "pipe or fifo",
-                    stat.S_IFCHR: "character device"}.get(stat.S_IFMT(mode), "special file")
-            raise InvalidSpec(f"The image '{shown}' is a {kind}, not an image file, block device "
-                              "or directory.", field)
-        if fd is None and stat.S_ISBLK(mode):
-            self._refuse_device_behind_symlink(path or "", field)
-        source = f"/proc/self/fd/{fd}" if fd is not None else (path or "")
-        try:
-            # Our own read-only open file description, even if the caller's fd is read-write:
-            # the loop device inherits read-only from it.
-            if as_uid != 0 and fd is None:
-                ofd = open_as(source, as_uid)
-            else:
-                ofd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-        except OSError as e:
-            who = f" by uid {as_uid}" if as_uid != 0 and fd is None else ""
-            raise InvalidSpec(f"The image '{shown}' cannot be read{who}: {e.strerror}.",
-                              field) from None
-        try:
+            st = os.fstat(ofd)
+            if stat.S_ISDIR(st.st_mode):
+                if fd is not None or as_uid != 0:
+                    raise InvalidSpec(f"The image '{shown}' is a directory; only root may use "
+                                      "a directory as the lower layer.", field)
+                real = os.readlink(f"/proc/self/fd/{ofd}")
+                os.close(ofd)
+                return ImageInfo(real, LowerKind.DIRECTORY, st.st_dev, st.st_ino, 0, None, -1)
+            _refuse_special(st, shown, field)
+            if fd is None and stat.S_ISBLK(st.st_mode):
+                self._refuse_device_behind_symlink(shown, field)
             real = os.readlink(f"/proc/self/fd/{ofd}")
             return self._probe(ofd, real, st, shown, field)
         except BaseException:
-            os.close(ofd)
+            with contextlib.suppress(OSError):
+                os.close(ofd)
             raise
+
+    @staticmethod
+    def _reopen_callers_fd(fd: int) -> int:
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            st = os.fstat(fd)
+        except OSError:
+            raise InvalidSpec(f"The image fd {fd} is not an open file descriptor.",
+                              "image_fd") from None
+        if flags & os.O_PATH:
+            raise InvalidSpec(f"The image fd {fd} was opened with O_PATH, which does not show "
+                              "that the caller may read it; open it for reading.", "image_fd")
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            raise InvalidSpec(f"The image fd {fd} was opened write-only; open it for reading.",
+                              "image_fd")
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidSpec(f"The image fd {fd} is a directory; only root may use a "
+                              "directory as the lower layer, and by path.", "image_fd")
+        _refuse_special(st, f"fd {fd}", "image_fd")
+        try:  # our own read-only open file description: the loop device inherits read-only
+            return os.open(f"/proc/self/fd/{fd}", IMAGE_OPEN)
+        except OSError as e:
+            raise InvalidSpec(f"The image fd {fd} cannot be reopened: {e.strerror}.",
+                              "image_fd") from None
+
+    @staticmethod
+    def _open_image_as(path: str, uid: int) -> int:
+        try:
+            return open_as(path, uid, IMAGE_OPEN)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise InvalidSpec(f"The image '{path}' does not exist.", "image") from None
+            raise InvalidSpec(f"The image '{path}' cannot be read by uid {uid}: "
+                              f"{e.strerror}.", "image") from None
+
+    @staticmethod
+    def _open_image_as_root(path: str) -> int:
+        try:
+            before = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise InvalidSpec(f"The image '{path}' does not exist.", "image") from None
+        except OSError as e:
+            raise InvalidSpec(f"Cannot look at the image '{path}': {e.strerror}.",
+                              "image") from None
+        if not stat.S_ISDIR(before.st_mode):
+            _refuse_special(before, path, "image")
+        try:
+            ofd = os.open(path, IMAGE_OPEN)
+        except OSError as e:
+            raise InvalidSpec(f"The image '{path}' cannot be read: {e.strerror}.",
+                              "image") from None
+        after = os.fstat(ofd)
+        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            os.close(ofd)
+            raise InvalidSpec(f"The image '{path}' changed while it was being opened.", "image")
+        return ofd
 
     @staticmethod
     def _refuse_device_behind_symlink(path: str, field: str) -> None:
