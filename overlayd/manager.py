@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ class OverlayManager:
         self._creating: set[str] = set()
         self._create_lock = asyncio.Lock()  # mount point checks must see each other's result
         self._listeners: list[Listener] = []
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -56,7 +57,12 @@ class OverlayManager:
             fn(name, rec)
 
     async def _blocking(self, fn: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
-        return await asyncio.to_thread(fn, *args, **kw)
+        """Run FN in a worker thread. If the caller is cancelled (the daemon stopping), the
+        work still finishes; ``aclose`` waits for it, so no mount is half-changed."""
+        fut = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kw))
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+        return await asyncio.shield(fut)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -117,10 +123,11 @@ class OverlayManager:
         except OverlaydError:
             return UpperUsage(size=rec.size, used=0, inodes_used=0)
 
-    async def diff(self, name: str) -> builtins.list[DiffEntry]:
+    async def diff(self, name: str, created_usec: int | None = None
+                   ) -> builtins.list[DiffEntry]:
         async with self._lock(name):
-            rec = self.get(name)
-            pairs = await self._blocking(self.host.diff, rec.upper_dir, ops.lower_source(rec))
+            rec = self._current(name, created_usec)
+            pairs = await self._blocking(ops.diff, self.host, rec)
         return [DiffEntry(path=p, kind=k) for p, k in pairs]
 
     # -- changing -------------------------------------------------------------------------
@@ -152,24 +159,26 @@ class OverlayManager:
         return rec
 
     async def commit(self, name: str, *, progress: Progress | None = None,
-                     caller_uid: int = 0) -> CommitStats:
+                     caller_uid: int = 0, created_usec: int | None = None) -> CommitStats:
+        """CREATED_USEC, if given, must match: the caller was authorized for that overlay,
+        not for another one of the same name made since."""
         async with self._lock(name):
-            rec = self.get(name)
+            rec = self._current(name, created_usec)
             self._set_state(rec, OverlayState.COMMITTING)
-            await self._save(rec)
             try:
+                await self._save(rec)
                 done = await self._blocking(ops.commit, self.host, rec, progress,
                                             as_uid=caller_uid)
             except OverlaydError as e:
-                up = any(m.target == rec.mountpoint for m in await self._blocking(self.host.mounts))
-                self._set_state(rec, OverlayState.ACTIVE if up else OverlayState.FAILED, str(e))
-                await self._save(rec)
+                # ops.commit persisted the state it left; an early failure left it active.
+                state = rec.state if rec.state is not OverlayState.COMMITTING \
+                    else OverlayState.ACTIVE
+                self._set_state(rec, state, str(e))
                 log.info("Failed to commit overlay '%s': %s", name, e,
                          extra=_fields(rec, OVERLAYD_EVENT="failed"))
                 raise
+            self._in_background(done.free_old_upper)
             self._set_state(rec, OverlayState.ACTIVE)
-            await self._save(rec)
-        self._in_background(done.free_old_upper)
         applied = done.applied
         stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
         log.info("Committed overlay '%s' into '%s': %d entries, %d bytes in %.3f s.", name,
@@ -178,9 +187,16 @@ class OverlayManager:
                                OVERLAYD_BYTES=stats.bytes, OVERLAYD_SECONDS=f"{stats.seconds:.6f}"))
         return stats
 
-    async def discard(self, name: str, *, force: bool = False) -> None:
+    def _current(self, name: str, created_usec: int | None) -> Overlay:
+        rec = self.get(name)
+        if created_usec is not None and rec.created_usec != created_usec:
+            raise NoSuchOverlay(name)  # replaced by a namesake while the caller waited
+        return rec
+
+    async def discard(self, name: str, *, force: bool = False,
+                      created_usec: int | None = None) -> None:
         async with self._lock(name):
-            rec = self.get(name)
+            rec = self._current(name, created_usec)
             previous = rec.state
             self._set_state(rec, OverlayState.DISCARDING)
             try:
@@ -204,7 +220,8 @@ class OverlayManager:
         fut.add_done_callback(self._background.discard)
 
     async def aclose(self) -> None:
-        """Wait for background work (freeing committed uppers). Overlays stay as they are."""
+        """Wait for work in worker threads (calls whose callers are gone, freeing committed
+        uppers). Overlays stay as they are."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 

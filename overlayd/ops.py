@@ -53,8 +53,12 @@ def owns_lower(rec: Overlay) -> Callable[[MountInfo], bool]:
     return check
 
 
-def lower_source(rec: Overlay) -> str:
-    return rec.lower_dir if rec.image_kind is not LowerKind.DIRECTORY else rec.image
+def lower_source(rec: Overlay, dir_fd: int | None = None) -> str:
+    """The overlay's lowerdir: our image mount, or the directory lower (through DIR_FD,
+    opened and verified by open_lower_dir, when the path must not be trusted again)."""
+    if rec.image_kind is not LowerKind.DIRECTORY:
+        return rec.lower_dir
+    return f"/proc/self/fd/{dir_fd}" if dir_fd is not None else rec.image
 
 
 def driver_for(host: Host, fstype: str) -> str:
@@ -153,8 +157,8 @@ def _mount_lower(host: Host, rb: Rollback | None, rec: Overlay, info: ImageInfo,
         rb.push("unmount the image", host.unmount, rec.lower_dir, owns_lower(rec))
 
 
-def _mount_overlay(host: Host, rec: Overlay) -> None:
-    host.mount_overlay(mount_source(rec.name), rec.mountpoint, lower=lower_source(rec),
+def _mount_overlay(host: Host, rec: Overlay, dir_fd: int | None = None) -> None:
+    host.mount_overlay(mount_source(rec.name), rec.mountpoint, lower=lower_source(rec, dir_fd),
                        upper=rec.upper_dir, work=rec.work_dir, options=rec.mount_options)
 
 
@@ -189,7 +193,10 @@ def commit(host: Host, rec: Overlay, progress: Progress | None, *, as_uid: int =
         raise CommitFailed(f"Only root may commit overlay '{rec.name}': its lower is the "
                            f"directory '{rec.image}', and overlayd would write into it as root.")
     rw = ro = None
-    if rec.image_kind is not LowerKind.DIRECTORY:
+    dir_fd: int | None = None
+    if rec.image_kind is LowerKind.DIRECTORY:
+        dir_fd = host.open_lower_dir(rec.image, rec.image_dev, rec.image_ino)
+    else:
         rw = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True,
                                as_uid=as_uid)
         try:
@@ -198,15 +205,18 @@ def commit(host: Host, rec: Overlay, progress: Progress | None, *, as_uid: int =
             host.close_image(rw)
             raise
     try:
-        return _commit_opened(host, rec, progress, rw, ro)
+        return _commit_opened(host, rec, progress, rw, ro, dir_fd)
     finally:
         for info in (rw, ro):
             if info is not None:
                 host.close_image(info)
+        if dir_fd is not None:
+            host.close_fd(dir_fd)
 
 
 def _commit_opened(host: Host, rec: Overlay, progress: Progress | None,
-                   rw: ImageInfo | None, ro: ImageInfo | None) -> Committed:
+                   rw: ImageInfo | None, ro: ImageInfo | None, dir_fd: int | None
+                   ) -> Committed:
     mounts = host.mounts()
     try:
         host.unmount(rec.mountpoint, owns_layer(rec), mounts=mounts)
@@ -217,16 +227,21 @@ def _commit_opened(host: Host, rec: Overlay, progress: Progress | None,
     out = CommitOutcome()
     driver = driver_for(host, rec.fstype)
     try:
-        target = rec.image
+        target = lower_source(rec, dir_fd)
         if rw is not None:
             host.unmount(rec.lower_dir, owns_lower(rec), mounts=mounts)
             _mount_lower(host, None, rec, rw, driver, read_only=False)
             target = rec.lower_dir
         out.applied = host.apply_upper(rec.upper_dir, target, progress)
         host.syncfs(target)
-    except OverlaydError as e:
-        out.error = e
-    _restore_after_commit(host, rec, driver, ro, fresh_upper=out.error is None, out=out)
+    except Exception as e:  # whatever happened, the overlay must come back (below)
+        out.error = e if isinstance(e, OverlaydError) else CommitFailed(_unexpected(e))
+    _restore_after_commit(host, rec, driver, ro, dir_fd, fresh_upper=out.error is None,
+                          out=out)
+    # Persisted here, in the worker, so that a daemon stopped mid-call still leaves a
+    # record that says what is mounted.
+    rec.state = OverlayState.FAILED if out.remount_problems else OverlayState.ACTIVE
+    save_record(host, rec)
     if out.error is not None:
         if out.remount_problems:
             raise CommitFailed(f"{out.error} The overlay could not be mounted again "
@@ -245,17 +260,20 @@ def _commit_opened(host: Host, rec: Overlay, progress: Progress | None,
     return Committed(out.applied, out.free_old_upper)
 
 
-def _restore_after_commit(host: Host, rec: Overlay, driver: str, ro: ImageInfo | None, *,
-                          fresh_upper: bool, out: CommitOutcome) -> None:
+def _restore_after_commit(host: Host, rec: Overlay, driver: str, ro: ImageInfo | None,
+                          dir_fd: int | None, *, fresh_upper: bool, out: CommitOutcome) -> None:
     def step(what: str, fn: Callable[[], object]) -> bool:
         try:
             fn()
             return True
-        except OverlaydError as e:
-            out.remount_problems.append(f"{what}: {e}")
+        except Exception as e:  # record it and stop: later steps build on this one
+            text = str(e) if isinstance(e, OverlaydError) else _unexpected(e)
+            out.remount_problems.append(f"{what}: {text}")
             return False
 
-    mounts = host.mounts()
+    mounts: list[MountInfo] = []
+    if not step("read the mount table", lambda: mounts.extend(host.mounts())):
+        return
     if ro is not None:
         lower = [m for m in mounts if m.target == rec.lower_dir]
         if lower and "ro" not in lower[-1].options:
@@ -272,10 +290,37 @@ def _restore_after_commit(host: Host, rec: Overlay, driver: str, ro: ImageInfo |
             out.free_old_upper = host.detach_for_later(rec.tmpfs_dir, owns_layer(rec),
                                                        mounts=mounts)
             host.mount_tmpfs(mount_source(rec.name), rec.tmpfs_dir, rec.size)
-            host.prepare_upper(lower_source(rec), rec.upper_dir, rec.work_dir)
+            host.prepare_upper(lower_source(rec, dir_fd), rec.upper_dir, rec.work_dir)
         if not step("start a fresh upper", renew):
             return
-    step("mount the overlay", lambda: _mount_overlay(host, rec))
+    step("mount the overlay", lambda: _mount_overlay(host, rec, dir_fd))
+
+
+def diff(host: Host, rec: Overlay) -> list[tuple[str, str]]:
+    """(path, kind) of every change in the upper, against the lower (a directory lower is
+    opened and verified first, as for Commit)."""
+    if rec.image_kind is not LowerKind.DIRECTORY:
+        return host.diff(rec.upper_dir, rec.lower_dir)
+    dir_fd = host.open_lower_dir(rec.image, rec.image_dev, rec.image_ino)
+    try:
+        return host.diff(rec.upper_dir, lower_source(rec, dir_fd))
+    finally:
+        host.close_fd(dir_fd)
+
+
+def _unexpected(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "the tree of changes is nested too deeply to walk."
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}."
+    return f"an unexpected {type(e).__name__}."
+
+
+def save_record(host: Host, rec: Overlay) -> None:
+    try:
+        host.write_file(os.path.join(rec.base_dir, "overlay.json"), dump_record(rec))
+    except OverlaydError as e:
+        log.warning("Cannot save the state of overlay '%s': %s, ignoring.", rec.name, e)
 
 
 # -- discard / teardown ---------------------------------------------------------------------
@@ -356,13 +401,17 @@ def _recover_one(host: Host, rec: Overlay, mounts: list[MountInfo], result: Reco
     lower = [m for m in mounts if m.target == rec.lower_dir]
     lower_ok = rec.image_kind is LowerKind.DIRECTORY or (
         bool(lower) and owns_lower(rec)(lower[-1]) and "ro" in lower[-1].options)
-    if overlay_up and lower_ok and rec.state is OverlayState.ACTIVE:
+    if overlay_up:
+        if not lower_ok:  # never seen: overlay up over a read-write image. Hands off.
+            raise CommitFailed(f"Overlay '{rec.name}' is mounted but its image is not mounted "
+                               "read-only; leaving it as it is for an admin to look at.")
+        if rec.state is not OverlayState.ACTIVE:  # e.g. stopped right after a commit
+            rec.state = OverlayState.ACTIVE
+            save_record(host, rec)
         result.adopted.append(rec)
         return
-    # An interrupted commit, or a layer unmounted behind our back: the writes are in the
-    # tmpfs, so bring the overlay back over the read-only image and keep them.
-    if overlay_up:
-        host.unmount(rec.mountpoint, owns_layer(rec), lazy=True)
+    # An interrupted commit, or the overlay unmounted behind our back: the writes are in
+    # the tmpfs, so bring the overlay back over the read-only image and keep them.
     if not lower_ok:
         driver = driver_for(host, rec.fstype)
         if lower:
@@ -373,9 +422,16 @@ def _recover_one(host: Host, rec: Overlay, mounts: list[MountInfo], result: Reco
             _mount_lower(host, None, rec, info, driver, read_only=True)
         finally:
             host.close_image(info)
-    _mount_overlay(host, rec)
+    if rec.image_kind is LowerKind.DIRECTORY:
+        dir_fd = host.open_lower_dir(rec.image, rec.image_dev, rec.image_ino)
+        try:
+            _mount_overlay(host, rec, dir_fd)
+        finally:
+            host.close_fd(dir_fd)
+    else:
+        _mount_overlay(host, rec)
     rec.state = OverlayState.ACTIVE
-    host.write_file(os.path.join(rec.base_dir, "overlay.json"), dump_record(rec))
+    save_record(host, rec)
     result.adopted.append(rec)
     result.repaired.append(rec.name)
 

@@ -148,20 +148,21 @@ class Service:
         rec = self.manager.get(name)
         caller = await self.caller()
         await self.authorize(ACTION_COMMIT, rec, caller)
-        await self.manager.commit(name, caller_uid=caller.uid)
+        await self.manager.commit(name, caller_uid=caller.uid, created_usec=rec.created_usec)
 
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
         opts = decode_options(options, DISCARD_OPTIONS, "Discard")
         rec = self.manager.get(name)
         await self.authorize(ACTION_DISCARD, rec, await self.caller())
-        await self.manager.discard(name, force=bool(opts.get("force", False)))
+        await self.manager.discard(name, force=bool(opts.get("force", False)),
+                                   created_usec=rec.created_usec)
 
     async def diff(self, name: str) -> list[list[str]]:
         rec = self.manager.get(name)
         caller = await self.caller()
         if caller.uid != rec.owner_uid:  # one's own overlay needs no action
             await self.auth.require(ACTION_MANAGE_OTHERS, caller, {"overlay": rec.name})
-        return [[d.path, d.kind] for d in await self.manager.diff(name)]
+        return [[d.path, d.kind] for d in await self.manager.diff(name, rec.created_usec)]
 
 
 # dbus-next leaves return values unnamed; the contract (dbus/*.xml) names them.

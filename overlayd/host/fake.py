@@ -84,6 +84,14 @@ class FakeHost:
         self.open_fds += 1
         return ImageInfo(image, LowerKind.FILE, dev, ino, 1 << 20, None, 3)
 
+    def open_lower_dir(self, path: str, dev: int, ino: int) -> int:
+        self._call("open_lower_dir")
+        self.open_fds += 1
+        return 7
+
+    def close_fd(self, fd: int) -> None:
+        self.open_fds -= 1
+
     def close_image(self, info: ImageInfo) -> None:
         if info.fd >= 0:
             self.open_fds -= 1

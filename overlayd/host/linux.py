@@ -252,6 +252,25 @@ class LinuxHost:
         kind = LowerKind.BLOCK if stat.S_ISBLK(st.st_mode) else LowerKind.FILE
         return ImageInfo(image, kind, dev, ino, st.st_size, None, fd)
 
+    def open_lower_dir(self, path: str, dev: int, ino: int) -> int:
+        """The recorded directory lower, opened and checked to be the same directory; callers
+        then use /proc/self/fd/N, so a path swapped for a symlink cannot redirect them."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CommitFailed(f"Cannot open the lower directory '{path}': {e.strerror}.") \
+                from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            os.close(fd)
+            raise CommitFailed(f"The lower directory '{path}' was replaced since the overlay "
+                               "was created; refusing to use it.")
+        return fd
+
+    def close_fd(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
     def close_image(self, info: ImageInfo) -> None:
         if info.fd >= 0:
             os.close(info.fd)
