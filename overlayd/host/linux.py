@@ -460,6 +460,9 @@ class LinuxHost:
             return diff_upper(upper, lower)
         except OSError as e:
             raise MountFailed(f"Cannot read the changes: {e.strerror} ({e.filename}).") from None
+        except RecursionError:
+            raise MountFailed("Cannot read the changes: the tree of changes is nested too "
+                              "deeply to walk.") from None
 
     def usage(self, path: str) -> UpperUsage:
         try:

@@ -284,3 +284,29 @@ def test_huge_size_is_limit_exceeded(clean: Daemon, bus_image: Path) -> None:
     r = clean.call("Create", "sa{sv}", "huge", "2", "image", "s", str(bus_image), "size", "t",
                    str((1 << 64) - 1))
     assert r.returncode != 0 and "memory" in r.stderr
+
+
+def test_fds_sent_with_any_message_are_closed(daemon: Daemon, run: Any, root: Path) -> None:
+    """A caller cannot exhaust the daemon's fds with calls our methods do not serve."""
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+
+    async def flood() -> None:
+        bus = await MessageBus(bus_address=daemon.address, negotiate_unix_fd=True).connect()
+        files = [os.open(root, os.O_RDONLY) for _ in range(16)]
+        try:
+            for member, iface in (("Ping", "org.freedesktop.DBus.Peer"),
+                                  ("Explode", "org.overlayd.Overlayd1.Manager"),
+                                  ("ListOverlays", "org.overlayd.Overlayd1.Manager")):
+                for _ in range(100):
+                    await bus.call(Message(destination="org.overlayd.Overlayd1",
+                                           path="/org/overlayd/Overlayd1", interface=iface,
+                                           member=member, unix_fds=files))
+        finally:
+            for f in files:
+                os.close(f)
+            bus.disconnect()
+
+    before = fds()
+    run(flood())
+    assert fds() <= before + 2, (before, fds())

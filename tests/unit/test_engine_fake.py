@@ -210,3 +210,20 @@ def test_polkit_message_names_the_overlay_and_image() -> None:
     assert d["polkit.message"] == ('Authentication is required to write the changes of overlay '
                                    '"demo" into /srv/disk.img')
     assert d["overlay"] == "demo" and d["image"] == "/srv/disk.img"
+
+
+def test_calls_act_only_on_the_overlay_they_were_authorized_for() -> None:
+    from overlayd.errors import NoSuchOverlay
+
+    mgr = manager(new_host())
+
+    async def go() -> None:
+        await mgr.start()
+        rec = await mgr.create(spec())
+        with pytest.raises(NoSuchOverlay):
+            await mgr.commit("demo", created_usec=rec.created_usec + 1)
+        with pytest.raises(NoSuchOverlay):
+            await mgr.discard("demo", created_usec=rec.created_usec + 1)
+        await mgr.discard("demo", created_usec=rec.created_usec)
+
+    run(go())
