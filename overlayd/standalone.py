@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
 
 from overlayd.errors import OverlaydError
+from overlayd.host.mountinfo import read_mounts
 from overlayd.host.process import spawn_tied
+from overlayd.layout import SOURCE_PREFIX
 
 log = logging.getLogger("overlayd.standalone")
 
@@ -68,6 +71,13 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
   <include>{policy}</include>
 </busconfig>
 """
+
+
+def overlayd_mount_targets() -> list[str]:
+    """Where overlays, their tmpfs and their images are mounted (by any overlayd), the
+    deepest first."""
+    return [m.target for m in reversed(read_mounts())
+            if m.source.startswith(SOURCE_PREFIX) or m.source.startswith("/dev/loop")]
 
 
 def find_actions() -> Path:
@@ -139,10 +149,14 @@ class StandaloneBus:
         for f in ACTIONS_DIR.glob("*.policy"):
             shutil.copy(f, actions / f.name)
         shutil.copy(find_actions(), actions / ACTIONS_NAME)
-        binds = [f"mount --bind {actions} {ACTIONS_DIR}"]
+        q = shlex.quote
+        # The namespace starts as a copy of ours: drop (there only) every mount an overlayd
+        # made, or polkitd would keep old uppers, images and loop devices alive.
+        drops = [f"umount -l {q(t)} 2>/dev/null" for t in overlayd_mount_targets()]
+        binds = [f"mount --bind {q(str(actions))} {q(str(ACTIONS_DIR))}"]
         if rules is not None:
-            binds.append(f"mount --bind {rules} {RULES_DIR}")
-        script = " && ".join([*binds, f"exec {POLKITD} --no-debug"])
+            binds.append(f"mount --bind {q(str(rules))} {q(str(RULES_DIR))}")
+        script = "; ".join([*drops, " && ".join([*binds, f"exec {q(str(POLKITD))} --no-debug"])])
         self.polkitd = await spawn_tied("unshare", "--mount", "--propagation", "private",
                                         "sh", "-c", script,
                                         env={"DBUS_SYSTEM_BUS_ADDRESS": self.address,

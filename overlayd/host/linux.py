@@ -206,6 +206,14 @@ class LinuxHost:
     def _refuse_device_behind_symlink(path: str, field: str) -> None:
         """A block device must be named, not reached through a link someone planted:
         /tmp/innocent.img -> /dev/sda is refused. udev's links (/dev/disk/by-*) are fine."""
+        try:
+            LinuxHost._walk_links(path, field)
+        except OSError as e:
+            raise InvalidSpec(f"Cannot resolve the image '{path}': {e.strerror}.", field) \
+                from None
+
+    @staticmethod
+    def _walk_links(path: str, field: str) -> None:
         real = os.path.realpath(path)
         current = os.path.abspath(path)
         while current != real:
@@ -222,7 +230,11 @@ class LinuxHost:
         kind = LowerKind.BLOCK if stat.S_ISBLK(st.st_mode) else LowerKind.FILE
         size = st.st_size
         if kind is LowerKind.BLOCK:
-            size = struct.unpack("Q", fcntl.ioctl(ofd, BLKGETSIZE64, b"\0" * 8))[0]
+            try:
+                size = struct.unpack("Q", fcntl.ioctl(ofd, BLKGETSIZE64, b"\0" * 8))[0]
+            except OSError as e:
+                raise InvalidSpec(f"Cannot read the size of the device '{shown}': "
+                                  f"{e.strerror}.", field) from None
         if size == 0:
             raise InvalidSpec(f"The image '{shown}' is empty (0 bytes); it holds no file system.",
                               field)
@@ -395,7 +407,10 @@ class LinuxHost:
             return str(uid)
 
     def realpath(self, path: str) -> str:
-        return os.path.realpath(path)
+        try:
+            return os.path.realpath(path, strict=False)
+        except OSError as e:  # a symlink loop, a name too long, ...
+            raise InvalidSpec(f"Cannot resolve '{path}': {e.strerror}.", "mountpoint") from None
 
     def list_dir(self, path: str) -> list[str]:
         try:

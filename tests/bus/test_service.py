@@ -182,3 +182,31 @@ def test_managed_objects_agree_with_the_property_getters(clean: Daemon, root: Pa
         managed = ifaces["org.overlayd.Overlayd1.Overlay"]
         assert {k: (v.signature, v.value) for k, v in managed.items()} == \
             {k: (v.signature, v.value) for k, v in getall[path].items()}
+
+
+def test_polkitd_does_not_pin_the_overlays_it_saw_at_start(root: Path) -> None:
+    img = helpers.make_image(root / "pin.img")
+    first = start_daemon(root)
+    first.create("pinned", img)
+    stop_daemon(first)  # the overlay stays; the next daemon's polkitd starts with it mounted
+    second = start_daemon(root, "--discard-on-exit")
+    try:
+        assert second.call("Commit", "sa{sv}", "pinned", "0").returncode == 0
+
+        def loops() -> list[str]:
+            return [d for d, b in helpers.attached_loops().items() if b == str(img)]
+
+        for _ in range(100):
+            if len(loops()) == 1:
+                break
+            time.sleep(0.02)
+        assert len(loops()) == 1, "the image's old loop device was released after the commit"
+        assert second.call("Discard", "sa{sv}", "pinned", "0").returncode == 0
+        for _ in range(100):
+            if not loops():
+                break
+            time.sleep(0.02)
+        assert loops() == [], "nothing keeps the discarded overlay's loop device"
+    finally:
+        stop_daemon(second)
+    assert helpers.mounts_under(str(root)) == []
