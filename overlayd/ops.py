@@ -72,22 +72,36 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
            owner_uid: int, now_usec: int) -> Overlay:
     layout = Layout.for_overlay(cfg.runtime_dir, spec.name)
     size = checks.choose_size(spec, cfg, host.memory_total())
-    is_default = spec.mountpoint is None
-    mountpoint = str(cfg.mount_root_dir / spec.name) if is_default else \
-        host.realpath(spec.mountpoint or "")
-    options = spec.mount_options
-    if owner_uid != 0:
-        checks.check_user_mountpoint(mountpoint, owner_uid, host.user_name(owner_uid), cfg)
-        options = checks.user_mount_options(options)
-    mounts = host.mounts()
-    checks.check_mountpoint(mountpoint, host.path_kind(mountpoint), is_default=is_default,
-                            cfg=cfg, mounts=mounts, overlays=existing)
     if host.path_kind(str(layout.base)) != "missing":
         raise OverlaydError(f"Leftovers of an earlier overlay '{spec.name}' are in "
                             f"'{layout.base}'; restart overlayd to clean them up.")
-
     rb = Rollback()
-    info = host.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
+    # A caller's mount point is opened once; the checks and the mount use that directory,
+    # so no symlink swapped in between can move the mount (non-root: no symlinks at all).
+    is_default = spec.mountpoint is None
+    mp_fd: int | None = None
+    if is_default:
+        mountpoint = str(cfg.mount_root_dir / spec.name)
+    else:
+        mp_fd, mountpoint = host.open_mountpoint(spec.mountpoint or "",
+                                                 follow_symlinks=owner_uid == 0)
+        rb.push("close the mount point", host.close_fd, mp_fd)
+    try:
+        options = spec.mount_options
+        if owner_uid != 0:
+            checks.check_user_mountpoint(mountpoint, owner_uid, host.user_name(owner_uid), cfg)
+            options = checks.user_mount_options(options)
+        kind = host.path_kind(mountpoint) if is_default else "directory"
+        checks.check_mountpoint(mountpoint, kind, is_default=is_default, cfg=cfg,
+                                mounts=host.mounts(), overlays=existing)
+    except BaseException:
+        rb.unwind()
+        raise
+    try:
+        info = host.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
+    except BaseException:
+        rb.unwind()
+        raise
     rb.push("close the image", host.close_image, info)
     try:
         shown = spec.image or info.path
@@ -122,7 +136,7 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
                 host.make_dir(str(cfg.mount_root_dir), 0o755)  # shared by all; never removed
             if host.path_kind(mountpoint) == "missing":
                 _make_dir(host, rb, mountpoint, 0o755)
-        _mount_overlay(host, rec)
+        _mount_overlay(host, rec, target_fd=mp_fd)
         rb.push("unmount the overlay", host.unmount, mountpoint, owns_layer(rec))
         checks.check_overlay_options(host.mounts(), mountpoint, mount_source(rec.name))
         rec.state = OverlayState.ACTIVE
@@ -131,6 +145,8 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
         rb.unwind()
         raise
     host.close_image(info)
+    if mp_fd is not None:
+        host.close_fd(mp_fd)
     return rec
 
 
@@ -157,8 +173,10 @@ def _mount_lower(host: Host, rb: Rollback | None, rec: Overlay, info: ImageInfo,
         rb.push("unmount the image", host.unmount, rec.lower_dir, owns_lower(rec))
 
 
-def _mount_overlay(host: Host, rec: Overlay, dir_fd: int | None = None) -> None:
+def _mount_overlay(host: Host, rec: Overlay, dir_fd: int | None = None,
+                   target_fd: int | None = None) -> None:
     host.mount_overlay(mount_source(rec.name), rec.mountpoint, lower=lower_source(rec, dir_fd),
+                       target_fd=target_fd,
                        upper=rec.upper_dir, work=rec.work_dir, options=rec.mount_options)
 
 

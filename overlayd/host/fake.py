@@ -124,8 +124,15 @@ class FakeHost:
     def mount_tmpfs(self, source: str, target: str, size: int) -> None:
         self._mount("mount_tmpfs", source, target, "tmpfs")
 
+    def open_mountpoint(self, path: str, *, follow_symlinks: bool) -> tuple[int, str]:
+        path = os.path.normpath(path)
+        if path not in self.dirs:
+            raise InvalidSpec(f"The mount point '{path}' does not exist.", "mountpoint")
+        self.open_fds += 1
+        return 9, path
+
     def mount_overlay(self, source: str, target: str, *, lower: str, upper: str, work: str,
-                      options: tuple[str, ...]) -> None:
+                      options: tuple[str, ...], target_fd: int | None = None) -> None:
         self._mount("mount_overlay", source, target, "overlay", options)
 
     def detach_for_later(self, target: str, owned: Callable[[MountInfo], bool], *,

@@ -39,7 +39,9 @@ from overlayd.host.syscalls import (
     MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
     MOUNT_ATTR_STRICTATIME,
+    RESOLVE_NO_SYMLINKS,
     FsContext,
+    openat2,
     syncfs,
     umount2,
 )
@@ -317,7 +319,7 @@ class LinuxHost:
             fc.mount_at(target, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
 
     def mount_overlay(self, source: str, target: str, *, lower: str, upper: str, work: str,
-                      options: tuple[str, ...]) -> None:
+                      options: tuple[str, ...], target_fd: int | None = None) -> None:
         with _mount_errors(f"mount the overlay at '{target}'"), FsContext("overlay") as fc:
             fc.set_string("source", source)
             fc.set_string("lowerdir+", lower)  # no escaping of ':' or ',' needed
@@ -326,7 +328,7 @@ class LinuxHost:
             for key, value in OVERLAY_PINNED:
                 fc.set_string(key, value)
             fc.create()
-            fc.mount_at(target, mount_attrs(options))
+            fc.mount_at(target, mount_attrs(options), target_fd)
 
     def mounts(self) -> list[mountinfo.MountInfo]:
         return mountinfo.read_mounts()
@@ -399,6 +401,21 @@ class LinuxHost:
             return os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             return f"fd {fd}"
+
+    def open_mountpoint(self, path: str, *, follow_symlinks: bool) -> tuple[int, str]:
+        """An O_PATH fd of the mount point directory and the path it really has. The checks
+        and the mount then act on this very directory, whatever happens to the path; without
+        FOLLOW_SYMLINKS no component of PATH may be a symbolic link."""
+        resolve = 0 if follow_symlinks else RESOLVE_NO_SYMLINKS
+        try:
+            fd = openat2(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, resolve)
+        except OSError as e:
+            reason = {errno.ENOENT: "does not exist; create the directory first",
+                      errno.ENOTDIR: "is not a directory",
+                      errno.ELOOP: "goes through a symbolic link; name the real directory",
+                      }.get(e.errno or 0, f"cannot be opened: {e.strerror}")
+            raise InvalidSpec(f"The mount point '{path}' {reason}.", "mountpoint") from None
+        return fd, os.readlink(f"/proc/self/fd/{fd}")
 
     def user_name(self, uid: int) -> str:
         try:

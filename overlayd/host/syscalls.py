@@ -19,12 +19,14 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 # Syscall numbers of the new mount API are the same on every architecture but alpha.
-SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount = 429, 430, 431, 432
+SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount, SYS_openat2 = 429, 430, 431, 432, 437
+RESOLVE_NO_SYMLINKS = 0x04
 
 FSOPEN_CLOEXEC = 0x1
 FSMOUNT_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 AT_FDCWD = -100
 
 MOUNT_ATTR_RDONLY = 0x01
@@ -56,6 +58,18 @@ _libc.syncfs.argtypes = [ctypes.c_int]
 
 def syncfs(fd: int) -> None:
     _check(_libc.syncfs(fd), "syncfs")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags, 0, resolve)
+    return _check(_libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(AT_FDCWD), _fs(path),
+                                ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+                  "openat2", path)
 
 
 def umount2(target: str, flags: int = 0) -> None:
@@ -107,17 +121,23 @@ class FsContext:
     def create(self) -> None:
         self._config(FSCONFIG_CMD_CREATE, None, None)
 
-    def mount_at(self, target: str, attrs: int = 0) -> None:
-        """fsmount() the configured superblock, then attach it at TARGET."""
+    def mount_at(self, target: str, attrs: int = 0, target_fd: int | None = None) -> None:
+        """fsmount() the configured superblock, then attach it at TARGET, or on the
+        directory TARGET_FD refers to (then TARGET only names it in errors)."""
         mfd = _libc.syscall(ctypes.c_long(SYS_fsmount), ctypes.c_int(self.fd),
                             ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs))
         if mfd < 0:
             err = ctypes.get_errno()
             raise OSError(err, self.kernel_messages() or os.strerror(err), target)
         try:
+            if target_fd is None:
+                to_fd, to_path, flags = AT_FDCWD, _fs(target), MOVE_MOUNT_F_EMPTY_PATH
+            else:
+                to_fd, to_path = target_fd, b""
+                flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
             _check(_libc.syscall(ctypes.c_long(SYS_move_mount), ctypes.c_int(mfd), b"",
-                                 ctypes.c_int(AT_FDCWD), _fs(target),
-                                 ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), "move_mount", target)
+                                 ctypes.c_int(to_fd), to_path, ctypes.c_uint(flags)),
+                   "move_mount", target)
         finally:
             os.close(mfd)
 

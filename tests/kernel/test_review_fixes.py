@@ -125,3 +125,29 @@ def test_open_as_gives_the_callers_errno(root: Path) -> None:
     assert stat.S_ISREG(os.fstat(fd).st_mode)
     os.close(fd)
     assert LinuxHost().user_name(NOBODY) == "nobody"
+
+
+def test_mount_point_through_a_symlink(env: Env, image: Path, root: Path, run) -> None:  # type: ignore[no-untyped-def]
+    from overlayd.config import DaemonConfig
+    from overlayd.manager import OverlayManager
+
+    real = root / "mnt-real"
+    real.mkdir()
+    link = root / "mnt-link"
+    os.symlink(real, link)
+    rec = env.create("via", image, mountpoint=str(link))
+    assert rec.mountpoint == str(real), "root's mount lands on the directory itself"
+    env.run(env.manager.discard("via"))
+
+    helpers.traversable(root)
+    image.chmod(0o644)
+    users = OverlayManager(DaemonConfig(runtime_dir=root / "run-users",
+                                        user_mount_roots=(str(root),)), LinuxHost())
+    run(users.start())
+    with pytest.raises(InvalidSpec, match="goes through a symbolic link"):
+        run(users.create(parse_spec({"name": "u", "image": str(image), "mountpoint": str(link)}),
+                         owner_uid=NOBODY))
+    rec = run(users.create(parse_spec({"name": "u", "image": str(image),
+                                       "mountpoint": str(real)}), owner_uid=NOBODY))
+    assert {"nosuid", "nodev"} <= set(rec.mount_options)
+    run(users.discard("u"))
