@@ -15,7 +15,9 @@ undefined). One pass over the upper, depth first:
   timestamps are set after the content, directories after their children.
 
 Re-running it after a failure finishes the job: every step is idempotent, which is why
-a failed or interrupted commit keeps the upper and can simply be tried again.
+a failed or interrupted commit keeps the upper and can simply be tried again. A commit
+killed mid-copy may leave a temporary ``.overlayd-commit-*`` file; the next commit removes
+those from every image directory it touches before writing there.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class _Applier:
             self.progress(self.result.entries, self.result.bytes)
 
     def apply_dir(self, rel: str, into: _Dir) -> None:
+        if not into.fresh:
+            _sweep_temporaries(os.path.join(self.lower, rel))
         src_dir = os.path.join(self.upper, rel)
         with os.scandir(src_dir) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -291,6 +295,14 @@ def _sendfile(sfd: int, dfd: int, offset: int, count: int) -> int:
             break
         done += n
     return done
+
+
+def _sweep_temporaries(directory: str) -> None:
+    """Remove what an earlier commit, killed mid-copy, left under a temporary name."""
+    with os.scandir(directory) as it:
+        stale = [e.path for e in it if e.name.startswith(TMP_PREFIX)]
+    for path in stale:
+        remove_any(path)
 
 
 def _lstat(path: str) -> os.stat_result | None:

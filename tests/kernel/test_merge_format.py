@@ -115,3 +115,15 @@ def test_failure_names_the_path_and_leaves_no_temporary(layers: tuple[Path, Path
     finally:
         helpers.sh("umount", lower / "x")
     assert os.listdir(lower / "x") == []
+
+
+def test_temporaries_of_a_killed_commit_are_swept(layers: tuple[Path, Path]) -> None:
+    upper, lower = layers
+    (lower / "d").mkdir()
+    (lower / "d" / ".overlayd-commit-1234-7").write_text("half a file")  # a SIGKILLed run
+    (lower / ".overlayd-commit-1234-8").write_text("another")
+    (upper / "d").mkdir()
+    (upper / "d" / "f").write_text("f")
+    apply_upper(str(upper), str(lower))
+    assert sorted(os.listdir(lower)) == ["d"]
+    assert os.listdir(lower / "d") == ["f"]
