@@ -89,8 +89,12 @@ def _since(usec: int) -> str:
 
 
 async def cmd_list(client: OverlaydClient, args: argparse.Namespace) -> int:
-    rows = [await client.properties(path) | {"ObjectPath": path}
-            for _name, path in await client.overlays()]
+    rows = []
+    for _name, path in await client.overlays():
+        try:
+            rows.append(await client.properties(path) | {"ObjectPath": path})
+        except ClientError:  # discarded between the list and this read
+            continue
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

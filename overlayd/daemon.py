@@ -71,7 +71,10 @@ async def serve(args: argparse.Namespace) -> int:
             await until_stopped(server)
             if args.discard_on_exit:
                 for rec in manager.list():
-                    await manager.discard(rec.name, force=True)
+                    try:
+                        await manager.discard(rec.name, force=True)
+                    except OverlaydError as e:  # go on with the others
+                        log.warning("Cannot discard overlay '%s' on exit: %s", rec.name, e)
         finally:
             server.stop()
             await manager.aclose()
