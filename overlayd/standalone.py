@@ -152,7 +152,8 @@ class StandaloneBus:
         q = shlex.quote
         # The namespace starts as a copy of ours: drop (there only) every mount an overlayd
         # made, or polkitd would keep old uppers, images and loop devices alive.
-        drops = [f"umount -l {q(t)} 2>/dev/null" for t in overlayd_mount_targets()]
+        targets = overlayd_mount_targets()
+        drops = [f"umount -l {' '.join(q(t) for t in targets)} 2>/dev/null"] if targets else []
         binds = [f"mount --bind {q(str(actions))} {q(str(ACTIONS_DIR))}"]
         if rules is not None:
             binds.append(f"mount --bind {q(str(rules))} {q(str(RULES_DIR))}")
