@@ -20,7 +20,8 @@ _DRIVER_FALLBACK = {"ext2": "ext4", "ext3": "ext4"}
 # File systems that have no write support at all: nothing can be committed into them.
 READ_ONLY_FSTYPES = frozenset({"squashfs", "erofs", "iso9660"})
 
-# Options overlayd pins on every overlay; mountinfo omits those equal to the kernel default.
+# Options overlayd pins on every overlay, so that an upper is plain data it can merge and
+# nothing in it refers to lower inodes; mountinfo omits those equal to the kernel default.
 PINNED = (("redirect_dir", "off"), ("index", "off"), ("metacopy", "off"), ("xino", "off"))
 
 
@@ -41,6 +42,11 @@ def choose_size(spec: OverlaySpec, cfg: DaemonConfig, memory: int) -> int:
     return spec.size
 
 
+def driver_for(fstype: str, kernel: frozenset[str]) -> str:
+    """The kernel driver that mounts FSTYPE (ext2/ext3 through ext4 when need be)."""
+    return fstype if fstype in kernel else _DRIVER_FALLBACK.get(fstype, fstype)
+
+
 def choose_fstype(shown: str, requested: str | None, detected: str | None,
                   kernel: frozenset[str]) -> tuple[str, str]:
     """(the file system the image holds, the driver to mount it with)."""
@@ -54,9 +60,7 @@ def choose_fstype(shown: str, requested: str | None, detected: str | None,
             and _DRIVER_FALLBACK.get(detected) != requested:
         raise InvalidSpec(f"The image '{shown}' holds {detected}, not {requested}.", "fstype")
     fstype = detected or requested or ""
-    driver = fstype
-    if driver not in kernel:
-        driver = _DRIVER_FALLBACK.get(fstype, fstype)
+    driver = driver_for(fstype, kernel)
     if driver not in kernel:
         raise InvalidSpec(f"The image '{shown}' holds {fstype}, which this kernel cannot mount "
                           "(it is not in /proc/filesystems).", "image")

@@ -62,8 +62,7 @@ def lower_source(rec: Overlay, dir_fd: int | None = None) -> str:
 
 
 def driver_for(host: Host, fstype: str) -> str:
-    kernel = host.kernel_filesystems()
-    return fstype if fstype in kernel else checks._DRIVER_FALLBACK.get(fstype, fstype)
+    return checks.driver_for(fstype, host.kernel_filesystems())
 
 
 # -- create ---------------------------------------------------------------------------------

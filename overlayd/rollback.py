@@ -16,10 +16,6 @@ class Rollback:
     def push(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         self._undo.append((what, fn, args))
 
-    def forget(self) -> None:
-        """The operation succeeded: keep everything."""
-        self._undo.clear()
-
     def unwind(self) -> list[str]:
         """Undo in reverse order; an undo that fails is logged and the rest still run."""
         problems = []

@@ -165,9 +165,6 @@ class FakeHost:
             return "directory"
         return "other" if path in self.files or path in self.images else "missing"
 
-    def realpath(self, path: str) -> str:
-        return os.path.normpath(path)
-
     def list_dir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
         names = {p[len(prefix):].split("/")[0] for p in self.dirs | set(self.files)

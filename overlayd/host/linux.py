@@ -15,6 +15,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 
+from overlayd.checks import PINNED
 from overlayd.errors import (
     CommitFailed,
     InvalidSpec,
@@ -67,8 +68,6 @@ _ATTRS = {
     "nodiratime": MOUNT_ATTR_NODIRATIME, "relatime": 0, "rw": 0,
 }
 
-# Pinned so that an upper is plain data we can merge and nothing refers to lower inodes.
-OVERLAY_PINNED = (("redirect_dir", "off"), ("index", "off"), ("metacopy", "off"), ("xino", "off"))
 
 
 def mount_attrs(options: tuple[str, ...]) -> int:
@@ -325,7 +324,7 @@ class LinuxHost:
             fc.set_string("lowerdir+", lower)  # no escaping of ':' or ',' needed
             fc.set_string("upperdir", upper)
             fc.set_string("workdir", work)
-            for key, value in OVERLAY_PINNED:
+            for key, value in PINNED:
                 fc.set_string(key, value)
             fc.create()
             fc.mount_at(target, mount_attrs(options), target_fd)
@@ -422,12 +421,6 @@ class LinuxHost:
             return pwd.getpwuid(uid).pw_name
         except KeyError:
             return str(uid)
-
-    def realpath(self, path: str) -> str:
-        try:
-            return os.path.realpath(path, strict=False)
-        except OSError as e:  # a symlink loop, a name too long, ...
-            raise InvalidSpec(f"Cannot resolve '{path}': {e.strerror}.", "mountpoint") from None
 
     def list_dir(self, path: str) -> list[str]:
         try:

@@ -9,7 +9,6 @@ import os
 import time
 from dataclasses import dataclass
 
-LOOP_CLR_FD = 0x4C01
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_READ_ONLY = 1
@@ -112,17 +111,3 @@ def attached() -> dict[str, str]:
             if backing is not None:
                 out[f"/dev/{name}"] = backing
     return out
-
-
-def clear(device: str) -> None:
-    """Detach DEVICE now if nothing holds it (with autoclear it goes anyway on last close)."""
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fcntl.ioctl(fd, LOOP_CLR_FD)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,7 +8,6 @@ error text from the fs context, which is far more useful than the errno alone.
 from __future__ import annotations
 
 import ctypes
-import errno as E
 import os
 from types import TracebackType
 
@@ -140,7 +139,3 @@ class FsContext:
                    "move_mount", target)
         finally:
             os.close(mfd)
-
-
-def errno_name(err: int | None) -> str:
-    return E.errorcode.get(err or 0, str(err))
