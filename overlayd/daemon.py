@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.discard_on_exit or args.polkit_rules) and not args.standalone:
         p.error("--discard-on-exit and --polkit-rules only go with --standalone")
+    if args.polkit_rules is not None and not args.polkit_rules.is_dir():
+        p.error(f"--polkit-rules: '{args.polkit_rules}' is not a directory")
     return args
 
 
