@@ -4,6 +4,9 @@
     overlayctl create NAME IMAGE [--mountpoint P] [--size S] [--option O]... [--fstype T]
     overlayctl commit NAME
     overlayctl discard NAME [--force]
+    overlayctl start NAME | stop NAME         NAME.overlay, for overlayd@NAME.service
+    overlayctl render NAME [--directory DIR]  the mount units of a boot overlay
+    overlayctl schema                         JSON Schema of .overlay files
 
 Exit codes (for scripts):
     0  success
@@ -26,10 +29,15 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 from typing import Any
 
+from overlayd import overlayfile
 from overlayd.bus.client import ClientError, OverlaydClient
+from overlayd.config import DEFAULT_CONFIG, load_config
+from overlayd.errors import NoSuchOverlay, OverlaydError
 from overlayd.model import format_size, parse_size
+from overlayd.render import render
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH, EXIT_DENIED, EXIT_BUSY, EXIT_EXISTS, EXIT_UNREACHABLE = \
     1, 2, 3, 4, 5, 6, 7
@@ -79,6 +87,22 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("discard", parents=[common], help="throw the writes away and unmount")
     x.add_argument("name")
     x.add_argument("--force", action="store_true", help="detach even if files are open in it")
+    st = sub.add_parser("start", parents=[common],
+                        help="create overlay NAME from its NAME.overlay file")
+    st.add_argument("name")
+    st.add_argument("--file", type=Path, help="the .overlay file (default: search "
+                    + ", ".join(str(d) for d in overlayfile.SEARCH_PATH) + ")")
+    sp = sub.add_parser("stop", parents=[common],
+                        help="do what NAME.overlay's on_stop says: discard, or commit first")
+    sp.add_argument("name")
+    sp.add_argument("--file", type=Path, help="the .overlay file (default: search)")
+    r = sub.add_parser("render", help="print the mount units of the overlay in NAME.overlay")
+    r.add_argument("name")
+    r.add_argument("--file", type=Path, help="the .overlay file (default: search)")
+    r.add_argument("--directory", type=Path, help="write the units into DIR instead")
+    r.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help=f"overlayd's configuration (default {DEFAULT_CONFIG})")
+    sub.add_parser("schema", help="print the JSON Schema of .overlay files")
     return p
 
 
@@ -201,8 +225,72 @@ async def cmd_discard(client: OverlaydClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _overlay_file(args: argparse.Namespace) -> tuple[Path, overlayfile.OverlayFile]:
+    if args.file is not None:
+        overlayfile.check_file_name(args.name)
+        return args.file, overlayfile.load(args.file)
+    return overlayfile.load_named(args.name)
+
+
+async def cmd_start(client: OverlaydClient, args: argparse.Namespace) -> int:
+    """Create the overlay its file describes. One that is up already from the same image
+    (adopted after a daemon restart, or a boot overlay) counts as started."""
+    path, spec_file = args.loaded
+    spec = spec_file.spec(args.name).model_dump(exclude_none=True, exclude={"name"})
+    try:
+        obj = await client.create(args.name, spec)
+    except ClientError as e:
+        if e.name != "org.overlayd.Overlayd1.Error.OverlayExists":
+            raise
+        obj = await client.path_of(args.name)
+        p = await client.properties(obj)
+        if p["Image"] != os.path.realpath(spec_file.image):
+            raise
+        print(f"Overlay '{args.name}' is up already.")
+    else:
+        p = await client.properties(obj)
+        print(f"Created overlay '{args.name}' from {path}.")
+    print(f"Overlay '{args.name}': {p['State']}, {p['Image']} at {p['MountPoint']}, "
+          f"{format_size(p['UpperSize'])} of RAM for writes, on stop: {spec_file.on_stop}.")
+    return 0
+
+
+async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
+    """Commit first if on_stop says so; a failed commit keeps the overlay and its writes."""
+    _path, spec_file = args.loaded
+    try:
+        await client.path_of(args.name)
+    except ClientError as e:
+        if e.name != "org.overlayd.Overlayd1.Error.NoSuchOverlay":
+            raise
+        print(f"Overlay '{args.name}' is not up; nothing to do.")
+        return 0
+    if spec_file.on_stop == "commit":
+        await cmd_commit(client, args)
+    return await cmd_discard(client, argparse.Namespace(name=args.name, force=False))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    path, spec_file = _overlay_file(args)
+    units = render(args.name, spec_file, path, load_config(args.config),
+                   is_block=spec_file.image.startswith("/dev/"))
+    for unit, text in units.all():
+        if args.directory is not None:
+            (args.directory / unit).write_text(text)
+            print(args.directory / unit)
+        else:
+            print(f"# {unit}\n{text}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(overlayfile.json_schema_text(), end="")
+    return 0
+
+
+LOCAL_COMMANDS = {"render": cmd_render, "schema": cmd_schema}  # no bus needed
 COMMANDS = {"list": cmd_list, "status": cmd_status, "diff": cmd_diff, "create": cmd_create,
-            "commit": cmd_commit, "discard": cmd_discard}
+            "commit": cmd_commit, "discard": cmd_discard, "start": cmd_start, "stop": cmd_stop}
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -216,7 +304,17 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in LOCAL_COMMANDS:
+            return LOCAL_COMMANDS[args.command](args)
+        if args.command in ("start", "stop"):  # a bad file is reported before the bus
+            args.loaded = _overlay_file(args)
         return asyncio.run(run(args))
+    except NoSuchOverlay as e:  # no NAME.overlay
+        print(f"overlayctl: {e}", file=sys.stderr)
+        return EXIT_NO_SUCH
+    except OverlaydError as e:  # a bad NAME.overlay
+        print(f"overlayctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except ClientError as e:
         print(f"overlayctl: {e}", file=sys.stderr)
         return _EXIT_BY_ERROR.get(e.name, EXIT_FAILED)

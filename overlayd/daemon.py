@@ -15,14 +15,17 @@ import signal
 import sys
 from pathlib import Path
 
-from overlayd import __version__
+from overlayd import __version__, overlayfile
 from overlayd.bus.names import BUS_NAME
 from overlayd.bus.server import BusServer
 from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import OverlaydError
+from overlayd.events import Event
 from overlayd.host.linux import LinuxHost
 from overlayd.log import setup_logging
 from overlayd.manager import OverlayManager
+from overlayd.model import OverlaySpec
+from overlayd.sdnotify import Notifier
 from overlayd.standalone import StandaloneBus
 
 log = logging.getLogger("overlayd")
@@ -59,18 +62,24 @@ async def serve(args: argparse.Namespace) -> int:
     overrides = {"runtime_dir": args.runtime_dir} if args.runtime_dir else {}
     config = load_config(args.config, **overrides)
     manager = OverlayManager(config, LinuxHost())
-    await manager.start()
+    await manager.start(boot_overlays())
 
     standalone = await StandaloneBus.start() if args.standalone else None
     try:
         address = standalone.address if standalone else args.bus_address
         polkit = await standalone.start_polkitd(args.polkit_rules) if standalone else False
         server = await BusServer.start(manager, address, wait_for_polkit=polkit)
+        notifier = Notifier()
+        watchdog = asyncio.ensure_future(notifier.watchdog())
         try:
-            log.info("Serving %s with %d overlays.", BUS_NAME, len(manager.list()))
+            log.info("Serving %s with %d overlays.", BUS_NAME, len(manager.list()),
+                     extra={"OVERLAYD_EVENT": Event.STARTED})
             if standalone:
                 print(f"DBUS_SYSTEM_BUS_ADDRESS={standalone.address}", flush=True)
+            notifier.ready(status_line(manager))
+            manager.subscribe(lambda _name, _rec: notifier.status(status_line(manager)))
             await until_stopped(server)
+            notifier.stopping(f"Stopping; {status_line(manager).lower()}")
             if args.discard_on_exit:
                 for rec in manager.list():
                     try:
@@ -78,13 +87,37 @@ async def serve(args: argparse.Namespace) -> int:
                     except OverlaydError as e:  # go on with the others
                         log.warning("Cannot discard overlay '%s' on exit: %s", rec.name, e)
         finally:
+            watchdog.cancel()
             server.stop()
             await manager.aclose()
     finally:
         if standalone:
             await standalone.stop()
-    log.info("Stopped; %d overlays stay as they are.", len(manager.list()))
+    log.info("Stopped; %d overlays stay as they are.", len(manager.list()),
+             extra={"OVERLAYD_EVENT": Event.STOPPED})
     return 0
+
+
+def boot_overlays() -> dict[str, OverlaySpec]:
+    """The specs of the boot overlays (NAME.overlay with boot = true), for adoption."""
+    specs: dict[str, OverlaySpec] = {}
+    for name, path in overlayfile.boot_files().items():
+        try:
+            spec_file = overlayfile.load(path)
+            if spec_file.boot:
+                specs[name] = spec_file.spec(overlayfile.check_file_name(name))
+        except OverlaydError as e:
+            log.warning("Ignoring boot overlay file '%s': %s", path, e)
+    return specs
+
+
+def status_line(manager: OverlayManager) -> str:
+    """STATUS= for systemctl status: how many overlays are live, and which."""
+    names = [rec.name for rec in manager.list()]
+    if not names:
+        return "No overlays live"
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"{len(names)} overlay{'s' if len(names) != 1 else ''} live: {shown}"
 
 
 async def until_stopped(server: BusServer) -> None:

@@ -36,8 +36,8 @@ class OverlaydError(Exception):
 class NoSuchOverlay(OverlaydError):
     dbus_name = "NoSuchOverlay"
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"There is no overlay named '{name}'.")
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"There is no overlay named '{name}'.")
         self.name = name
 
 

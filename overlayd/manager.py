@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 from overlayd import ops
 from overlayd.config import DaemonConfig
 from overlayd.errors import LimitExceeded, NoSuchOverlay, OverlaydError, OverlayExists
+from overlayd.events import NOTICE, Event
 from overlayd.host.base import Host, Progress
 from overlayd.model import CommitStats, DiffEntry, Overlay, OverlaySpec, OverlayState, UpperUsage
 from overlayd.state import dump_record
@@ -30,10 +31,11 @@ T = TypeVar("T")
 Listener = Callable[[str, Overlay | None], None]  # (name, record or None when gone)
 
 
-def _fields(rec: Overlay, **more: Any) -> dict[str, Any]:
-    """Structured journal fields for an event about REC."""
-    return {"OVERLAYD_NAME": rec.name, "OVERLAYD_IMAGE": rec.image,
-            "OVERLAYD_MOUNTPOINT": rec.mountpoint, **more}
+def _fields(rec: Overlay, event: Event, *, uid: int | None = None, **more: Any
+            ) -> dict[str, Any]:
+    """Structured journal fields for an EVENT about REC (log.py adds its MESSAGE_ID)."""
+    return {"OVERLAYD_EVENT": event, "OVERLAYD_NAME": rec.name, "OVERLAYD_IMAGE": rec.image,
+            "OVERLAYD_MOUNTPOINT": rec.mountpoint, "OVERLAYD_UID": uid, **more}
 
 
 class OverlayManager:
@@ -74,23 +76,26 @@ class OverlayManager:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> ops.Recovery:
-        """Make the runtime directory and adopt or clean what an earlier daemon left."""
+    async def start(self, boot: dict[str, OverlaySpec] | None = None) -> ops.Recovery:
+        """Make the runtime directory and adopt or clean what an earlier daemon (or, for
+        the boot overlays BOOT, systemd's mount units) left."""
         def prepare() -> ops.Recovery:
             root = str(self.config.runtime_dir)
             if self.host.path_kind(root) == "missing":
                 self.host.make_dir(root, 0o755)
-            return ops.recover(self.host, self.config)
+            return ops.recover(self.host, self.config, boot, now_usec=time.time_ns() // 1000)
 
         result = await self._blocking(prepare)
         for rec in result.adopted:
             self._overlays[rec.name] = rec
-            how = "Repaired" if rec.name in result.repaired else "Adopted"
+            how = ("Repaired" if rec.name in result.repaired else
+                   "Adopted boot" if rec.name in result.booted else "Adopted")
             log.info("%s overlay '%s' at '%s'.", how, rec.name, rec.mountpoint,
-                     extra=_fields(rec, OVERLAYD_EVENT="recovered"))
+                     extra=_fields(rec, Event.RECOVERED, OVERLAYD_RECOVERY=how.lower()))
         for name in result.cleaned:
             log.info("Removed the leftovers of overlay '%s'.", name,
-                     extra={"OVERLAYD_NAME": name, "OVERLAYD_EVENT": "recovered"})
+                     extra={"OVERLAYD_NAME": name, "OVERLAYD_EVENT": Event.RECOVERED,
+                            "OVERLAYD_RECOVERY": "removed"})
         for problem in result.problems:
             log.warning("Recovery: %s", problem)
         return result
@@ -146,15 +151,17 @@ class OverlayManager:
                     ops.create, self.host, self.config, spec, self.list(),
                     owner_uid=owner_uid, now_usec=time.time_ns() // 1000)
         except OverlaydError as e:
-            log.info("Failed to create overlay '%s': %s", name, e,
-                     extra={"OVERLAYD_NAME": name, "OVERLAYD_IMAGE": spec.image or "",
-                            "OVERLAYD_EVENT": "failed", "OVERLAYD_UID": owner_uid})
+            log.log(NOTICE, "Failed to create overlay '%s': %s", name, e,
+                    extra={"OVERLAYD_NAME": name, "OVERLAYD_IMAGE": spec.image or "",
+                           "OVERLAYD_MOUNTPOINT": spec.mountpoint or "",
+                           "OVERLAYD_EVENT": Event.FAILED, "OVERLAYD_ACTION": "create",
+                           "OVERLAYD_UID": owner_uid, "OVERLAYD_ERROR": e.dbus_name})
             raise
         finally:
             self._creating.discard(name)
         self._overlays[name] = rec
         log.info("Created overlay '%s' of '%s' at '%s'.", name, rec.image, rec.mountpoint,
-                 extra=_fields(rec, OVERLAYD_EVENT="created", OVERLAYD_UID=owner_uid))
+                 extra=_fields(rec, Event.CREATED, uid=owner_uid))
         self._changed(name, rec)
         return rec
 
@@ -174,8 +181,9 @@ class OverlayManager:
                 state = rec.state if rec.state is not OverlayState.COMMITTING \
                     else OverlayState.ACTIVE
                 self._set_state(rec, state, str(e))
-                log.info("Failed to commit overlay '%s': %s", name, e,
-                         extra=_fields(rec, OVERLAYD_EVENT="failed"))
+                log.log(NOTICE, "Failed to commit overlay '%s': %s", name, e,
+                        extra=_fields(rec, Event.FAILED, uid=caller_uid, OVERLAYD_ACTION="commit",
+                                      OVERLAYD_ERROR=e.dbus_name))
                 raise
             self._in_background(done.free_old_upper)
             self._set_state(rec, OverlayState.ACTIVE)
@@ -183,7 +191,8 @@ class OverlayManager:
         stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
         log.info("Committed overlay '%s' into '%s': %d entries, %d bytes in %.3f s.", name,
                  rec.image, stats.entries, stats.bytes, stats.seconds,
-                 extra=_fields(rec, OVERLAYD_EVENT="committed", OVERLAYD_ENTRIES=stats.entries,
+                 extra=_fields(rec, Event.COMMITTED, uid=caller_uid,
+                               OVERLAYD_ENTRIES=stats.entries,
                                OVERLAYD_BYTES=stats.bytes, OVERLAYD_SECONDS=f"{stats.seconds:.6f}"))
         return stats
 
@@ -193,7 +202,7 @@ class OverlayManager:
             raise NoSuchOverlay(name)  # replaced by a namesake while the caller waited
         return rec
 
-    async def discard(self, name: str, *, force: bool = False,
+    async def discard(self, name: str, *, force: bool = False, caller_uid: int = 0,
                       created_usec: int | None = None) -> None:
         async with self._lock(name):
             rec = self._current(name, created_usec)
@@ -204,13 +213,14 @@ class OverlayManager:
             except OverlaydError as e:
                 self._set_state(rec, previous if previous is not OverlayState.COMMITTING
                                 else OverlayState.ACTIVE)
-                log.info("Failed to discard overlay '%s': %s", name, e,
-                         extra=_fields(rec, OVERLAYD_EVENT="failed"))
+                log.log(NOTICE, "Failed to discard overlay '%s': %s", name, e,
+                        extra=_fields(rec, Event.FAILED, uid=caller_uid,
+                                      OVERLAYD_ACTION="discard", OVERLAYD_ERROR=e.dbus_name))
                 raise
             del self._overlays[name]
             self._locks.pop(name, None)
         log.info("Discarded overlay '%s'%s.", name, " (forced)" if force else "",
-                 extra=_fields(rec, OVERLAYD_EVENT="discarded"))
+                 extra=_fields(rec, Event.DISCARDED, uid=caller_uid))
         self._changed(name, None)
 
     def _in_background(self, fn: Callable[[], None]) -> None:

@@ -93,18 +93,15 @@ def _check_abs_path(value: str, what: str) -> str:
     return value
 
 
-class OverlaySpec(BaseModel):
-    """What a caller asks for. Keys are the field names (snake_case); unknown keys are refused."""
+class SpecSettings(BaseModel):
+    """The settings an overlay is made from, shared by the bus spec (OverlaySpec) and the
+    ``.overlay`` files of overlayd@.service (OverlayFile): one set of rules for both."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="The overlay's name; " + NAME_RULE + ".")
     image: str | None = Field(
         default=None,
         description="Absolute path of the image file, block device or directory used read-only.",
-    )
-    image_fd: int | None = Field(
-        default=None, description="An fd of the image that the caller opened (instead of image)."
     )
     fstype: str | None = Field(
         default=None, description="File system of the image; detected from its superblock if unset."
@@ -113,16 +110,12 @@ class OverlaySpec(BaseModel):
         default=None, description="Where the merged view appears; default /run/overlayd/mnt/NAME."
     )
     size: int | None = Field(
-        default=None, description="Limit of the RAM (tmpfs) that takes the writes, in bytes."
+        default=None, description="Limit of the RAM (tmpfs) that takes the writes, in bytes or "
+                                  "as a string such as '512M' or '2G'; default from overlayd.conf.",
     )
     mount_options: tuple[str, ...] = Field(
         default=(), description="Options of the merged mount: " + ", ".join(ALLOWED_MOUNT_OPTIONS)
     )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return check_name(v)
 
     @field_validator("image")
     @classmethod
@@ -133,13 +126,6 @@ class OverlaySpec(BaseModel):
     @classmethod
     def _mountpoint(cls, v: str | None) -> str | None:
         return None if v is None else _check_abs_path(v, "mount point")
-
-    @field_validator("image_fd")
-    @classmethod
-    def _image_fd(cls, v: int | None) -> int | None:
-        if v is not None and v < 0:
-            raise ValueError("the image fd must be an open file descriptor (got a negative number)")
-        return v
 
     @field_validator("fstype")
     @classmethod
@@ -175,6 +161,27 @@ class OverlaySpec(BaseModel):
                 raise ValueError("mount options 'ro' and 'rw' contradict each other")
             return tuple(dict.fromkeys(v))
         raise ValueError("mount options are a list of strings such as ['nosuid', 'nodev']")
+
+
+class OverlaySpec(SpecSettings):
+    """What a caller asks for. Keys are the field names (snake_case); unknown keys are refused."""
+
+    name: str = Field(description="The overlay's name; " + NAME_RULE + ".")
+    image_fd: int | None = Field(
+        default=None, description="An fd of the image that the caller opened (instead of image)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("image_fd")
+    @classmethod
+    def _image_fd(cls, v: int | None) -> int | None:
+        if v is not None and v < 0:
+            raise ValueError("the image fd must be an open file descriptor (got a negative number)")
+        return v
 
     @model_validator(mode="after")
     def _one_image(self) -> OverlaySpec:

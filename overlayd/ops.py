@@ -378,12 +378,16 @@ class Recovery:
     adopted: list[Overlay] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # brought back after an interruption
     cleaned: list[str] = field(default_factory=list)  # half-made or dead, removed
+    booted: list[str] = field(default_factory=list)  # boot overlays adopted from their mounts
     problems: list[str] = field(default_factory=list)
 
 
-def recover(host: Host, cfg: DaemonConfig) -> Recovery:
+def recover(host: Host, cfg: DaemonConfig, boot: dict[str, OverlaySpec] | None = None,
+            now_usec: int = 0) -> Recovery:
     """Reconcile state records with the mount table: adopt what is live, finish what an
-    interrupted commit left, and remove what a dead daemon left half-made."""
+    interrupted commit left, and remove what a dead daemon left half-made. BOOT: the specs
+    of boot overlays (their mount units, not a daemon, made them: no record yet)."""
+    boot = boot or {}
     result = Recovery()
     root = str(cfg.runtime_dir)
     mounts = host.mounts()
@@ -394,6 +398,12 @@ def recover(host: Host, cfg: DaemonConfig) -> Recovery:
         text = host.read_file(os.path.join(base, "overlay.json"))
         rec = load_record(text) if text is not None else None
         try:
+            if rec is None and name in boot:
+                adopted = adopt_boot_overlay(host, cfg, boot[name], mounts, now_usec)
+                if adopted is not None:
+                    result.adopted.append(adopted)
+                    result.booted.append(name)
+                    continue
             if rec is None or rec.name != name:
                 _clean_unrecorded(host, cfg, name, mounts)
                 result.cleaned.append(name)
@@ -451,6 +461,65 @@ def _recover_one(host: Host, rec: Overlay, mounts: list[MountInfo], result: Reco
     save_record(host, rec)
     result.adopted.append(rec)
     result.repaired.append(rec.name)
+
+
+def adopt_boot_overlay(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
+                       mounts: list[MountInfo], now_usec: int = 0) -> Overlay | None:
+    """A boot overlay whose three mount units are up becomes ours: a record like Create's,
+    from its spec and what is mounted. None if none of its layers is mounted (nothing to
+    adopt; the leftovers are cleaned as usual); OverlaydError, and hands off, if only some
+    are (systemd may still be bringing it up, or failed half-way)."""
+    layout = Layout.for_overlay(cfg.runtime_dir, spec.name)
+    mountpoint = spec.mountpoint or str(cfg.mount_root_dir / spec.name)
+    src = mount_source(spec.name)
+
+    def top(path: str) -> MountInfo | None:
+        found = [m for m in mounts if m.target == path]
+        return found[-1] if found else None
+
+    lower, tmpfs, merged = top(str(layout.lower)), top(str(layout.tmpfs)), top(mountpoint)
+    layers = [lower is not None and lower.source.startswith("/dev/"),
+              tmpfs is not None and tmpfs.source == src and tmpfs.fstype == "tmpfs",
+              merged is not None and merged.source == src and merged.fstype == "overlay"]
+    if not any(layers):
+        return None
+    if not all(layers) or lower is None or tmpfs is None:
+        raise MountFailed(f"Boot overlay '{spec.name}' is only partly mounted (image, tmpfs, "
+                          f"overlay: {', '.join('up' if x else 'down' for x in layers)}); "
+                          "leaving it to systemd. See 'systemctl status' of its mount units.")
+    if "ro" not in lower.options:
+        raise MountFailed(f"Boot overlay '{spec.name}': its image is mounted read-write at "
+                          f"'{lower.target}'; leaving it as it is.")
+    info = host.open_image(spec.image, None)
+    try:
+        if info.kind is LowerKind.FILE and host.loop_backing(lower.source) != info.path:
+            raise MountFailed(f"Boot overlay '{spec.name}': '{lower.source}' at "
+                              f"'{lower.target}' is not a loop device of '{info.path}'.")
+        if info.kind is LowerKind.DIRECTORY:
+            raise MountFailed(f"Boot overlay '{spec.name}': its image is a directory.")
+        size = tmpfs.super_option("size")
+        rec = Overlay(
+            name=spec.name, state=OverlayState.ACTIVE, image=info.path, image_kind=info.kind,
+            image_dev=info.dev, image_ino=info.ino, fstype=lower.fstype, mountpoint=mountpoint,
+            mountpoint_created=spec.mountpoint is None,
+            size=_size_option(size) if size else spec.size or cfg.default_size,
+            mount_options=spec.mount_options,
+            loop_device=lower.source if info.kind is LowerKind.FILE else "",
+            base_dir=str(layout.base), lower_dir=str(layout.lower), tmpfs_dir=str(layout.tmpfs),
+            upper_dir=str(layout.upper), work_dir=str(layout.work), owner_uid=0,
+            created_usec=now_usec)
+    finally:
+        host.close_image(info)
+    host.write_file(str(layout.record), dump_record(rec))
+    return rec
+
+
+def _size_option(value: str) -> int:
+    """tmpfs shows its size in mountinfo as e.g. '65536k'."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    if value[-1:].lower() in units:
+        return int(value[:-1]) * units[value[-1].lower()]
+    return int(value)
 
 
 def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str, mounts: list[MountInfo]) -> None:

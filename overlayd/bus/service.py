@@ -21,7 +21,7 @@ from dbus_next.service import ServiceInterface, dbus_property, method
 
 from overlayd.bus.auth import Authorizer, Caller, CallerCache
 from overlayd.bus.connection import current_message
-from overlayd.bus.errors import InvalidArgs
+from overlayd.bus.errors import AccessDenied, InvalidArgs
 from overlayd.bus.names import (
     ACTION_COMMIT,
     ACTION_CREATE,
@@ -33,6 +33,7 @@ from overlayd.bus.names import (
     overlay_path,
 )
 from overlayd.errors import InvalidSpec, OverlaydError
+from overlayd.events import NOTICE, Event
 from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, OverlaySpec, UpperUsage, parse_spec
 
@@ -126,10 +127,22 @@ class Service:
             rec = rec_or_name
             details = {"overlay": rec.name, "image": rec.image, "mountpoint": rec.mountpoint}
             if rec.owner_uid != caller.uid:
-                await self.auth.require(ACTION_MANAGE_OTHERS, caller, details)
+                await self.require(ACTION_MANAGE_OTHERS, caller, details)
         else:
             details = {"overlay": rec_or_name}
-        await self.auth.require(action, caller, details)
+        await self.require(action, caller, details)
+
+    async def require(self, action: str, caller: Caller, details: dict[str, str]) -> None:
+        """AUTH.require, with each refusal in the journal as a 'denied' event."""
+        try:
+            await self.auth.require(action, caller, details)
+        except AccessDenied as e:
+            log.log(NOTICE, "Denied %s to uid %d: %s", action, caller.uid, e, extra={
+                "OVERLAYD_EVENT": Event.DENIED, "OVERLAYD_ACTION": action,
+                "OVERLAYD_UID": caller.uid, "OVERLAYD_NAME": details.get("overlay"),
+                "OVERLAYD_IMAGE": details.get("image"),
+                "OVERLAYD_MOUNTPOINT": details.get("mountpoint")})
+            raise
 
     # -- the operations, shared by the Manager and the Overlay objects -------------------
 
@@ -139,7 +152,7 @@ class Service:
         image = parsed.image or self.manager.fd_path(parsed.image_fd or -1)
         details = {"overlay": parsed.name, "image": image,
                    "mountpoint": parsed.mountpoint or ""}
-        await self.auth.require(ACTION_CREATE, caller, details)
+        await self.require(ACTION_CREATE, caller, details)
         await self.manager.create(parsed, owner_uid=caller.uid)
         return overlay_path(parsed.name)
 
@@ -153,15 +166,16 @@ class Service:
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
         opts = decode_options(options, DISCARD_OPTIONS, "Discard")
         rec = self.manager.get(name)
-        await self.authorize(ACTION_DISCARD, rec, await self.caller())
+        caller = await self.caller()
+        await self.authorize(ACTION_DISCARD, rec, caller)
         await self.manager.discard(name, force=bool(opts.get("force", False)),
-                                   created_usec=rec.created_usec)
+                                   caller_uid=caller.uid, created_usec=rec.created_usec)
 
     async def diff(self, name: str) -> list[list[str]]:
         rec = self.manager.get(name)
         caller = await self.caller()
         if caller.uid != rec.owner_uid:  # one's own overlay needs no action
-            await self.auth.require(ACTION_MANAGE_OTHERS, caller, {"overlay": rec.name})
+            await self.require(ACTION_MANAGE_OTHERS, caller, {"overlay": rec.name})
         return [[d.path, d.kind] for d in await self.manager.diff(name, rec.created_usec)]
 
 

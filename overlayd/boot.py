@@ -1,0 +1,106 @@
+"""Overlays that come up at boot, without the daemon (``boot = true`` in NAME.overlay).
+
+``overlayd-generator`` (a systemd generator, run at boot and on daemon-reload) writes
+the three mount units of each such overlay and hooks the merged view into
+local-fs.target. ``overlayd-prepare NAME`` (run by overlayd-prepare@NAME.service, after
+the first two layers are mounted) makes the upper and work directories. When overlayd
+starts it finds the three mounts and adopts the overlay (ops.adopt_boot_overlay).
+
+Both run early and alone, so they log to stderr, which systemd sends to the kernel log
+or the journal, and a bad file never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from overlayd import overlayfile
+from overlayd.config import DEFAULT_CONFIG, DaemonConfig, load_config
+from overlayd.errors import OverlaydError
+from overlayd.layout import Layout
+from overlayd.render import render
+
+BOOT_RUNTIME_DIR = Path("/run/overlayd")  # overlayd-prepare@.service names it
+
+
+def _say(msg: str) -> None:
+    print(f"overlayd-generator: {msg}", file=sys.stderr)
+
+
+def generate(out_dir: Path, cfg: DaemonConfig,
+             search_path: tuple[Path, ...] = overlayfile.SEARCH_PATH) -> list[str]:
+    """Write the units of every boot overlay into OUT_DIR; the names of those done."""
+    done: list[str] = []
+    if cfg.runtime_dir != BOOT_RUNTIME_DIR:
+        _say(f"boot overlays need runtime_dir = {BOOT_RUNTIME_DIR}; none brought up")
+        return done
+    for name, path in sorted(overlayfile.boot_files(search_path).items()):
+        try:
+            overlayfile.check_file_name(name)
+            spec_file = overlayfile.load(path)
+            if not spec_file.boot:
+                continue
+            if os.path.isdir(spec_file.image):
+                raise OverlaydError("the image of a boot overlay is a file or a block device, "
+                                    "not a directory")
+            units = render(name, spec_file, path, cfg, made_by="overlayd-generator",
+                           is_block=spec_file.image.startswith("/dev/"))
+        except (OverlaydError, OSError) as e:
+            _say(f"skipping '{path}': {e}")
+            continue
+        for unit, text in units.all():
+            (out_dir / unit).write_text(text)
+        wants = out_dir / "local-fs.target.wants"
+        wants.mkdir(exist_ok=True)
+        link = wants / units.overlay[0]
+        if not link.is_symlink():
+            link.symlink_to(Path("..") / units.overlay[0])
+        done.append(name)
+    return done
+
+
+def generator_main(argv: list[str] | None = None) -> int:
+    """systemd calls generators with three directories: normal, early, late."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        _say("usage: overlayd-generator NORMAL_DIR [EARLY_DIR LATE_DIR]")
+        return 2
+    try:
+        cfg = load_config(DEFAULT_CONFIG)
+    except OverlaydError as e:
+        _say(f"{e}; no boot overlays")
+        return 0
+    generate(Path(args[0]), cfg)
+    return 0  # a generator that fails only makes systemd complain; files are skipped instead
+
+
+def prepare(name: str, cfg: DaemonConfig) -> str:
+    """Make the upper and work directories of boot overlay NAME (idempotent)."""
+    from overlayd.host.linux import LinuxHost  # the kernel-facing part, only here
+
+    layout = Layout.for_overlay(cfg.runtime_dir, name)
+    if layout.upper.is_dir() and layout.work.is_dir():
+        return f"'{layout.upper}' is ready already"
+    LinuxHost().prepare_upper(str(layout.lower), str(layout.upper), str(layout.work))
+    return f"made '{layout.upper}' and '{layout.work}'"
+
+
+def prepare_main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: overlayd-prepare NAME", file=sys.stderr)
+        return 2
+    try:
+        name = overlayfile.check_file_name(args[0])
+        print(f"overlayd-prepare: {prepare(name, load_config(DEFAULT_CONFIG))}")
+    except OverlaydError as e:
+        print(f"overlayd-prepare: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(generator_main() if os.path.basename(sys.argv[0]).endswith("generator")
+             else prepare_main())

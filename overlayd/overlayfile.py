@@ -1,0 +1,124 @@
+"""``NAME.overlay`` files: overlays an admin declares, for overlayd@NAME.service and for
+overlays that come up at boot (``boot = true``, through overlayd-generator).
+
+TOML with the settings of the bus spec (the same validators, see model.SpecSettings)
+plus what only a unit needs: ``on_stop`` and ``boot``. The name is the file's name, as
+for systemd's own files. The first of ``/etc/overlayd``, ``/run/overlayd`` and
+``/usr/lib/overlayd`` that has ``NAME.overlay`` wins: the admin's copy masks the
+vendor's.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from overlayd.errors import InvalidSpec, NoSuchOverlay
+from overlayd.model import OverlaySpec, SpecSettings, check_name, spec_error
+
+SEARCH_PATH = (Path("/etc/overlayd"), Path("/run/overlayd"), Path("/usr/lib/overlayd"))
+SUFFIX = ".overlay"
+
+
+class OverlayFile(SpecSettings):
+    """One ``.overlay`` file. Unknown keys are refused, as on the bus."""
+
+    image: str = Field(  # required here; optional on the bus
+        description="Absolute path of the image file, block device or directory used read-only.")
+    on_stop: Literal["discard", "commit"] = Field(
+        default="discard",
+        description="What 'systemctl stop overlayd@NAME' does with the writes: throw them "
+                    "away (discard) or merge them into the image first (commit).")
+    boot: bool = Field(
+        default=False,
+        description="Bring the overlay up at boot from mount units made by overlayd-generator, "
+                    "before and without the daemon, which adopts it when it starts. The "
+                    "image must be a file or a block device.")
+
+    def spec(self, name: str) -> OverlaySpec:
+        settings = self.model_dump(exclude={"on_stop", "boot"})
+        return OverlaySpec(name=name, **settings)
+
+
+def find(name: str, search_path: Sequence[Path] = SEARCH_PATH) -> Path:
+    """The file that defines overlay NAME, or NoSuchOverlay saying where we looked."""
+    check_file_name(name)
+    for d in search_path:
+        path = d / (name + SUFFIX)
+        if path.is_file():
+            return path
+    where = ", ".join(str(d) for d in search_path)
+    raise NoSuchOverlay(name, f"No file '{name}{SUFFIX}' defines overlay '{name}' "
+                              f"(looked in {where}).")
+
+
+def check_file_name(name: str) -> str:
+    try:
+        return check_name(name)
+    except ValueError as e:
+        raise InvalidSpec(f"Invalid overlay name: {e}.", field="name") from None
+
+
+def load(path: Path) -> OverlayFile:
+    """Parse and check PATH; InvalidSpec names the file and the setting that is wrong."""
+    try:
+        with open(path, "rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidSpec(f"'{path}' is not valid TOML: {e}.") from None
+    except OSError as e:
+        raise InvalidSpec(f"Cannot read '{path}': {e.strerror}.") from None
+    try:
+        parsed = OverlayFile.model_validate(data)
+    except ValidationError as e:
+        err = spec_error(e)
+        if err.field and err.field not in OverlayFile.model_fields:
+            known = ", ".join(OverlayFile.model_fields)
+            err = InvalidSpec(f"Unknown setting '{err.field}'; the known settings are {known}.",
+                              field=err.field)
+        raise InvalidSpec(f"{path}: {err}", field=err.field) from None
+    return parsed
+
+
+def load_named(name: str, search_path: Sequence[Path] = SEARCH_PATH) -> tuple[Path, OverlayFile]:
+    path = find(name, search_path)
+    return path, load(path)
+
+
+def boot_files(search_path: Sequence[Path] = SEARCH_PATH) -> dict[str, Path]:
+    """Every NAME.overlay on the search path, the first of each name (masking the rest)."""
+    found: dict[str, Path] = {}
+    for d in search_path:
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            name = p.name.removesuffix(SUFFIX)
+            if p.name.endswith(SUFFIX) and name not in found and p.is_file():
+                found[name] = p
+    return found
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the file format, from the model (shipped as
+    packaging/overlay.schema.json; a test keeps the two identical)."""
+    schema = OverlayFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://overlayd.org/schemas/overlay-1.json"
+    schema["title"] = "overlayd .overlay file"
+    # The model stores bytes; the file may also say '512M'.
+    size = schema["properties"]["size"]
+    size["anyOf"] = [{"type": "integer", "minimum": 1},
+                     {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[KMGTkmgt]?(i?B)?\s*$"},
+                     {"type": "null"}]
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

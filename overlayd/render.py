@@ -1,0 +1,127 @@
+"""Mount units for a boot overlay, rendered from its ``.overlay`` file.
+
+Pure text: the templates in units/templates/ filled from the same model the bus uses.
+``overlayctl render NAME`` prints them; ``overlayd-generator`` writes them at boot. The
+three layers are the image (read-only, through a loop device that mount(8) sets up),
+the tmpfs and the overlay; overlayd-prepare@NAME.service makes the upper and work
+directories between the second and the third.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from overlayd.checks import PINNED
+from overlayd.config import DaemonConfig
+from overlayd.errors import InvalidSpec
+from overlayd.layout import Layout, mount_source
+from overlayd.model import format_size
+from overlayd.overlayfile import OverlayFile
+
+_TEMPLATE_DIRS = (
+    Path(__file__).parent / "templates",  # installed: make install copies them here
+    Path(__file__).parent.parent / "units" / "templates",  # a source tree
+)
+_UNIT_SAFE = frozenset(string.ascii_letters + string.digits + ":_.")
+
+
+def escape(text: str) -> str:
+    """systemd-escape TEXT (for unit-name instances)."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "/":
+            out.append("-")
+        elif ch in _UNIT_SAFE and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def escape_path(path: str) -> str:
+    """systemd-escape --path PATH: the name of the mount unit for PATH, without '.mount'."""
+    trimmed = "/".join(p for p in path.split("/") if p)
+    if any(p in (".", "..") for p in trimmed.split("/")):
+        raise InvalidSpec(f"The path '{path}' has '.' or '..' in it; give it normalized.")
+    return escape(trimmed) if trimmed else "-"
+
+
+def mount_unit(path: str) -> str:
+    return escape_path(path) + ".mount"
+
+
+def prepare_unit(name: str) -> str:
+    return f"overlayd-prepare@{escape(name)}.service"
+
+
+def _template(file_name: str) -> str:
+    for d in _TEMPLATE_DIRS:
+        if (d / file_name).is_file():
+            return (d / file_name).read_text()
+    raise FileNotFoundError(f"the mount-unit template {file_name} is not installed")
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    out = []
+    for line in text.splitlines():
+        key = line.strip()
+        if key.startswith("@") and key.endswith("@") and values.get(key.strip("@")) == "":
+            continue  # a line that is only a placeholder with nothing to say
+        for k, v in values.items():
+            line = line.replace(f"@{k}@", v)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class RenderedUnits:
+    lower: tuple[str, str]  # (unit name, text)
+    tmpfs: tuple[str, str]
+    overlay: tuple[str, str]
+
+    def all(self) -> list[tuple[str, str]]:
+        return [self.lower, self.tmpfs, self.overlay]
+
+
+def check_unit_value(value: str, what: str) -> str:
+    """A value that goes into a unit file verbatim: one line, no specifier surprises."""
+    if any(c in value for c in "\n\r\\%") or value != value.strip():
+        raise InvalidSpec(f"The {what} '{value[:200]}' cannot go into a mount unit: it has a "
+                          "line break, a backslash, a '%' or surrounding spaces.")
+    return value
+
+
+def default_mountpoint(cfg: DaemonConfig, name: str) -> str:
+    return str(cfg.mount_root_dir / name)
+
+
+def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, *,
+           made_by: str = "overlayctl render", is_block: bool = False) -> RenderedUnits:
+    spec = spec_file.spec(name)  # the same checks as Create on the bus
+    layout = Layout.for_overlay(cfg.runtime_dir, name)
+    image = check_unit_value(spec.image or "", "image path")
+    mountpoint = check_unit_value(spec.mountpoint or default_mountpoint(cfg, name),
+                                  "mount point")
+    size = spec.size if spec.size is not None else cfg.default_size
+    if cfg.max_size:
+        size = min(size, cfg.max_size)
+    overlay_opts = [f"lowerdir={layout.lower}", f"upperdir={layout.upper}",
+                    f"workdir={layout.work}", *(f"{k}={v}" for k, v in PINNED),
+                    *spec.mount_options]
+    values = {
+        "NAME": name, "MADE_BY": made_by, "SOURCE": str(source), "IMAGE": image,
+        "IMAGE_DEPS": "" if is_block else f"RequiresMountsFor={image}",
+        "LOWER": str(layout.lower), "TMPFS": str(layout.tmpfs),
+        "TYPE_LINE": f"Type={spec.fstype}" if spec.fstype else "",
+        "LOWER_OPTIONS": "ro" if is_block else "ro,loop",
+        "SOURCE_TAG": mount_source(name), "SIZE": str(size), "SIZE_TEXT": format_size(size),
+        "PREPARE_UNIT": prepare_unit(name), "MOUNTPOINT": mountpoint,
+        "OVERLAY_OPTIONS": ",".join(overlay_opts),
+    }
+    return RenderedUnits(
+        lower=(mount_unit(str(layout.lower)), _fill(_template("overlay-lower.mount.in"), values)),
+        tmpfs=(mount_unit(str(layout.tmpfs)), _fill(_template("overlay-rw.mount.in"), values)),
+        overlay=(mount_unit(mountpoint), _fill(_template("overlay.mount.in"), values)),
+    )
