@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test test-unit test-kernel lint bench clean
+.PHONY: setup demo test test-unit test-kernel lint bench install clean
 
 setup:
 	@bash tools/setup.sh
@@ -19,6 +19,10 @@ test-unit: setup
 lint: setup
 	.venv/bin/ruff check overlayd tests tools
 	.venv/bin/mypy
+
+# DESTDIR= and PREFIX= (default /usr) as usual; see tools/install.sh for the layout.
+install: setup
+	@DESTDIR="$(DESTDIR)" PREFIX="$(or $(PREFIX),/usr)" bash tools/install.sh
 
 bench: setup
 	@$(PY) tools/bench.py $(ARGS)

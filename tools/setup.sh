@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 # e2fsprogs, squashfs-tools, erofs-utils, xfsprogs, btrfs-progs: images for tests and the demo.
 # dbus-daemon: overlayd --standalone runs its own; polkitd: authorization (polkit issue).
 # systemd (busctl), libglib2.0-bin (gdbus): the bus tests and the demo call the daemon with them.
+# systemd-container (systemd-nspawn): the system tests boot a throw-away container; without
+# recommends, since libnss-mymachines would edit nsswitch.conf.
 PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
-      dbus-daemon polkitd systemd libglib2.0-bin)
+      dbus-daemon polkitd systemd libglib2.0-bin systemd-container)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

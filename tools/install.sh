@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# make install: every file in its FHS place under $DESTDIR$PREFIX (PREFIX=/usr by default).
+# The Python package and its dependencies go into a private directory,
+# PREFIX/lib/overlayd/site (Debian 12's python3-pydantic is v1, too old); the commands are
+# small wrappers that put it first on sys.path of the system's python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DESTDIR=${DESTDIR:-}
+PREFIX=${PREFIX:-/usr}
+SYSCONFDIR=${SYSCONFDIR:-/etc}
+PYTHON=${PYTHON:-/usr/bin/python3}
+PIP=${PIP:-.venv/bin/pip}
+
+D=$DESTDIR
+SITE=$PREFIX/lib/overlayd/site
+LIBEXEC=$PREFIX/libexec/overlayd
+UNITDIR=$PREFIX/lib/systemd/system
+GENDIR=$PREFIX/lib/systemd/system-generators
+
+say() { echo "install: $*"; }
+put() {  # put MODE SRC DEST: copy, rewriting /usr/bin and /usr/libexec for another PREFIX
+    install -D -m "$1" "$2" "$D$3"
+    if [ "$PREFIX" != /usr ]; then
+        sed -i "s|/usr/bin/overlay|$PREFIX/bin/overlay|g; s|/usr/libexec/overlayd/|$LIBEXEC/|g" "$D$3"
+    fi
+}
+wrapper() {  # wrapper DEST MODULE FUNCTION
+    install -d "$D$(dirname "$1")"
+    cat > "$D$1" <<PY
+#!$PYTHON -I
+# overlayd's $(basename "$1"), installed by make install.
+import sys
+sys.path.insert(0, "$SITE")
+from $2 import $3
+sys.exit($3())
+PY
+    chmod 0755 "$D$1"
+}
+
+say "Python package and dependencies -> $D$SITE"
+rm -rf "$D$SITE"
+install -d "$D$SITE"
+if ! "$PIP" install --quiet --no-compile --disable-pip-version-check --target "$D$SITE" . \
+        > "${TMPDIR:-/tmp}/overlayd-install-pip.log" 2>&1; then
+    cat "${TMPDIR:-/tmp}/overlayd-install-pip.log"; echo "install: pip failed" >&2; exit 1
+fi
+rm -rf "$D$SITE/bin" build overlayd.egg-info
+cp -r units/templates "$D$SITE/overlayd/templates"
+
+say "commands -> $D$PREFIX/bin, $D$LIBEXEC, $D$GENDIR"
+wrapper "$PREFIX/bin/overlayd" overlayd.daemon main
+wrapper "$PREFIX/bin/overlayctl" overlayd.ctl main
+wrapper "$LIBEXEC/overlayd-prepare" overlayd.boot prepare_main
+wrapper "$GENDIR/overlayd-generator" overlayd.boot generator_main
+
+say "units, bus, polkit, tmpfiles, catalog, schema, docs"
+for u in overlayd.service overlayd@.service overlayd-prepare@.service; do
+    put 0644 "units/$u" "$UNITDIR/$u"
+done
+put 0644 dbus/org.overlayd.Overlayd1.conf "$PREFIX/share/dbus-1/system.d/org.overlayd.Overlayd1.conf"
+put 0644 dbus/org.overlayd.Overlayd1.service \
+    "$PREFIX/share/dbus-1/system-services/org.overlayd.Overlayd1.service"
+for x in dbus/org.overlayd.Overlayd1.*.xml; do
+    put 0644 "$x" "$PREFIX/share/dbus-1/interfaces/$(basename "$x")"
+done
+put 0644 polkit/org.overlayd.overlayd1.policy \
+    "$PREFIX/share/polkit-1/actions/org.overlayd.overlayd1.policy"
+put 0644 packaging/tmpfiles.d/overlayd.conf "$PREFIX/lib/tmpfiles.d/overlayd.conf"
+put 0644 packaging/catalog/overlayd.catalog "$PREFIX/lib/systemd/catalog/overlayd.catalog"
+put 0644 packaging/overlay.schema.json "$PREFIX/share/overlayd/overlay.schema.json"
+for f in packaging/example.overlay polkit/*.rules.example README.md; do
+    put 0644 "$f" "$PREFIX/share/doc/overlayd/$(basename "$f")"
+done
+install -d -m 0755 "$D$SYSCONFDIR/overlayd"
+say "done. On a live system: systemctl daemon-reload; systemd-tmpfiles --create overlayd.conf;"
+say "journalctl --update-catalog; then systemctl start overlayd (or any bus call starts it)."
