@@ -1,0 +1,104 @@
+"""make install, and systemd-analyze verify on what it installed.
+
+Installed with PREFIX under a temporary directory (no DESTDIR), so the units' Exec paths
+point at commands that exist and systemd-analyze can check them on this machine, which
+runs no systemd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from overlayd import overlayfile
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sh(*cmd: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          **kw)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze")
+    root = tmp_path_factory.mktemp("install")
+    pre = root / "usr"
+    r = sh("bash", REPO / "tools/install.sh", env={**os.environ, "PREFIX": str(pre),
+                                                    "SYSCONFDIR": str(root / "etc"),
+                                                    "PIP": str(REPO / ".venv/bin/pip")},
+           cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return pre
+
+
+def test_every_file_lands_in_its_place(prefix: Path) -> None:
+    for rel in ("bin/overlayd", "bin/overlayctl", "libexec/overlayd/overlayd-prepare",
+                "lib/systemd/system-generators/overlayd-generator",
+                "lib/systemd/system/overlayd.service", "lib/systemd/system/overlayd@.service",
+                "lib/systemd/system/overlayd-prepare@.service",
+                "share/dbus-1/system.d/org.overlayd.Overlayd1.conf",
+                "share/dbus-1/system-services/org.overlayd.Overlayd1.service",
+                "share/dbus-1/interfaces/org.overlayd.Overlayd1.Manager.xml",
+                "share/polkit-1/actions/org.overlayd.overlayd1.policy",
+                "lib/tmpfiles.d/overlayd.conf", "lib/systemd/catalog/overlayd.catalog",
+                "share/overlayd/overlay.schema.json", "share/doc/overlayd/example.overlay",
+                "lib/overlayd/site/overlayd/templates/overlay.mount.in"):
+        assert (prefix / rel).is_file(), rel
+    for exe in ("bin/overlayd", "bin/overlayctl", "lib/systemd/system-generators/overlayd-generator"):
+        assert os.access(prefix / exe, os.X_OK)
+    unit = (prefix / "lib/systemd/system/overlayd.service").read_text()
+    assert f"ExecStart={prefix}/bin/overlayd\n" in unit  # PREFIX rewrites the paths
+
+
+def test_installed_commands_run_from_their_private_site(prefix: Path) -> None:
+    r = sh(prefix / "bin/overlayctl", "schema")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == overlayfile.json_schema()
+    assert sh(prefix / "bin/overlayd", "--version").stdout.startswith("overlayd ")
+    assert sh(prefix / "libexec/overlayd/overlayd-prepare").returncode == 2  # usage
+
+
+def _verify(*units: Path) -> None:
+    r = sh("systemd-analyze", "verify", "--man=no", *units)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_systemd_analyze_verify_shipped_units(prefix: Path) -> None:
+    d = prefix / "lib/systemd/system"
+    _verify(d / "overlayd.service", d / "overlayd@.service", d / "overlayd@demo.service",
+            d / "overlayd-prepare@.service", d / "overlayd-prepare@demo.service")
+
+
+def test_systemd_analyze_verify_rendered_mount_units(prefix: Path, tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/web-1.overlay").write_text(
+        f'image = "{tmp_path}/web.img"\nsize = "64M"\nboot = true\n'
+        f'mountpoint = "{tmp_path}/srv/web"\nmount_options = ["nodev"]\n')
+    out = tmp_path / "units"
+    out.mkdir()
+    r = sh(prefix / "bin/overlayctl", "render", "web-1", "--file", tmp_path / "etc/web-1.overlay",
+           "--directory", out)
+    assert r.returncode == 0, r.stderr
+    shutil.copy(prefix / "lib/systemd/system/overlayd-prepare@.service", out)
+    mounts = sorted(out.glob("*.mount"))
+    assert len(mounts) == 3
+    _verify(*mounts)
+
+
+def test_generator_runs_as_systemd_runs_it(prefix: Path, tmp_path: Path) -> None:
+    """Called with systemd's three directories, it succeeds (this machine's boot overlays,
+    if any, are its own business; the container test checks real ones)."""
+    dirs = [tmp_path / d for d in ("normal", "early", "late")]
+    for d in dirs:
+        d.mkdir()
+    r = sh(prefix / "lib/systemd/system-generators/overlayd-generator", *dirs)
+    assert r.returncode == 0, r.stderr
+    assert not any((tmp_path / d).iterdir() for d in ("early", "late"))
