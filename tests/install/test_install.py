@@ -52,7 +52,8 @@ def test_every_file_lands_in_its_place(prefix: Path) -> None:
                 "share/overlayd/overlay.schema.json", "share/doc/overlayd/example.overlay",
                 "lib/overlayd/site/overlayd/templates/overlay.mount.in"):
         assert (prefix / rel).is_file(), rel
-    for exe in ("bin/overlayd", "bin/overlayctl", "lib/systemd/system-generators/overlayd-generator"):
+    for exe in ("bin/overlayd", "bin/overlayctl",
+                "lib/systemd/system-generators/overlayd-generator"):
         assert os.access(prefix / exe, os.X_OK)
     unit = (prefix / "lib/systemd/system/overlayd.service").read_text()
     assert f"ExecStart={prefix}/bin/overlayd\n" in unit  # PREFIX rewrites the paths

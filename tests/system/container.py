@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -107,7 +108,6 @@ go=
 read -r go || true
 if [ "$go" != go ]; then echo "overlayd-ct: aborted before boot" >&2; exit 99; fi
 exec < /dev/null
-echo "overlayd-ct: exec systemd-nspawn $*" >&2
 exec systemd-nspawn "$@"
 """
 
@@ -204,6 +204,25 @@ def _cgroup_pids(d: Path) -> list[int]:
     return sorted(set(pids))
 
 
+def _mountinfo_devs(path: str) -> set[str]:
+    """The "major:minor" of every mount in a mountinfo file."""
+    try:
+        with open(path) as f:
+            return {line.split()[2] for line in f}
+    except OSError:
+        return set()
+
+
+def attached_loops() -> dict[str, str]:
+    """Attached loop device -> "major:minor" of its backing file's file system."""
+    r = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-MAJ:MIN"],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0 or not r.stdout.strip():
+        return {}
+    return {d["name"]: str(d["back-maj:min"]).strip()
+            for d in json.loads(r.stdout)["loopdevices"]}
+
+
 def _remove_cgroup_tree(d: Path) -> None:
     if not d.is_dir():
         return
@@ -240,6 +259,7 @@ class Container:
         self.stop_seconds: float | None = None
         self.forced: str | None = None  # how stop() had to force the container down
         self._nspawn_started = False
+        self._overlay_devs: set[str] = set()
         self._stopped = False
         self._log: IO[bytes] | None = None
 
@@ -282,6 +302,8 @@ class Container:
                 ct.stop()
             except ContainerError as cleanup:
                 e.add_note(f"cleanup after the failed boot also failed: {cleanup}")
+            if ct.forced:
+                e.add_note(f"stopping the container after the failed boot: {ct.forced}")
             raise
         ct.boot_seconds = time.monotonic() - t0
         return ct
@@ -328,6 +350,10 @@ class Container:
         ready_r, ready_w = os.pipe()
         env["OVERLAYD_CT_READY_FD"] = str(ready_w)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        shown = [a for a in nspawn if not a.startswith("--bind=/dev/loop")]
+        self._log.write(f"overlayd-ct: systemd-nspawn {' '.join(shown)} (+ --bind= of "
+                        f"{len(loops)} loop nodes)\n".encode())
+        self._log.flush()
         try:
             self.proc = subprocess.Popen(
                 ["setpriv", "--pdeathsig", "TERM", "bash", "-c", _STAGE1, "overlayd-ct",
@@ -342,7 +368,18 @@ class Container:
             os.close(ready_r)
 
         root = Path(f"/proc/{self.proc.pid}/root") / str(w / "root").lstrip("/")
-        self._seed(root, masks)
+        self._seed(root, self.machine, masks)
+        # Overlayfs reports a private st_dev for non-directories: one for files from (or
+        # copied up from) the lower layer, one for files new in the upper layer; and so does
+        # a loop device backed by such a file.  Remember both to find leaked loops in stop().
+        probe = root / f".overlayd-ct-probe-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        try:
+            for f in (probe, root / "usr/bin/bash"):
+                st = os.stat(f)
+                self._overlay_devs.add(f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+        finally:
+            probe.unlink()
         if prepare is not None:
             prepare(root)
         assert self.proc.stdin is not None
@@ -362,11 +399,13 @@ class Container:
                 f"{'' if readable else ' in time'}:\n{self.log()}")
 
     @staticmethod
-    def _seed(root: Path, masks: Sequence[str]) -> None:
+    def _seed(root: Path, machine: str, masks: Sequence[str]) -> None:
         """What every container needs before it boots; lands in the tmpfs upper layer."""
         # The host's machine-id would make journald and nspawn complain ("Host and machine
         # ids are equal"): a fresh one, as `systemd-id128 new` would make.
         (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        # systemd sets the hostname from /etc/hostname, which is the host's otherwise.
+        (root / "etc/hostname").write_text(machine + "\n")
         unitdir = root / "etc/systemd/system"
         for unit in masks:
             link = unitdir / unit
@@ -407,13 +446,18 @@ class Container:
                 self.boot_state = state
                 return
             time.sleep(0.05)
-        jobs = ""
-        with contextlib.suppress(Exception):
-            jobs = self.run("systemctl", "list-jobs", "--no-legend", check=False,
-                            timeout=5).stdout
+        info = []
+        for title, cmd in (("pending jobs", ["systemctl", "list-jobs", "--no-legend"]),
+                           ("failed units", ["systemctl", "--failed", "--no-legend"]),
+                           ("journal", ["journalctl", "-b", "-n", "40", "--no-pager"])):
+            try:
+                out = self.run(*cmd, check=False, timeout=5).stdout
+            except (OSError, subprocess.SubprocessError) as e:
+                out = f"({e})"
+            info.append(f"--- {title}:\n{out}")
         raise ContainerError(f"the container did not finish booting in {timeout:.0f} s "
-                             f"(state {state!r}); pending jobs:\n{jobs}\n"
-                             f"nspawn log:\n{self.log()}")
+                             f"(state {state!r})\n" + "".join(info) +
+                             f"--- nspawn log:\n{self.log()}")
 
     # ---------------------------------------------------------------- use
 
@@ -486,6 +530,7 @@ class Container:
         t0 = time.monotonic()
         problems: list[str] = []
         proc = self.proc
+        own_devs = self._own_devs()
         if proc is not None:
             if proc.stdin is not None and not proc.stdin.closed:
                 with contextlib.suppress(OSError):
@@ -523,6 +568,7 @@ class Container:
                 problems.append(f"cgroup left: {d} (pids {_cgroup_pids(d)})")
         for m in mounts_under(self.workdir):
             problems.append(f"mount left on the host: {m}")
+        problems += self._detach_leaked_loops(own_devs)
         for sub in ("root", "tmpfs"):  # empty mount points, once the namespace is gone
             with contextlib.suppress(OSError):
                 (self.workdir / sub).rmdir()
@@ -532,6 +578,44 @@ class Container:
         self.stop_seconds = time.monotonic() - t0
         if problems:
             raise ContainerError("the container left:\n  " + "\n  ".join(problems))
+
+    def _own_devs(self) -> set[str]:
+        """The file systems only the container has (its overlay, its tmpfs upper, nspawn's
+        /tmp, /run..., whatever its services mounted): every mount namespace of a process in
+        its cgroups and of nspawn, minus the host's own file systems."""
+        pids = {p for d in self.cgroups for p in _cgroup_pids(d)}
+        if self.proc is not None:
+            pids.add(self.proc.pid)
+        devs = set(self._overlay_devs)
+        seen: set[str] = set()
+        for pid in pids:
+            try:
+                ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            except OSError:
+                continue
+            if ns not in seen:
+                seen.add(ns)
+                devs |= _mountinfo_devs(f"/proc/{pid}/mountinfo")
+        return devs - _mountinfo_devs("/proc/self/mountinfo")
+
+    @staticmethod
+    def _detach_leaked_loops(own_devs: set[str]) -> list[str]:
+        """Loop devices still backed by a file of the container once it is gone: a test
+        forgot to detach them, and they pin the container's tmpfs in memory.  Detached here,
+        and reported.  (A loop on a file of the host's own file systems, reached through the
+        overlay's lower layer, cannot be told apart from the host's and is not seen.)"""
+        if not own_devs:
+            return []
+        leaked: dict[str, str] = {}
+        for _ in range(40):  # a mount that held the loop (autoclear) goes a moment later
+            leaked = {n: d for n, d in attached_loops().items() if d in own_devs}
+            if not leaked:
+                return []
+            time.sleep(0.05)
+        for name in leaked:
+            subprocess.run(["losetup", "--detach", name], capture_output=True, check=False)
+        return [f"loop device {n} (file on the container's file system {d}), now detached"
+                for n, d in leaked.items()]
 
     @staticmethod
     def _wait_exit(proc: subprocess.Popen[bytes], seconds: float) -> bool:
