@@ -28,11 +28,12 @@ def _syslog_priority(levelno: int) -> int:
 
 
 def journal_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The journal fields of RECORD besides MESSAGE: ours only, upper case, no None."""
+    """The journal fields of RECORD besides MESSAGE: ours only, upper case, no None, in
+    the types systemd.journal.send takes."""
     fields: dict[str, Any] = {
         "PRIORITY": str(_syslog_priority(record.levelno)),
         "SYSLOG_IDENTIFIER": "overlayd",
-        "CODE_FILE": record.pathname, "CODE_LINE": str(record.lineno),
+        "CODE_FILE": record.pathname, "CODE_LINE": record.lineno,  # an int, for journal.send
         "CODE_FUNC": record.funcName,
     }
     for key, value in record.__dict__.items():

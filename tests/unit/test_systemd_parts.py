@@ -59,6 +59,25 @@ def test_journal_fields_carry_message_id_priority_and_our_fields_only() -> None:
     assert journal_fields(_record(logging.ERROR))["PRIORITY"] == "3"
 
 
+def test_journal_handler_goes_through_systemd_journal_send(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real systemd.journal.send formats the fields; only sendv (the socket) is faked."""
+    from systemd import journal
+
+    from overlayd.log import JournalHandler
+
+    sent: list[tuple[bytes | str, ...]] = []
+    monkeypatch.setattr(journal, "sendv", lambda *args: sent.append(args))
+    handler = JournalHandler()
+    handler.handle(_record(NOTICE, OVERLAYD_EVENT=Event.FAILED, OVERLAYD_NAME="demo",
+                           OVERLAYD_UID=0, OVERLAYD_SECONDS="0.5"))
+    assert len(sent) == 1
+    lines = {str(a).split("=", 1)[0]: str(a).split("=", 1)[1] for a in sent[0]}
+    assert lines["MESSAGE"] == "msg x" and lines["PRIORITY"] == "5"
+    assert lines["MESSAGE_ID"] == MESSAGE_IDS[Event.FAILED] and lines["CODE_LINE"] == "1"
+    assert lines["OVERLAYD_UID"] == "0" and lines["OVERLAYD_NAME"] == "demo"
+
+
 def test_logging_goes_to_stderr_without_journald(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # not our stderr
     setup_logging()

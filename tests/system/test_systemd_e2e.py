@@ -1,0 +1,190 @@
+"""overlayd under a real systemd: ``make install`` into a throw-away container, boot it, and
+drive it the way an admin does (systemctl, busctl, journalctl).
+
+The tests in this module run in order against one container (booting takes about a
+second); each says what state it leaves for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from overlayd.events import MESSAGE_IDS, Event
+from tests import helpers
+from tests.system.container import CommandFailed, Container
+from tests.system.fixtures import container_fixture
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = "/var/lib/overlayd-test"
+MANAGER = ("org.overlayd.Overlayd1", "/org/overlayd/Overlayd1", "org.overlayd.Overlayd1.Manager")
+BOOT_MOUNT = "run-overlayd-mnt-early.mount"
+
+pytestmark = pytest.mark.system
+
+
+def install(root: Path) -> None:
+    """What a package would do: make install, plus the admin's .overlay files and images."""
+    r = subprocess.run(["bash", str(REPO / "tools/install.sh")], cwd=REPO, text=True,
+                       capture_output=True,
+                       env={**os.environ, "DESTDIR": str(root),
+                            "PIP": str(REPO / ".venv/bin/pip")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    images = root / IMAGES.lstrip("/")
+    images.mkdir(parents=True)
+    tree = root / "tmp" / "image-tree"
+    tree.mkdir(parents=True, exist_ok=True)
+    (tree / "hello.txt").write_text("hello from the image\n")
+    for name in ("demo", "keep", "early"):
+        helpers.make_image(images / f"{name}.img", tree, size="32M")
+    etc = root / "etc/overlayd"
+    (etc / "demo.overlay").write_text(f'image = "{IMAGES}/demo.img"\nsize = "64M"\n')
+    (etc / "keep.overlay").write_text(f'image = "{IMAGES}/keep.img"\non_stop = "commit"\n')
+    (etc / "early.overlay").write_text(f'image = "{IMAGES}/early.img"\nboot = true\n')
+
+
+ct_fixture = container_fixture(machine="overlayd-e2e", prepare=install)
+
+
+@pytest.fixture
+def ct(ct_fixture: Container) -> Container:
+    return ct_fixture
+
+
+def image_file(ct: Container, image: str, path: str) -> str | None:
+    """A file's content read straight from the image (debugfs), or None if it is not there."""
+    r = subprocess.run(["debugfs", "-R", f"cat {path}", str(ct.root) + image],
+                       capture_output=True, text=True)
+    return None if "File not found" in r.stderr else r.stdout
+
+
+def busctl(ct: Container, method: str, sig: str = "", *args: str, uid: int | None = None,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    return ct.run("busctl", "--system", "call", *MANAGER, method, *([sig, *args] if sig else []),
+                  uid=uid, check=check)
+
+
+def journal(ct: Container, *match: str) -> list[dict[str, str]]:
+    r = ct.run("journalctl", "--no-pager", "-o", "json", *match)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_units_verify_inside_the_container(ct: Container) -> None:
+    ct.run("systemd-analyze", "verify", "--man=no", "overlayd.service", "overlayd@demo.service",
+           "overlayd-prepare@early.service", f"/run/systemd/generator/{BOOT_MOUNT}")
+
+
+def test_generator_brought_the_boot_overlay_up_without_the_daemon(ct: Container) -> None:
+    assert ct.run("systemctl", "is-active", BOOT_MOUNT).stdout.strip() == "active"
+    assert ct.run("systemctl", "is-active", "overlayd.service",
+                  check=False).stdout.strip() == "inactive"
+    assert ct.run("cat", "/run/overlayd/mnt/early/hello.txt").stdout == "hello from the image\n"
+
+
+def test_start_instance_creates_from_its_file(ct: Container) -> None:
+    ct.run("systemctl", "start", "overlayd@demo.service")
+    show = ct.run("systemctl", "show", "overlayd.service", "-p", "ActiveState", "-p", "Type",
+                  "-p", "StatusText", "-p", "WatchdogUSec").stdout
+    assert "ActiveState=active" in show and "Type=notify" in show
+    assert "StatusText=2 overlays live: demo, early" in show  # early: adopted at start
+    status = ct.run("systemctl", "status", "--no-pager", "overlayd@demo.service",
+                    check=False).stdout
+    assert "Overlay 'demo': active" in status
+    ct.run("sh", "-c", "echo one > /run/overlayd/mnt/demo/one.txt")
+
+
+def test_the_daemon_adopted_the_boot_overlay_and_commits_it(ct: Container) -> None:
+    listed = busctl(ct, "ListOverlays").stdout
+    assert '"early"' in listed and '"demo"' in listed
+    ct.run("sh", "-c", "echo boot > /run/overlayd/mnt/early/boot.txt")
+    busctl(ct, "Commit", "sa{sv}", "early", "0")
+    assert image_file(ct, f"{IMAGES}/early.img", "/boot.txt") == "boot\n"
+
+
+def test_busctl_commit_writes_the_image(ct: Container) -> None:
+    busctl(ct, "Commit", "sa{sv}", "demo", "0")
+    assert image_file(ct, f"{IMAGES}/demo.img", "/one.txt") == "one\n"
+
+
+def test_reload_commits(ct: Container) -> None:
+    ct.run("sh", "-c", "echo two > /run/overlayd/mnt/demo/two.txt")
+    ct.run("systemctl", "reload", "overlayd@demo.service")
+    assert image_file(ct, f"{IMAGES}/demo.img", "/two.txt") == "two\n"
+
+
+def test_polkit_refuses_nobody(ct: Container) -> None:
+    r = busctl(ct, "Create", "sa{sv}", "evil", "1", "image", "s", f"{IMAGES}/keep.img",
+               uid=65534, check=False)
+    assert r.returncode != 0
+    r = busctl(ct, "Discard", "sa{sv}", "demo", "0", uid=65534, check=False)
+    assert r.returncode != 0
+    assert ct.run("test", "-e", "/run/overlayd/mnt/demo/two.txt", check=False).returncode == 0
+    denied = journal(ct, f"MESSAGE_ID={MESSAGE_IDS[Event.DENIED]}", "OVERLAYD_UID=65534")
+    assert {e.get("OVERLAYD_NAME") for e in denied} >= {"evil", "demo"}
+    assert all(e["PRIORITY"] == "5" for e in denied)
+
+
+def test_restart_keeps_live_overlays(ct: Container) -> None:
+    ct.run("sh", "-c", "echo three > /run/overlayd/mnt/demo/three.txt")
+    before = ct.run("systemctl", "show", "overlayd.service", "-p", "MainPID").stdout
+    ct.run("systemctl", "restart", "overlayd.service")
+    assert ct.run("systemctl", "show", "overlayd.service", "-p", "MainPID").stdout != before
+    assert ct.run("systemctl", "is-active", "overlayd@demo.service").stdout.strip() == "active"
+    assert '"demo"' in busctl(ct, "ListOverlays").stdout
+    assert ct.run("cat", "/run/overlayd/mnt/demo/three.txt").stdout == "three\n"
+    # visible outside the service: in the container's own mount namespace (PID 1's)
+    src = ct.run("findmnt", "-n", "-o", "SOURCE,FSTYPE", "/run/overlayd/mnt/demo").stdout
+    assert src.split() == ["overlayd-demo", "overlay"]
+
+
+def test_stop_with_on_stop_discard_throws_the_writes_away(ct: Container) -> None:
+    ct.run("systemctl", "stop", "overlayd@demo.service")
+    assert image_file(ct, f"{IMAGES}/demo.img", "/three.txt") is None
+    assert '"demo"' not in busctl(ct, "ListOverlays").stdout
+    assert ct.run("findmnt", "/run/overlayd/mnt/demo", check=False).returncode != 0
+
+
+def test_stop_with_on_stop_commit_keeps_the_writes(ct: Container) -> None:
+    ct.run("systemctl", "start", "overlayd@keep.service")
+    ct.run("sh", "-c", "echo kept > /run/overlayd/mnt/keep/kept.txt")
+    ct.run("systemctl", "stop", "overlayd@keep.service")
+    assert image_file(ct, f"{IMAGES}/keep.img", "/kept.txt") == "kept\n"
+    assert '"keep"' not in busctl(ct, "ListOverlays").stdout
+
+
+def test_start_of_a_missing_or_bad_file_fails_clearly(ct: Container) -> None:
+    with pytest.raises(CommandFailed):
+        ct.run("systemctl", "start", "overlayd@nofile.service")
+    log = ct.run("journalctl", "--no-pager", "-o", "cat", "-u", "overlayd@nofile.service").stdout
+    assert "No file 'nofile.overlay' defines overlay 'nofile'" in log
+
+
+def test_journal_has_the_structured_events(ct: Container) -> None:
+    events = journal(ct, "OVERLAYD_NAME=demo", "SYSLOG_IDENTIFIER=overlayd")
+    kinds = [e["OVERLAYD_EVENT"] for e in events]
+    assert kinds.count("created") == 1 and kinds.count("committed") == 2
+    assert "discarded" in kinds and "recovered" in kinds
+    for e in events:
+        assert e["MESSAGE_ID"] == MESSAGE_IDS[Event(e["OVERLAYD_EVENT"])]
+        assert e["OVERLAYD_IMAGE"] == f"{IMAGES}/demo.img"
+        assert e["OVERLAYD_MOUNTPOINT"] == "/run/overlayd/mnt/demo"
+        assert e["_SYSTEMD_UNIT"] == "overlayd.service"
+        assert "EXCEPTION_TEXT" not in e
+    commit = next(e for e in events if e["OVERLAYD_EVENT"] == "committed")
+    assert commit["OVERLAYD_UID"] == "0" and int(commit["OVERLAYD_ENTRIES"]) >= 1
+    assert int(commit["OVERLAYD_BYTES"]) >= 4 and float(commit["OVERLAYD_SECONDS"]) > 0
+    ct.run("journalctl", "--update-catalog")
+    explained = ct.run("journalctl", "--no-pager", "-x", "-o", "short",
+                       f"MESSAGE_ID={MESSAGE_IDS[Event.DISCARDED]}").stdout
+    assert "Overlay demo discarded" in explained
+
+
+def test_security_score(ct: Container) -> None:
+    """Not a gate: the figure goes in the README and the notes."""
+    out = ct.run("systemd-analyze", "security", "--no-pager", "overlayd.service").stdout
+    print(out.splitlines()[-1])
+    assert "Overall exposure level" in out
