@@ -27,10 +27,22 @@ How it is built (no systemd runs on the host, so no machined, no ``machinectl``,
   systemd: a clean poweroff), then kills by PID whatever is left in its own cgroups, removes
   those cgroups and checks that nothing is left.
 
-Pitfall: absolute symlinks inside ``root`` (before and after boot) are resolved against the
-HOST's root, not the container's, when they are followed through ``/proc/PID/root``.  Write
-through real directories only (Debian's /lib, /bin, /sbin are relative links into usr/ and
-are fine; /etc/resolv.conf or /etc/mtab are not).
+Pitfalls:
+* Absolute symlinks inside ``root`` (before and after boot) are resolved against the HOST's
+  root, not the container's, when they are followed through ``/proc/PID/root``.  Write
+  through real directories only (Debian's /lib, /bin, /sbin are relative links into usr/ and
+  are fine; /etc/resolv.conf or /etc/mtab are not).
+* nspawn mounts a tmpfs on the container's /tmp (and /run): the host's /tmp, where pytest's
+  tmp_path lives, is not visible inside, and what ``prepare`` writes there is hidden.  Bind
+  what the container needs (``binds=``/``rw_binds=``).  The rest of the host's root file
+  system is visible (read-only in effect: writes go to the tmpfs upper layer), e.g. the repo
+  and its venv; other host mounts are not.
+* Only the /dev/loopN nodes that exist at boot are bound in.
+* ``run()`` processes come from outside: they have the host's full capabilities and are in
+  the test runner's cgroup, not the container's.  To test what a unit may do, run it as a
+  unit (``systemd-run --wait --pipe``).
+* The machine's cgroups are hybrid v1 here; the container's systemd logs "System is tainted:
+  cgroupsv1".
 
 Only the standard library is used, so this module can be imported anywhere.
 """
@@ -55,10 +67,12 @@ from typing import IO
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = f"overlayd-ct-{os.getpid()}-"
 
-# Units masked in every container: on this machine kind they fail, slow the boot down, or
-# make no sense in a throw-away container (timers, gettys, the host's database).
+# Units masked in every container.  Nothing fails here without masks, but the host's
+# PostgreSQL cluster adds 2.2 s to every boot (0.35 s without it); the timers could fire in
+# the middle of a test; gettys and the rest have no use in a throw-away container.
 DEFAULT_MASKS: tuple[str, ...] = (
     "postgresql.service",
+    "postgresql@.service",
     "e2scrub_reap.service",
     "getty@tty1.service",
     "console-getty.service",
@@ -93,14 +107,16 @@ exec unshare --mount --propagation private bash -c "$OVERLAYD_CT_STAGE2" overlay
 """
 
 # Stage 2: mounts (private), report ready on the pipe, wait for "go" on stdin, exec nspawn.
+# No mount source may start with "overlayd-" (overlayd.layout.SOURCE_PREFIX): the daemon under
+# test would take the container's own root or tmpfs for one of its overlays.
 _STAGE2 = r"""
 set -euo pipefail
 W=$OVERLAYD_CT_WORKDIR
-if [ -d /run/systemd ]; then mount -t tmpfs -o mode=755,size=16M overlayd-ct-run /run/systemd
-else mount -t tmpfs -o mode=755,size=64M overlayd-ct-run /run; fi
-mount -t tmpfs -o "mode=755,size=$OVERLAYD_CT_SIZE" overlayd-ct-tmpfs "$W/tmpfs"
+if [ -d /run/systemd ]; then mount -t tmpfs -o mode=755,size=16M ct-test-run /run/systemd
+else mount -t tmpfs -o mode=755,size=64M ct-test-run /run; fi
+mount -t tmpfs -o "mode=755,size=$OVERLAYD_CT_SIZE" ct-test-tmpfs "$W/tmpfs"
 mkdir "$W/tmpfs/upper" "$W/tmpfs/work"
-mount -t overlay overlayd-ct-root \
+mount -t overlay ct-test-root \
       -o "lowerdir=/,upperdir=$W/tmpfs/upper,workdir=$W/tmpfs/work" "$W/root"
 echo ready >&"$OVERLAYD_CT_READY_FD"
 eval "exec $OVERLAYD_CT_READY_FD>&-"
@@ -157,6 +173,23 @@ def own_cgroup_dirs() -> list[Path]:
     return [c for p in cgroup_parents() for c in p.glob(CGROUP_PREFIX + "*") if c.is_dir()]
 
 
+def sweep_stale_cgroups() -> list[Path]:
+    """Remove the empty cgroups left by a container of a test run that was killed (its
+    nspawn then got SIGTERM from the kernel through --pdeathsig and powered off, but nobody
+    removed the cgroups).  Only ours by name, only if their creator is gone, only if empty."""
+    removed: list[Path] = []
+    for parent in cgroup_parents():
+        for d in parent.glob("overlayd-ct-*-*"):
+            creator = d.name.split("-")[2]
+            if not creator.isdigit() or Path(f"/proc/{creator}").exists():
+                continue
+            if d.is_dir() and not _cgroup_pids(d):
+                _remove_cgroup_tree(d)
+                if not d.exists():
+                    removed.append(d)
+    return removed
+
+
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or under PATH in the host's (our) mount namespace."""
     prefix = str(path).rstrip("/")
@@ -167,15 +200,6 @@ def mounts_under(path: Path) -> list[str]:
             if target == prefix or target.startswith(prefix + "/"):
                 found.append(target)
     return found
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _children(ppid: int) -> list[tuple[int, str]]:
@@ -269,6 +293,7 @@ class Container:
     def boot(cls, workdir: Path, *, machine: str = "overlayd-test",
              prepare: Callable[[Path], None] | None = None,
              binds: Sequence[str] = (),
+             rw_binds: Sequence[str] = (),
              mask: Iterable[str] = (),
              extra_args: Sequence[str] = (),
              private_network: bool = True,
@@ -280,7 +305,10 @@ class Container:
           (mount points, only ever mounted in the private namespace) and nspawn.log.
         prepare: called with the container's root path (writable, on the host side) before
           systemd starts, to install files: ``make install DESTDIR=<root>``, /etc/overlayd/...
-        binds: read-only binds, each "SRC" or "SRC:DST" (``--bind-ro=``).
+        binds: read-only binds, each "SRC" or "SRC:DST" (``--bind-ro=``).  The container
+          sees the host's root file system through the overlay, but not the host's /tmp
+          (nspawn mounts a tmpfs there) nor other host mounts: bind what it needs from there.
+        rw_binds: the same, writable (``--bind=``).
         mask: units to mask in addition to DEFAULT_MASKS.
         extra_args: more systemd-nspawn options.
         Waits until ``systemctl is-system-running`` says running or degraded, else raises
@@ -289,13 +317,16 @@ class Container:
         if shutil.which("systemd-nspawn") is None:
             raise ContainerError("systemd-nspawn is missing: apt-get install -y "
                                  "--no-install-recommends systemd-container")
+        sweep_stale_cgroups()
         workdir = Path(workdir).resolve()  # /proc/PID/root/... must not meet a symlink
+        if any(c in str(workdir) for c in ",:= \t\n\\"):  # overlay options, nspawn binds
+            raise ContainerError(f"unusable workdir (has , : = \\ or a space): {workdir}")
         workdir.mkdir(parents=True, exist_ok=True)
         ct = cls(workdir, machine)
         _live.add(ct)
         t0 = time.monotonic()
         try:
-            ct._start(prepare, binds, [*DEFAULT_MASKS, *mask], extra_args,
+            ct._start(prepare, binds, rw_binds, [*DEFAULT_MASKS, *mask], extra_args,
                       private_network, tmpfs_size, timeout)
         except BaseException as e:
             try:
@@ -321,8 +352,8 @@ class Container:
                     (d / f).write_text((parent / f).read_text())
 
     def _start(self, prepare: Callable[[Path], None] | None, binds: Sequence[str],
-               masks: Sequence[str], extra_args: Sequence[str], private_network: bool,
-               tmpfs_size: str, timeout: float) -> None:
+               rw_binds: Sequence[str], masks: Sequence[str], extra_args: Sequence[str],
+               private_network: bool, tmpfs_size: str, timeout: float) -> None:
         w = self.workdir
         for sub in ("root", "tmpfs"):
             (w / sub).mkdir(exist_ok=True)
@@ -340,6 +371,7 @@ class Container:
                        if p.name == "loop-control" or p.name[4:].isdigit())
         nspawn += [f"--bind={p}" for p in loops]
         nspawn += [f"--bind-ro={b}" for b in binds]
+        nspawn += [f"--bind={b}" for b in rw_binds]
         nspawn += list(extra_args)
 
         env = {**CONTAINER_ENV,
@@ -460,6 +492,11 @@ class Container:
                              f"--- nspawn log:\n{self.log()}")
 
     # ---------------------------------------------------------------- use
+
+    @property
+    def nspawn_pid(self) -> int | None:
+        """The PID of systemd-nspawn (before it, of the shell that set up its namespace)."""
+        return self.proc.pid if self.proc is not None else None
 
     @property
     def root(self) -> Path:

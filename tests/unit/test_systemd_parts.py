@@ -99,6 +99,30 @@ def test_notifier_sends_datagrams(tmp_path: Path) -> None:
         assert n.watchdog_usec == 2_000_000
 
 
+def test_watchdog_pings_at_half_the_interval(tmp_path: Path) -> None:
+    import asyncio
+
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        s.setblocking(False)
+        n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "40000"})  # ping every 20 ms
+
+        async def run_for_a_while() -> None:
+            task = asyncio.ensure_future(n.watchdog())
+            await asyncio.sleep(0.1)
+            task.cancel()
+
+        asyncio.run(run_for_a_while())
+        pings = []
+        while True:
+            try:
+                pings.append(s.recv(100))
+            except BlockingIOError:
+                break
+    assert len(pings) >= 2 and set(pings) == {b"WATCHDOG=1"}  # no upper bound: load varies
+
+
 def test_notifier_outside_systemd_does_nothing() -> None:
     n = Notifier({})
     assert not n.enabled and n.send("READY=1") is False
