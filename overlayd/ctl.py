@@ -244,8 +244,10 @@ async def cmd_start(client: OverlaydClient, args: argparse.Namespace) -> int:
             raise
         obj = await client.path_of(args.name)
         p = await client.properties(obj)
-        if p["Image"] != os.path.realpath(spec_file.image):
-            raise
+        wanted_mp = spec_file.mountpoint or p["MountPoint"]
+        if p["Image"] != os.path.realpath(spec_file.image) or p["OwnerUID"] != 0 \
+                or p["MountPoint"] != os.path.realpath(wanted_mp):
+            raise  # someone else's overlay of that name: not ours to take over (or stop)
         print(f"Overlay '{args.name}' is up already.")
     else:
         p = await client.properties(obj)

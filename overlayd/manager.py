@@ -18,7 +18,14 @@ from typing import Any, ParamSpec, TypeVar
 
 from overlayd import ops
 from overlayd.config import DaemonConfig
-from overlayd.errors import LimitExceeded, NoSuchOverlay, OverlaydError, OverlayExists
+from overlayd.errors import (
+    CommitFailed,
+    LimitExceeded,
+    MountFailed,
+    NoSuchOverlay,
+    OverlaydError,
+    OverlayExists,
+)
 from overlayd.events import NOTICE, Event
 from overlayd.host.base import Host, Progress
 from overlayd.model import CommitStats, DiffEntry, Overlay, OverlaySpec, OverlayState, UpperUsage
@@ -29,6 +36,13 @@ log = logging.getLogger("overlayd")
 P = ParamSpec("P")
 T = TypeVar("T")
 Listener = Callable[[str, Overlay | None], None]  # (name, record or None when gone)
+
+
+def _failure_level(e: OverlaydError) -> int:
+    """Notice for what callers cause (bad input, busy, full, exists...); warning for what
+    points at the system (a mount or a commit that failed, an unexpected error)."""
+    return logging.WARNING if isinstance(e, MountFailed | CommitFailed) or \
+        type(e) is OverlaydError else NOTICE
 
 
 def _fields(rec: Overlay, event: Event, *, uid: int | None = None, **more: Any
@@ -151,7 +165,7 @@ class OverlayManager:
                     ops.create, self.host, self.config, spec, self.list(),
                     owner_uid=owner_uid, now_usec=time.time_ns() // 1000)
         except OverlaydError as e:
-            log.log(NOTICE, "Failed to create overlay '%s': %s", name, e,
+            log.log(_failure_level(e), "Failed to create overlay '%s': %s", name, e,
                     extra={"OVERLAYD_NAME": name, "OVERLAYD_IMAGE": spec.image or "",
                            "OVERLAYD_MOUNTPOINT": spec.mountpoint or "",
                            "OVERLAYD_EVENT": Event.FAILED, "OVERLAYD_ACTION": "create",
@@ -181,7 +195,7 @@ class OverlayManager:
                 state = rec.state if rec.state is not OverlayState.COMMITTING \
                     else OverlayState.ACTIVE
                 self._set_state(rec, state, str(e))
-                log.log(NOTICE, "Failed to commit overlay '%s': %s", name, e,
+                log.log(_failure_level(e), "Failed to commit overlay '%s': %s", name, e,
                         extra=_fields(rec, Event.FAILED, uid=caller_uid, OVERLAYD_ACTION="commit",
                                       OVERLAYD_ERROR=e.dbus_name))
                 raise
@@ -213,7 +227,7 @@ class OverlayManager:
             except OverlaydError as e:
                 self._set_state(rec, previous if previous is not OverlayState.COMMITTING
                                 else OverlayState.ACTIVE)
-                log.log(NOTICE, "Failed to discard overlay '%s': %s", name, e,
+                log.log(_failure_level(e), "Failed to discard overlay '%s': %s", name, e,
                         extra=_fields(rec, Event.FAILED, uid=caller_uid,
                                       OVERLAYD_ACTION="discard", OVERLAYD_ERROR=e.dbus_name))
                 raise

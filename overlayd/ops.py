@@ -27,7 +27,7 @@ from overlayd.errors import (
 from overlayd.host.base import Applied, Host, ImageInfo, Progress
 from overlayd.host.mountinfo import MountInfo
 from overlayd.layout import Layout, is_within, mount_source
-from overlayd.model import LowerKind, Overlay, OverlaySpec, OverlayState
+from overlayd.model import ALLOWED_MOUNT_OPTIONS, LowerKind, Overlay, OverlaySpec, OverlayState
 from overlayd.rollback import Rollback
 from overlayd.state import dump_record, load_record
 
@@ -398,14 +398,17 @@ def recover(host: Host, cfg: DaemonConfig, boot: dict[str, OverlaySpec] | None =
         text = host.read_file(os.path.join(base, "overlay.json"))
         rec = load_record(text) if text is not None else None
         try:
-            if rec is None and name in boot:
-                adopted = adopt_boot_overlay(host, cfg, boot[name], mounts, now_usec)
+            if rec is None or rec.name != name:
+                # Create writes the record before its first mount and teardown removes it
+                # last, so live mounts without a record are not a dead daemon's leftovers:
+                # a boot overlay, or one made by hand from 'overlayctl render'. Adopt them
+                # or keep hands off; never unmount them.
+                adopted = adopt_unrecorded(host, cfg, name, boot.get(name), mounts, now_usec)
                 if adopted is not None:
                     result.adopted.append(adopted)
                     result.booted.append(name)
                     continue
-            if rec is None or rec.name != name:
-                _clean_unrecorded(host, cfg, name, mounts)
+                _clean_unrecorded(host, cfg, name)
                 result.cleaned.append(name)
             else:
                 _recover_one(host, rec, mounts, result)
@@ -463,47 +466,60 @@ def _recover_one(host: Host, rec: Overlay, mounts: list[MountInfo], result: Reco
     result.repaired.append(rec.name)
 
 
-def adopt_boot_overlay(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
-                       mounts: list[MountInfo], now_usec: int = 0) -> Overlay | None:
-    """A boot overlay whose three mount units are up becomes ours: a record like Create's,
-    from its spec and what is mounted. None if none of its layers is mounted (nothing to
-    adopt; the leftovers are cleaned as usual); OverlaydError, and hands off, if only some
-    are (systemd may still be bringing it up, or failed half-way)."""
-    layout = Layout.for_overlay(cfg.runtime_dir, spec.name)
-    mountpoint = spec.mountpoint or str(cfg.mount_root_dir / spec.name)
-    src = mount_source(spec.name)
+def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec | None,
+                     mounts: list[MountInfo], now_usec: int = 0) -> Overlay | None:
+    """Overlay NAME is mounted but has no record (a boot overlay: its mount units, not a
+    daemon, made it). If all three layers are up it becomes ours, with the record Create
+    would have written; SPEC (its .overlay file) says where, or else the mount table does.
+    None if none of its layers is mounted; OverlaydError, hands off, if only some are."""
+    layout = Layout.for_overlay(cfg.runtime_dir, name)
+    src = mount_source(name)
 
     def top(path: str) -> MountInfo | None:
         found = [m for m in mounts if m.target == path]
         return found[-1] if found else None
 
-    lower, tmpfs, merged = top(str(layout.lower)), top(str(layout.tmpfs)), top(mountpoint)
+    ours = [m for m in mounts if m.source == src and m.fstype == "overlay"
+            and m.super_option("upperdir") == str(layout.upper)]
+    merged = top(spec.mountpoint or str(cfg.mount_root_dir / name)) if spec else \
+        (ours[-1] if ours else None)
+    lower, tmpfs = top(str(layout.lower)), top(str(layout.tmpfs))
     layers = [lower is not None and lower.source.startswith("/dev/"),
               tmpfs is not None and tmpfs.source == src and tmpfs.fstype == "tmpfs",
               merged is not None and merged.source == src and merged.fstype == "overlay"]
-    if not any(layers):
+    if not any(layers) and not ours and lower is None and tmpfs is None:
         return None
-    if not all(layers) or lower is None or tmpfs is None:
-        raise MountFailed(f"Boot overlay '{spec.name}' is only partly mounted (image, tmpfs, "
-                          f"overlay: {', '.join('up' if x else 'down' for x in layers)}); "
-                          "leaving it to systemd. See 'systemctl status' of its mount units.")
+    if not all(layers) or lower is None or tmpfs is None or merged is None:
+        raise MountFailed(f"Overlay '{name}' is mounted without a state record and only in "
+                          f"part (image, tmpfs, overlay: "
+                          f"{', '.join('up' if x else 'down' for x in layers)}); leaving it "
+                          "as it is. If systemd is bringing it up, see 'systemctl status' of "
+                          "its mount units.")
     if "ro" not in lower.options:
-        raise MountFailed(f"Boot overlay '{spec.name}': its image is mounted read-write at "
+        raise MountFailed(f"Overlay '{name}': its image is mounted read-write at "
                           f"'{lower.target}'; leaving it as it is.")
-    info = host.open_image(spec.image, None)
+    if spec is not None:
+        image, options = spec.image or "", spec.mount_options
+    else:
+        image = (host.loop_backing(lower.source) if lower.source.startswith("/dev/loop")
+                 else lower.source) or ""
+        options = tuple(o for o in merged.options
+                        if o in ALLOWED_MOUNT_OPTIONS and o not in ("rw", "relatime"))
+    info = host.open_image(image, None)
     try:
         if info.kind is LowerKind.FILE and host.loop_backing(lower.source) != info.path:
-            raise MountFailed(f"Boot overlay '{spec.name}': '{lower.source}' at "
-                              f"'{lower.target}' is not a loop device of '{info.path}'.")
+            raise MountFailed(f"Overlay '{name}': '{lower.source}' at '{lower.target}' is "
+                              f"not a loop device of '{info.path}'; leaving it as it is.")
         if info.kind is LowerKind.DIRECTORY:
-            raise MountFailed(f"Boot overlay '{spec.name}': its image is a directory.")
+            raise MountFailed(f"Overlay '{name}': its image is a directory.")
         size = tmpfs.super_option("size")
+        default_mp = merged.target == str(cfg.mount_root_dir / name)
         rec = Overlay(
-            name=spec.name, state=OverlayState.ACTIVE, image=info.path, image_kind=info.kind,
-            image_dev=info.dev, image_ino=info.ino, fstype=lower.fstype, mountpoint=mountpoint,
-            mountpoint_created=spec.mountpoint is None,
-            size=_size_option(size) if size else spec.size or cfg.default_size,
-            mount_options=spec.mount_options,
+            name=name, state=OverlayState.ACTIVE, image=info.path, image_kind=info.kind,
+            image_dev=info.dev, image_ino=info.ino, fstype=lower.fstype,
+            mountpoint=merged.target, mountpoint_created=default_mp,
+            size=_size_option(size) if size else cfg.default_size,
+            mount_options=options,
             loop_device=lower.source if info.kind is LowerKind.FILE else "",
             base_dir=str(layout.base), lower_dir=str(layout.lower), tmpfs_dir=str(layout.tmpfs),
             upper_dir=str(layout.upper), work_dir=str(layout.work), owner_uid=0,
@@ -522,17 +538,9 @@ def _size_option(value: str) -> int:
     return int(value)
 
 
-def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str, mounts: list[MountInfo]) -> None:
-    """A directory without a usable record: unmount only what is provably ours in it."""
+def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str) -> None:
+    """A directory without a usable record and with nothing mounted: remove what is left."""
     layout = Layout.for_overlay(cfg.runtime_dir, name)
-    src = mount_source(name)
-    for m in reversed(mounts):
-        if m.source == src and m.fstype == "overlay":
-            host.unmount(m.target, lambda x: x.source == src, lazy=True)
-    for path, owned in ((str(layout.tmpfs), lambda x: x.source == src),
-                        (str(layout.lower),
-                         lambda x: x.target == str(layout.lower) and x.source.startswith("/dev/"))):
-        host.unmount(path, owned, lazy=True)
     host.remove_file(str(layout.record))
     for d in (str(layout.lower), str(layout.tmpfs), str(layout.base)):
         if host.path_kind(d) == "directory":

@@ -11,6 +11,7 @@ vendor's.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,11 +51,20 @@ def find(name: str, search_path: Sequence[Path] = SEARCH_PATH) -> Path:
     check_file_name(name)
     for d in search_path:
         path = d / (name + SUFFIX)
+        if is_masked(path):
+            raise NoSuchOverlay(name, f"Overlay '{name}' is masked ('{path}' is a link to "
+                                      "/dev/null).")
         if path.is_file():
             return path
     where = ", ".join(str(d) for d in search_path)
     raise NoSuchOverlay(name, f"No file '{name}{SUFFIX}' defines overlay '{name}' "
                               f"(looked in {where}).")
+
+
+def is_masked(path: Path) -> bool:
+    """systemd's convention: a link to /dev/null hides the files of that name further down
+    the search path."""
+    return path.is_symlink() and os.path.realpath(path) == "/dev/null"
 
 
 def check_file_name(name: str) -> str:
@@ -93,6 +103,7 @@ def load_named(name: str, search_path: Sequence[Path] = SEARCH_PATH) -> tuple[Pa
 def boot_files(search_path: Sequence[Path] = SEARCH_PATH) -> dict[str, Path]:
     """Every NAME.overlay on the search path, the first of each name (masking the rest)."""
     found: dict[str, Path] = {}
+    masked: set[str] = set()
     for d in search_path:
         try:
             entries = sorted(d.iterdir())
@@ -100,8 +111,11 @@ def boot_files(search_path: Sequence[Path] = SEARCH_PATH) -> dict[str, Path]:
             continue
         for p in entries:
             name = p.name.removesuffix(SUFFIX)
-            if p.name.endswith(SUFFIX) and name not in found and p.is_file():
-                found[name] = p
+            if p.name.endswith(SUFFIX) and name not in found and name not in masked:
+                if is_masked(p):
+                    masked.add(name)
+                elif p.is_file():
+                    found[name] = p
     return found
 
 
@@ -115,7 +129,8 @@ def json_schema() -> dict[str, Any]:
     # The model stores bytes; the file may also say '512M'.
     size = schema["properties"]["size"]
     size["anyOf"] = [{"type": "integer", "minimum": 1},
-                     {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[KMGTkmgt]?(i?B)?\s*$"},
+                     {"type": "string",
+                      "pattern": r"^\s*\d+(\.\d+)?\s*[KMGTkmgt]?([iI]?[bB])?\s*$"},
                      {"type": "null"}]
     return schema
 

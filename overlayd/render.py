@@ -16,7 +16,7 @@ from pathlib import Path
 from overlayd.checks import PINNED
 from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec
-from overlayd.layout import Layout, mount_source
+from overlayd.layout import Layout, is_within, mount_source
 from overlayd.model import format_size
 from overlayd.overlayfile import OverlayFile
 
@@ -93,6 +93,16 @@ def check_unit_value(value: str, what: str) -> str:
     return value
 
 
+def check_boot_mountpoint(path: str, cfg: DaemonConfig) -> None:
+    """The checks of Create that need no live system (the rest, such as nesting, would need
+    the mount table, which a generator does not have)."""
+    if path.rstrip("/") == "":
+        raise InvalidSpec("The mount point of an overlay cannot be '/'.", "mountpoint")
+    if is_within(path, cfg.runtime_dir) and not is_within(path, cfg.mount_root_dir):
+        raise InvalidSpec(f"The mount point '{path}' is inside overlayd's runtime directory "
+                          f"'{cfg.runtime_dir}'.", "mountpoint")
+
+
 def default_mountpoint(cfg: DaemonConfig, name: str) -> str:
     return str(cfg.mount_root_dir / name)
 
@@ -104,6 +114,7 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, *
     image = check_unit_value(spec.image or "", "image path")
     mountpoint = check_unit_value(spec.mountpoint or default_mountpoint(cfg, name),
                                   "mount point")
+    check_boot_mountpoint(mountpoint, cfg)
     size = spec.size if spec.size is not None else cfg.default_size
     if cfg.max_size:
         size = min(size, cfg.max_size)
@@ -112,7 +123,8 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, *
                     *spec.mount_options]
     values = {
         "NAME": name, "MADE_BY": made_by, "SOURCE": str(source), "IMAGE": image,
-        "IMAGE_DEPS": "" if is_block else f"RequiresMountsFor={image}",
+        # quoted: this setting takes a list, and the path may have spaces
+        "IMAGE_DEPS": "" if is_block else f'RequiresMountsFor="{image}"',
         "LOWER": str(layout.lower), "TMPFS": str(layout.tmpfs),
         "TYPE_LINE": f"Type={spec.fstype}" if spec.fstype else "",
         "LOWER_OPTIONS": "ro" if is_block else "ro,loop",

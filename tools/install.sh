@@ -11,6 +11,12 @@ SYSCONFDIR=${SYSCONFDIR:-/etc}
 PYTHON=${PYTHON:-/usr/bin/python3}
 PIP=${PIP:-.venv/bin/pip}
 
+# dbus-daemon, polkitd and journalctl --update-catalog read only these places, whatever
+# PREFIX is (systemd itself also reads /usr/local/lib/systemd/...).
+DBUSDIR=${DBUSDIR:-/usr/share/dbus-1}
+POLKITDIR=${POLKITDIR:-/usr/share/polkit-1}
+CATALOGDIR=${CATALOGDIR:-/usr/lib/systemd/catalog}
+
 D=$DESTDIR
 SITE=$PREFIX/lib/overlayd/site
 LIBEXEC=$PREFIX/libexec/overlayd
@@ -40,11 +46,13 @@ PY
 say "Python package and dependencies -> $D$SITE"
 rm -rf "$D$SITE"
 install -d "$D$SITE"
+had_build=$([ -e build ] && echo yes || echo no)
 if ! "$PIP" install --quiet --no-compile --disable-pip-version-check --target "$D$SITE" . \
         > "${TMPDIR:-/tmp}/overlayd-install-pip.log" 2>&1; then
     cat "${TMPDIR:-/tmp}/overlayd-install-pip.log"; echo "install: pip failed" >&2; exit 1
 fi
-rm -rf "$D$SITE/bin" build overlayd.egg-info
+rm -rf "$D$SITE/bin" overlayd.egg-info
+[ "$had_build" = yes ] || rm -rf build  # setuptools' scratch directory, if we made it
 cp -r units/templates "$D$SITE/overlayd/templates"
 
 say "commands -> $D$PREFIX/bin, $D$LIBEXEC, $D$GENDIR"
@@ -57,16 +65,16 @@ say "units, bus, polkit, tmpfiles, catalog, schema, docs"
 for u in overlayd.service overlayd@.service overlayd-prepare@.service; do
     put 0644 "units/$u" "$UNITDIR/$u"
 done
-put 0644 dbus/org.overlayd.Overlayd1.conf "$PREFIX/share/dbus-1/system.d/org.overlayd.Overlayd1.conf"
+put 0644 dbus/org.overlayd.Overlayd1.conf "$DBUSDIR/system.d/org.overlayd.Overlayd1.conf"
 put 0644 dbus/org.overlayd.Overlayd1.service \
-    "$PREFIX/share/dbus-1/system-services/org.overlayd.Overlayd1.service"
+    "$DBUSDIR/system-services/org.overlayd.Overlayd1.service"
 for x in dbus/org.overlayd.Overlayd1.*.xml; do
-    put 0644 "$x" "$PREFIX/share/dbus-1/interfaces/$(basename "$x")"
+    put 0644 "$x" "$DBUSDIR/interfaces/$(basename "$x")"
 done
 put 0644 polkit/org.overlayd.overlayd1.policy \
-    "$PREFIX/share/polkit-1/actions/org.overlayd.overlayd1.policy"
+    "$POLKITDIR/actions/org.overlayd.overlayd1.policy"
 put 0644 packaging/tmpfiles.d/overlayd.conf "$PREFIX/lib/tmpfiles.d/overlayd.conf"
-put 0644 packaging/catalog/overlayd.catalog "$PREFIX/lib/systemd/catalog/overlayd.catalog"
+put 0644 packaging/catalog/overlayd.catalog "$CATALOGDIR/overlayd.catalog"
 put 0644 packaging/overlay.schema.json "$PREFIX/share/overlayd/overlay.schema.json"
 for f in packaging/example.overlay polkit/*.rules.example README.md; do
     put 0644 "$f" "$PREFIX/share/doc/overlayd/$(basename "$f")"

@@ -31,9 +31,12 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("needs systemd-analyze")
     root = tmp_path_factory.mktemp("install")
     pre = root / "usr"
+    fixed = {"DBUSDIR": pre / "share/dbus-1", "POLKITDIR": pre / "share/polkit-1",
+             "CATALOGDIR": pre / "lib/systemd/catalog"}  # elsewhere fixed system places
     r = sh("bash", REPO / "tools/install.sh", env={**os.environ, "PREFIX": str(pre),
                                                     "SYSCONFDIR": str(root / "etc"),
-                                                    "PIP": str(REPO / ".venv/bin/pip")},
+                                                    "PIP": str(REPO / ".venv/bin/pip"),
+                                                    **{k: str(v) for k, v in fixed.items()}},
            cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
     return pre
@@ -80,8 +83,8 @@ def test_systemd_analyze_verify_shipped_units(prefix: Path) -> None:
 
 def test_systemd_analyze_verify_rendered_mount_units(prefix: Path, tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc/web-1.overlay").write_text(
-        f'image = "{tmp_path}/web.img"\nsize = "64M"\nboot = true\n'
+    (tmp_path / "etc/web-1.overlay").write_text(  # a space in the image path: quoted
+        f'image = "{tmp_path}/my images/web.img"\nsize = "64M"\nboot = true\n'
         f'mountpoint = "{tmp_path}/srv/web"\nmount_options = ["nodev"]\n')
     out = tmp_path / "units"
     out.mkdir()
@@ -103,3 +106,20 @@ def test_generator_runs_as_systemd_runs_it(prefix: Path, tmp_path: Path) -> None
     r = sh(prefix / "lib/systemd/system-generators/overlayd-generator", *dirs)
     assert r.returncode == 0, r.stderr
     assert not [p for d in ("early", "late") for p in (tmp_path / d).iterdir()]
+
+
+def test_destdir_and_another_prefix(tmp_path: Path) -> None:
+    """PREFIX moves the commands and units; the bus policy, polkit actions and catalog stay
+    where dbus-daemon, polkitd and journalctl read them."""
+    r = sh("bash", REPO / "tools/install.sh", cwd=REPO,
+           env={**os.environ, "DESTDIR": str(tmp_path), "PREFIX": "/usr/local",
+                "PIP": str(REPO / ".venv/bin/pip")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    unit = (tmp_path / "usr/local/lib/systemd/system/overlayd.service").read_text()
+    assert "ExecStart=/usr/local/bin/overlayd\n" in unit
+    assert "sys.path.insert(0, \"/usr/local/lib/overlayd/site\")" in \
+        (tmp_path / "usr/local/bin/overlayctl").read_text()
+    for rel in ("usr/share/dbus-1/system.d/org.overlayd.Overlayd1.conf",
+                "usr/share/polkit-1/actions/org.overlayd.overlayd1.policy",
+                "usr/lib/systemd/catalog/overlayd.catalog", "etc/overlayd"):
+        assert (tmp_path / rel).exists(), rel

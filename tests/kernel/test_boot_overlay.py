@@ -70,7 +70,26 @@ def test_a_partly_mounted_boot_overlay_is_left_alone(env: Env, image: Path) -> N
     spec = boot_overlay(env, image, "half", layers=2)
     mgr = OverlayManager(env.config, LinuxHost())
     result = env.run(mgr.start({"half": spec}))
-    assert not result.adopted and "only partly mounted" in result.problems[0]
+    assert not result.adopted and "only in part" in result.problems[0]
     lower = str(env.config.runtime_dir / "half" / "lower")
     assert {m.target for m in LinuxHost().mounts()} >= {lower}
     helpers.force_cleanup(str(env.root))
+
+
+def test_without_its_file_the_overlay_is_adopted_from_the_mount_table(env: Env,
+                                                                    image: Path) -> None:
+    """The .overlay file changed (boot = false, a typo, removed) after it came up, or the
+    units came from 'overlayctl render': the live overlay is still adopted, never torn
+    down with its writes."""
+    boot_overlay(env, image, "edited")
+    merged = env.config.mount_root_dir / "edited"
+    (merged / "mine.txt").write_text("do not lose me\n")
+    mgr = OverlayManager(env.config, LinuxHost())
+    result = env.run(mgr.start({}))
+    assert result.booted == ["edited"] and not result.cleaned
+    rec = mgr.get("edited")
+    assert rec.image == str(image) and rec.mountpoint == str(merged) and rec.size == 32 << 20
+    assert (merged / "mine.txt").read_text() == "do not lose me\n"
+    env.run(mgr.commit("edited"))
+    env.run(mgr.discard("edited"))
+    assert not helpers.mounts_under(str(env.root))

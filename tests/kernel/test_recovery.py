@@ -73,14 +73,32 @@ def test_interrupted_commit_is_repaired_and_keeps_the_writes(env: Env, image: Pa
     env.run(second.discard("mid"))
 
 
-def test_directory_without_a_record_is_cleaned(env: Env, image: Path) -> None:
+def test_a_live_overlay_without_a_record_is_adopted_not_torn_down(env: Env,
+                                                                  image: Path) -> None:
+    """Live mounts without a record are never a dead daemon's half-made overlay (Create
+    writes the record first): the writes in them are kept."""
     rec = env.create("orphan", image)
+    (Path(rec.mountpoint) / "w.txt").write_text("keep\n")
     os.unlink(Path(rec.base_dir) / "overlay.json")
     second = env.fresh_manager()
     result = env.run(second.start())
     env.manager = second
-    assert result.cleaned == ["orphan"]
+    assert result.adopted and not result.cleaned
+    assert (Path(rec.mountpoint) / "w.txt").read_text() == "keep\n"
+    env.run(second.discard("orphan"))
     assert helpers.mounts_under(str(env.root)) == []
+
+
+def test_a_directory_without_a_record_and_nothing_mounted_is_cleaned(env: Env,
+                                                                    image: Path) -> None:
+    rec = env.create("orphan", image)
+    env.run(env.manager.discard("orphan"))
+    for d in (rec.base_dir, rec.lower_dir, rec.tmpfs_dir):
+        Path(d).mkdir(exist_ok=True)
+    second = env.fresh_manager()
+    result = env.run(second.start())
+    env.manager = second
+    assert result.cleaned == ["orphan"] and not Path(rec.base_dir).exists()
 
 
 def test_recovery_never_unmounts_what_is_not_ours(env: Env, image: Path) -> None:

@@ -184,6 +184,16 @@ def test_search_path_first_wins_and_missing_names_every_place(tmp_path: Path) ->
         overlayfile.find("../x", (etc,))
 
 
+def test_a_link_to_dev_null_masks_a_file_further_down(tmp_path: Path) -> None:
+    etc, lib = tmp_path / "etc", tmp_path / "lib"
+    _write(lib, "a", 'image = "/lib-a"\nboot = true\n')
+    etc.mkdir()
+    (etc / "a.overlay").symlink_to("/dev/null")
+    with pytest.raises(NoSuchOverlay, match="masked"):
+        overlayfile.find("a", (etc, lib))
+    assert overlayfile.boot_files((etc, lib)) == {}
+
+
 def test_shipped_schema_is_the_models_and_the_example_parses() -> None:
     shipped = (REPO / "packaging/overlay.schema.json").read_text()
     assert shipped == overlayfile.json_schema_text(), "regenerate: overlayctl schema"
@@ -220,7 +230,7 @@ def test_render_gives_three_layers_from_the_model(tmp_path: Path) -> None:
                      "run-overlayd-mnt-web\\x2d1.mount"]
     lower, tmpfs, merged = (t for _, t in u.all())
     assert "What=/var/img/web.img\n" in lower and "Options=ro,loop\n" in lower
-    assert "Type=ext4\n" in lower and "RequiresMountsFor=/var/img/web.img\n" in lower
+    assert "Type=ext4\n" in lower and 'RequiresMountsFor="/var/img/web.img"\n' in lower
     assert "What=overlayd-web-1\n" in tmpfs and f"size={64 << 20}," in tmpfs
     assert "Requires=overlayd-prepare@web\\x2d1.service\n" in merged
     assert ("Options=lowerdir=/run/overlayd/web-1/lower,upperdir=/run/overlayd/web-1/rw/upper,"
@@ -239,6 +249,10 @@ def test_render_refuses_values_that_would_break_a_unit(tmp_path: Path) -> None:
         render.render("x", bad, tmp_path / "x.overlay", DaemonConfig())
     with pytest.raises(InvalidSpec, match=r"'\.' or '\.\.'"):
         render.escape_path("/srv/../etc")
+    for where in ("/", "/run/overlayd/other/lower"):
+        with pytest.raises(InvalidSpec, match="mount point"):
+            render.render("x", overlayfile.OverlayFile(image="/img", mountpoint=where),
+                          tmp_path / "x.overlay", DaemonConfig())
 
 
 def test_generator_writes_boot_overlays_only_and_skips_bad_files(

@@ -1,0 +1,57 @@
+"""Poweroff with live overlays: on_stop = "commit" reaches the image before the bus and the
+daemon go away, on_stop = "discard" throws the writes away, and nothing stays attached.
+
+The images live on the host (bound into the container), so they can be read after the
+container is gone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+from tests.system.container import Container
+from tests.system.fixtures import require_system
+from tests.system.test_systemd_e2e import REPO
+
+pytestmark = pytest.mark.system
+INSIDE = "/var/lib/overlayd-shutdown"
+
+
+def _install(root: Path) -> None:
+    r = subprocess.run(["bash", str(REPO / "tools/install.sh")], cwd=REPO, text=True,
+                       capture_output=True,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DESTDIR": str(root),
+                            "PIP": str(REPO / ".venv/bin/pip")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    etc = root / "etc/overlayd"
+    (etc / "keep.overlay").write_text(f'image = "{INSIDE}/keep.img"\non_stop = "commit"\n')
+    (etc / "toss.overlay").write_text(f'image = "{INSIDE}/toss.img"\n')
+
+
+def _in_image(image: Path, path: str) -> str | None:
+    r = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True,
+                       text=True)
+    return None if "File not found" in r.stderr else r.stdout
+
+
+def test_poweroff_runs_each_on_stop(tmp_path: Path) -> None:
+    require_system()
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("keep", "toss"):
+        helpers.make_image(images / f"{name}.img", size="32M")
+    ct = Container.boot(tmp_path / "ct", machine="overlayd-shutdown", prepare=_install,
+                        rw_binds=[f"{images}:{INSIDE}"])
+    try:
+        for name in ("keep", "toss"):
+            ct.run("systemctl", "start", f"overlayd@{name}.service")
+            ct.run("sh", "-c", f"echo {name} > /run/overlayd/mnt/{name}/{name}.txt")
+    finally:
+        ct.stop()  # a clean poweroff: every unit stops in order
+    assert _in_image(images / "keep.img", "/keep.txt") == "keep\n"
+    assert _in_image(images / "toss.img", "/toss.txt") is None
+    assert not [d for d, b in helpers.attached_loops().items() if b.startswith(str(images))]
