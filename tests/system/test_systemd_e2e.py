@@ -141,6 +141,24 @@ def test_restart_keeps_live_overlays(ct: Container) -> None:
     assert src.split() == ["overlayd-demo", "overlay"]
 
 
+def test_a_bus_call_starts_the_stopped_daemon_which_adopts(ct: Container) -> None:
+    ct.run("systemctl", "stop", "overlayd.service")
+    assert ct.run("cat", "/run/overlayd/mnt/demo/three.txt").stdout == "three\n"
+    assert '"demo"' in busctl(ct, "ListOverlays").stdout  # D-Bus activation
+    assert ct.run("systemctl", "is-active", "overlayd.service").stdout.strip() == "active"
+
+
+def test_busy_discard_names_the_holder_under_the_sandbox(ct: Container) -> None:
+    """The unit's capabilities and filters still let it name another user's process."""
+    ct.run("systemd-run", "--uid=65534", "--unit=holder", "-p",
+           "WorkingDirectory=/run/overlayd/mnt/demo", "sleep", "300")
+    try:
+        r = busctl(ct, "Discard", "sa{sv}", "demo", "0", check=False)
+        assert r.returncode != 0 and "sleep" in r.stderr and "pid" in r.stderr.lower(), r.stderr
+    finally:
+        ct.run("systemctl", "stop", "holder.service")
+
+
 def test_stop_with_on_stop_discard_throws_the_writes_away(ct: Container) -> None:
     ct.run("systemctl", "stop", "overlayd@demo.service")
     assert image_file(ct, f"{IMAGES}/demo.img", "/three.txt") is None
