@@ -4,7 +4,7 @@
 the three mount units of each such overlay and hooks the merged view into
 local-fs.target. ``overlayd-prepare NAME`` (run by overlayd-prepare@NAME.service, after
 the first two layers are mounted) makes the upper and work directories. When overlayd
-starts it finds the three mounts and adopts the overlay (ops.adopt_boot_overlay).
+starts it finds the three mounts and adopts the overlay (ops.adopt_unrecorded).
 
 Both run early and alone, so they log to stderr, which systemd sends to the kernel log
 or the journal, and a bad file never stops the others.
@@ -19,6 +19,7 @@ from pathlib import Path
 from overlayd import overlayfile
 from overlayd.config import DEFAULT_CONFIG, DaemonConfig, load_config
 from overlayd.errors import OverlaydError
+from overlayd.host.linux import LinuxHost
 from overlayd.layout import Layout
 from overlayd.render import render
 
@@ -36,17 +37,16 @@ def generate(out_dir: Path, cfg: DaemonConfig,
     if cfg.runtime_dir != BOOT_RUNTIME_DIR:
         _say(f"boot overlays need runtime_dir = {BOOT_RUNTIME_DIR}; none brought up")
         return done
-    for name, path in sorted(overlayfile.boot_files(search_path).items()):
+    files, problems = overlayfile.load_boot(search_path)
+    for problem in problems:
+        _say(problem)
+    memory = LinuxHost().memory_total()
+    for name, (path, spec_file) in files.items():
         try:
-            overlayfile.check_file_name(name)
-            spec_file = overlayfile.load(path)
-            if not spec_file.boot:
-                continue
             if os.path.isdir(spec_file.image):
                 raise OverlaydError("the image of a boot overlay is a file or a block device, "
                                     "not a directory")
-            units = render(name, spec_file, path, cfg, made_by="overlayd-generator",
-                           is_block=spec_file.image.startswith("/dev/"))
+            units = render(name, spec_file, path, cfg, memory, made_by="overlayd-generator")
         except (OverlaydError, OSError) as e:
             _say(f"skipping '{path}': {e}")
             continue
@@ -78,8 +78,6 @@ def generator_main(argv: list[str] | None = None) -> int:
 
 def prepare(name: str, cfg: DaemonConfig) -> str:
     """Make the upper and work directories of boot overlay NAME (idempotent)."""
-    from overlayd.host.linux import LinuxHost  # the kernel-facing part, only here
-
     layout = Layout.for_overlay(cfg.runtime_dir, name)
     if layout.upper.is_dir() and layout.work.is_dir():
         return f"'{layout.upper}' is ready already"
@@ -99,8 +97,3 @@ def prepare_main(argv: list[str] | None = None) -> int:
         print(f"overlayd-prepare: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(generator_main() if os.path.basename(sys.argv[0]).endswith("generator")
-             else prepare_main())

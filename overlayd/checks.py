@@ -67,6 +67,14 @@ def choose_fstype(shown: str, requested: str | None, detected: str | None,
     return fstype, driver
 
 
+def check_outside_runtime_dir(path: str, cfg: DaemonConfig) -> None:
+    """Only the mount root of overlayd's runtime directory takes mount points; the rest is
+    its own layers and records."""
+    if is_within(path, cfg.runtime_dir) and not is_within(path, cfg.mount_root_dir):
+        raise InvalidSpec(f"The mount point '{path}' is inside overlayd's runtime directory "
+                          f"'{cfg.runtime_dir}'.", "mountpoint")
+
+
 def check_mountpoint(path: str, kind: str, *, is_default: bool, cfg: DaemonConfig,
                      mounts: Iterable[MountInfo], overlays: Iterable[Overlay]) -> None:
     """PATH is the resolved mount point; KIND is 'missing', 'directory' or 'other'."""
@@ -77,9 +85,7 @@ def check_mountpoint(path: str, kind: str, *, is_default: bool, cfg: DaemonConfi
                               "first.", "mountpoint")
         if kind != "directory":
             raise InvalidSpec(f"The mount point '{path}' is not a directory.", "mountpoint")
-        if is_within(path, cfg.runtime_dir) and not is_within(path, cfg.mount_root_dir):
-            raise InvalidSpec(f"The mount point '{path}' is inside overlayd's runtime directory "
-                              f"'{cfg.runtime_dir}'.", "mountpoint")
+        check_outside_runtime_dir(path, cfg)
     for o in overlays:
         if is_within(path, o.mountpoint):
             raise InvalidSpec(f"The mount point '{path}' is inside overlay '{o.name}' (mounted "

@@ -54,6 +54,9 @@ class DaemonConfig(BaseModel):
     def mount_root_dir(self) -> Path:
         return self.mount_root if self.mount_root is not None else self.runtime_dir / "mnt"
 
+    def default_mountpoint(self, name: str) -> str:
+        return str(self.mount_root_dir / name)
+
 
 def load_config(path: Path = DEFAULT_CONFIG, **overrides: Any) -> DaemonConfig:
     """Merge PATH and PATH.d/*.conf (sorted), then OVERRIDES; a missing file is fine."""

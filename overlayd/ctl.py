@@ -273,9 +273,11 @@ async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from overlayd.host.linux import LinuxHost  # memory size only; the bus commands need none
+
     path, spec_file = _overlay_file(args)
     units = render(args.name, spec_file, path, load_config(args.config),
-                   is_block=spec_file.image.startswith("/dev/"))
+                   LinuxHost().memory_total())
     for unit, text in units.all():
         if args.directory is not None:
             (args.directory / unit).write_text(text)

@@ -100,15 +100,10 @@ async def serve(args: argparse.Namespace) -> int:
 
 def boot_overlays() -> dict[str, OverlaySpec]:
     """The specs of the boot overlays (NAME.overlay with boot = true), for adoption."""
-    specs: dict[str, OverlaySpec] = {}
-    for name, path in overlayfile.boot_files().items():
-        try:
-            spec_file = overlayfile.load(path)
-            if spec_file.boot:
-                specs[name] = spec_file.spec(overlayfile.check_file_name(name))
-        except OverlaydError as e:
-            log.warning("Ignoring boot overlay file '%s': %s", path, e)
-    return specs
+    files, problems = overlayfile.load_boot()
+    for problem in problems:
+        log.warning("Boot overlays: %s", problem)
+    return {name: spec_file.spec(name) for name, (_path, spec_file) in files.items()}
 
 
 def status_line(manager: OverlayManager) -> str:

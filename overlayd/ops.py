@@ -27,7 +27,14 @@ from overlayd.errors import (
 from overlayd.host.base import Applied, Host, ImageInfo, Progress
 from overlayd.host.mountinfo import MountInfo
 from overlayd.layout import Layout, is_within, mount_source
-from overlayd.model import ALLOWED_MOUNT_OPTIONS, LowerKind, Overlay, OverlaySpec, OverlayState
+from overlayd.model import (
+    ALLOWED_MOUNT_OPTIONS,
+    LowerKind,
+    Overlay,
+    OverlaySpec,
+    OverlayState,
+    parse_size,
+)
 from overlayd.rollback import Rollback
 from overlayd.state import dump_record, load_record
 
@@ -80,7 +87,7 @@ def create(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Over
     is_default = spec.mountpoint is None
     mp_fd: int | None = None
     if is_default:
-        mountpoint = str(cfg.mount_root_dir / spec.name)
+        mountpoint = cfg.default_mountpoint(spec.name)
     else:
         mp_fd, mountpoint = host.open_mountpoint(spec.mountpoint or "",
                                                  follow_symlinks=owner_uid == 0)
@@ -378,7 +385,9 @@ class Recovery:
     adopted: list[Overlay] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # brought back after an interruption
     cleaned: list[str] = field(default_factory=list)  # half-made or dead, removed
-    booted: list[str] = field(default_factory=list)  # boot overlays adopted from their mounts
+    # adopted from their mounts alone, without a record: boot overlays (or units made with
+    # overlayctl render)
+    booted: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -481,14 +490,14 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
 
     ours = [m for m in mounts if m.source == src and m.fstype == "overlay"
             and m.super_option("upperdir") == str(layout.upper)]
-    merged = top(spec.mountpoint or str(cfg.mount_root_dir / name)) if spec else \
-        (ours[-1] if ours else None)
     lower, tmpfs = top(str(layout.lower)), top(str(layout.tmpfs))
+    if lower is None and tmpfs is None and not ours:
+        return None  # nothing mounted: leftovers to clean
+    merged = top(spec.mountpoint or cfg.default_mountpoint(name)) if spec else \
+        (ours[-1] if ours else None)
     layers = [lower is not None and lower.source.startswith("/dev/"),
               tmpfs is not None and tmpfs.source == src and tmpfs.fstype == "tmpfs",
               merged is not None and merged.source == src and merged.fstype == "overlay"]
-    if not any(layers) and not ours and lower is None and tmpfs is None:
-        return None
     if not all(layers) or lower is None or tmpfs is None or merged is None:
         raise MountFailed(f"Overlay '{name}' is mounted without a state record and only in "
                           f"part (image, tmpfs, overlay: "
@@ -513,12 +522,12 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
         if info.kind is LowerKind.DIRECTORY:
             raise MountFailed(f"Overlay '{name}': its image is a directory.")
         size = tmpfs.super_option("size")
-        default_mp = merged.target == str(cfg.mount_root_dir / name)
+        default_mp = merged.target == cfg.default_mountpoint(name)
         rec = Overlay(
             name=name, state=OverlayState.ACTIVE, image=info.path, image_kind=info.kind,
             image_dev=info.dev, image_ino=info.ino, fstype=lower.fstype,
             mountpoint=merged.target, mountpoint_created=default_mp,
-            size=_size_option(size) if size else cfg.default_size,
+            size=parse_size(size) if size else cfg.default_size,  # mountinfo says '65536k'
             mount_options=options,
             loop_device=lower.source if info.kind is LowerKind.FILE else "",
             base_dir=str(layout.base), lower_dir=str(layout.lower), tmpfs_dir=str(layout.tmpfs),
@@ -528,14 +537,6 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
         host.close_image(info)
     host.write_file(str(layout.record), dump_record(rec))
     return rec
-
-
-def _size_option(value: str) -> int:
-    """tmpfs shows its size in mountinfo as e.g. '65536k'."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    if value[-1:].lower() in units:
-        return int(value[:-1]) * units[value[-1].lower()]
-    return int(value)
 
 
 def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str) -> None:
@@ -548,6 +549,6 @@ def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str) -> None:
                 host.remove_dir(d)
             except MountFailed:
                 log.warning("Cannot remove '%s', ignoring.", d)
-    mp = cfg.mount_root_dir / name
-    if host.path_kind(str(mp)) == "directory":
-        host.remove_dir(str(mp))
+    mp = cfg.default_mountpoint(name)
+    if host.path_kind(mp) == "directory":
+        host.remove_dir(mp)

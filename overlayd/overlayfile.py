@@ -100,7 +100,7 @@ def load_named(name: str, search_path: Sequence[Path] = SEARCH_PATH) -> tuple[Pa
     return path, load(path)
 
 
-def boot_files(search_path: Sequence[Path] = SEARCH_PATH) -> dict[str, Path]:
+def all_files(search_path: Sequence[Path] = SEARCH_PATH) -> dict[str, Path]:
     """Every NAME.overlay on the search path, the first of each name (masking the rest)."""
     found: dict[str, Path] = {}
     masked: set[str] = set()
@@ -117,6 +117,23 @@ def boot_files(search_path: Sequence[Path] = SEARCH_PATH) -> dict[str, Path]:
                 elif p.is_file():
                     found[name] = p
     return found
+
+
+def load_boot(search_path: Sequence[Path] = SEARCH_PATH
+              ) -> tuple[dict[str, tuple[Path, OverlayFile]], list[str]]:
+    """The files with boot = true, by name; and why each bad file was skipped."""
+    found: dict[str, tuple[Path, OverlayFile]] = {}
+    problems: list[str] = []
+    for name, path in sorted(all_files(search_path).items()):
+        try:
+            check_file_name(name)
+            spec_file = load(path)
+        except InvalidSpec as e:
+            problems.append(f"skipping '{path}': {e}")
+            continue
+        if spec_file.boot:
+            found[name] = (path, spec_file)
+    return found, problems
 
 
 def json_schema() -> dict[str, Any]:

@@ -13,10 +13,10 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayd.checks import PINNED
+from overlayd.checks import PINNED, check_outside_runtime_dir, choose_size
 from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec
-from overlayd.layout import Layout, is_within, mount_source
+from overlayd.layout import Layout, mount_source
 from overlayd.model import format_size
 from overlayd.overlayfile import OverlayFile
 
@@ -98,26 +98,20 @@ def check_boot_mountpoint(path: str, cfg: DaemonConfig) -> None:
     the mount table, which a generator does not have)."""
     if path.rstrip("/") == "":
         raise InvalidSpec("The mount point of an overlay cannot be '/'.", "mountpoint")
-    if is_within(path, cfg.runtime_dir) and not is_within(path, cfg.mount_root_dir):
-        raise InvalidSpec(f"The mount point '{path}' is inside overlayd's runtime directory "
-                          f"'{cfg.runtime_dir}'.", "mountpoint")
+    check_outside_runtime_dir(path, cfg)
 
 
-def default_mountpoint(cfg: DaemonConfig, name: str) -> str:
-    return str(cfg.mount_root_dir / name)
-
-
-def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, *,
-           made_by: str = "overlayctl render", is_block: bool = False) -> RenderedUnits:
+def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, memory: int,
+           *, made_by: str = "overlayctl render") -> RenderedUnits:
+    """The three mount units; MEMORY (bytes) bounds the tmpfs size as for Create."""
     spec = spec_file.spec(name)  # the same checks as Create on the bus
     layout = Layout.for_overlay(cfg.runtime_dir, name)
     image = check_unit_value(spec.image or "", "image path")
-    mountpoint = check_unit_value(spec.mountpoint or default_mountpoint(cfg, name),
+    is_block = image.startswith("/dev/")  # else a file: mount(8) attaches a loop device
+    mountpoint = check_unit_value(spec.mountpoint or cfg.default_mountpoint(name),
                                   "mount point")
     check_boot_mountpoint(mountpoint, cfg)
-    size = spec.size if spec.size is not None else cfg.default_size
-    if cfg.max_size:
-        size = min(size, cfg.max_size)
+    size = choose_size(spec, cfg, memory)
     overlay_opts = [f"lowerdir={layout.lower}", f"upperdir={layout.upper}",
                     f"workdir={layout.work}", *(f"{k}={v}" for k, v in PINNED),
                     *spec.mount_options]

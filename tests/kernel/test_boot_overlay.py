@@ -32,7 +32,7 @@ def boot_overlay(env: Env, image: Path, name: str, *, layers: int = 3) -> Any:
     file = env.root / f"{name}.overlay"
     file.write_text(f'image = "{image}"\nsize = "32M"\nboot = true\n')
     spec_file = overlayfile.load(file)
-    units = render.render(name, spec_file, file, env.config)
+    units = render.render(name, spec_file, file, env.config, LinuxHost().memory_total())
     for i, (_unit, text) in enumerate(units.all()[:layers]):
         if i == 2:
             boot.prepare(name, env.config)  # overlayd-prepare@NAME.service

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,16 @@ import pytest
 from tests.system.container import Container
 
 REQUIRE_ENV = "OVERLAYD_REQUIRE_SYSTEM"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_install(root: Path) -> None:
+    """``make install DESTDIR=ROOT``, as a package would (the venv's pip, no setup run)."""
+    r = subprocess.run(["bash", str(REPO / "tools/install.sh")], cwd=REPO, text=True,
+                       capture_output=True,
+                       env={**os.environ, "DESTDIR": str(root),
+                            "PIP": str(REPO / ".venv/bin/pip")})
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def system_unavailable() -> str | None:

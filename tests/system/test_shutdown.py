@@ -14,19 +14,14 @@ import pytest
 
 from tests import helpers
 from tests.system.container import Container
-from tests.system.fixtures import require_system
-from tests.system.test_systemd_e2e import REPO
+from tests.system.fixtures import make_install, require_system
 
 pytestmark = pytest.mark.system
 INSIDE = "/var/lib/overlayd-shutdown"
 
 
 def _install(root: Path) -> None:
-    r = subprocess.run(["bash", str(REPO / "tools/install.sh")], cwd=REPO, text=True,
-                       capture_output=True,
-                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DESTDIR": str(root),
-                            "PIP": str(REPO / ".venv/bin/pip")})
-    assert r.returncode == 0, r.stdout + r.stderr
+    make_install(root)
     etc = root / "etc/overlayd"
     (etc / "keep.overlay").write_text(f'image = "{INSIDE}/keep.img"\non_stop = "commit"\n')
     (etc / "toss.overlay").write_text(f'image = "{INSIDE}/toss.img"\n')

@@ -8,7 +8,6 @@ second); each says what state it leaves for the next.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import pytest
 from overlayd.events import MESSAGE_IDS, Event
 from tests import helpers
 from tests.system.container import CommandFailed, Container
-from tests.system.fixtures import container_fixture
+from tests.system.fixtures import container_fixture, make_install
 
-REPO = Path(__file__).resolve().parents[2]
 IMAGES = "/var/lib/overlayd-test"
 MANAGER = ("org.overlayd.Overlayd1", "/org/overlayd/Overlayd1", "org.overlayd.Overlayd1.Manager")
 BOOT_MOUNT = "run-overlayd-mnt-early.mount"
@@ -29,11 +27,7 @@ pytestmark = pytest.mark.system
 
 def install(root: Path) -> None:
     """What a package would do: make install, plus the admin's .overlay files and images."""
-    r = subprocess.run(["bash", str(REPO / "tools/install.sh")], cwd=REPO, text=True,
-                       capture_output=True,
-                       env={**os.environ, "DESTDIR": str(root),
-                            "PIP": str(REPO / ".venv/bin/pip")})
-    assert r.returncode == 0, r.stdout + r.stderr
+    make_install(root)
     images = root / IMAGES.lstrip("/")
     images.mkdir(parents=True)
     tree = root / "tmp" / "image-tree"

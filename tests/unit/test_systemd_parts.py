@@ -21,6 +21,7 @@ from overlayd.log import journal_fields, setup_logging
 from overlayd.sdnotify import Notifier
 
 REPO = Path(__file__).resolve().parents[2]
+MEMORY = 8 << 30  # the machine's memory, as render is told it
 
 
 # -- events and the catalog -------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_search_path_first_wins_and_missing_names_every_place(tmp_path: Path) ->
     etc.mkdir()
     path, f = overlayfile.load_named("a", (etc, run, lib))
     assert path == run / "a.overlay" and f.image == "/run-a"
-    assert overlayfile.boot_files((etc, run, lib)) == {"a": run / "a.overlay",
+    assert overlayfile.all_files((etc, run, lib)) == {"a": run / "a.overlay",
                                                       "b": lib / "b.overlay"}
     with pytest.raises(NoSuchOverlay) as e:
         overlayfile.find("c", (etc, run, lib))
@@ -191,7 +192,7 @@ def test_a_link_to_dev_null_masks_a_file_further_down(tmp_path: Path) -> None:
     (etc / "a.overlay").symlink_to("/dev/null")
     with pytest.raises(NoSuchOverlay, match="masked"):
         overlayfile.find("a", (etc, lib))
-    assert overlayfile.boot_files((etc, lib)) == {}
+    assert overlayfile.all_files((etc, lib)) == {}
 
 
 def test_shipped_schema_is_the_models_and_the_example_parses() -> None:
@@ -224,7 +225,7 @@ def test_render_gives_three_layers_from_the_model(tmp_path: Path) -> None:
     p = _write(tmp_path, "web-1", 'image = "/var/img/web.img"\nsize = "64M"\n'
                                   'mount_options = ["nodev"]\nfstype = "ext4"\n')
     cfg = DaemonConfig()
-    u = render.render("web-1", overlayfile.load(p), p, cfg)
+    u = render.render("web-1", overlayfile.load(p), p, cfg, MEMORY)
     names = [n for n, _ in u.all()]
     assert names == ["run-overlayd-web\\x2d1-lower.mount", "run-overlayd-web\\x2d1-rw.mount",
                      "run-overlayd-mnt-web\\x2d1.mount"]
@@ -237,8 +238,7 @@ def test_render_gives_three_layers_from_the_model(tmp_path: Path) -> None:
             "workdir=/run/overlayd/web-1/rw/work,redirect_dir=off,index=off,metacopy=off,"
             "xino=off,nodev\n") in merged
     assert "@" not in lower.replace("overlayd-prepare@", "")
-    block = render.render("web-1", overlayfile.OverlayFile(image="/dev/vdb"), p, cfg,
-                          is_block=True)
+    block = render.render("web-1", overlayfile.OverlayFile(image="/dev/vdb"), p, cfg, MEMORY)
     assert "Options=ro\n" in block.lower[1] and "RequiresMountsFor" not in block.lower[1]
     assert "Type=" not in block.lower[1]  # no fstype: mount(8) detects it
 
@@ -246,13 +246,24 @@ def test_render_gives_three_layers_from_the_model(tmp_path: Path) -> None:
 def test_render_refuses_values_that_would_break_a_unit(tmp_path: Path) -> None:
     bad = overlayfile.OverlayFile(image="/img", mountpoint="/srv/a%b")
     with pytest.raises(InvalidSpec, match="cannot go into a mount unit"):
-        render.render("x", bad, tmp_path / "x.overlay", DaemonConfig())
+        render.render("x", bad, tmp_path / "x.overlay", DaemonConfig(), MEMORY)
     with pytest.raises(InvalidSpec, match=r"'\.' or '\.\.'"):
         render.escape_path("/srv/../etc")
     for where in ("/", "/run/overlayd/other/lower"):
         with pytest.raises(InvalidSpec, match="mount point"):
             render.render("x", overlayfile.OverlayFile(image="/img", mountpoint=where),
-                          tmp_path / "x.overlay", DaemonConfig())
+                          tmp_path / "x.overlay", DaemonConfig(), MEMORY)
+
+
+def test_render_sizes_the_tmpfs_as_create_does(tmp_path: Path) -> None:
+    from overlayd.errors import LimitExceeded
+
+    cfg = DaemonConfig(default_size="2G", max_size="1G")
+    plain = overlayfile.OverlayFile(image="/img")
+    assert f"size={1 << 30}," in render.render("x", plain, tmp_path, cfg, MEMORY).tmpfs[1]
+    with pytest.raises(LimitExceeded, match="max_size"):
+        render.render("x", overlayfile.OverlayFile(image="/img", size="2G"), tmp_path, cfg,
+                      MEMORY)
 
 
 def test_generator_writes_boot_overlays_only_and_skips_bad_files(
