@@ -40,7 +40,7 @@ def generate(out_dir: Path, cfg: DaemonConfig,
     files, problems = overlayfile.load_boot(search_path)
     for problem in problems:
         _say(problem)
-    memory = LinuxHost().memory_total()
+    memory = LinuxHost().system.memory_total()
     for name, (path, spec_file) in files.items():
         try:
             if os.path.isdir(spec_file.image):
@@ -81,7 +81,7 @@ def prepare(name: str, cfg: DaemonConfig) -> str:
     layout = Layout.for_overlay(cfg.runtime_dir, name)
     if layout.upper.is_dir() and layout.work.is_dir():
         return f"'{layout.upper}' is ready already"
-    LinuxHost().prepare_upper(str(layout.lower), str(layout.upper), str(layout.work))
+    LinuxHost().layers.prepare_upper(str(layout.lower), str(layout.upper), str(layout.work))
     return f"made '{layout.upper}' and '{layout.work}'"
 
 

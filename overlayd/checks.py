@@ -10,19 +10,14 @@ from collections.abc import Iterable
 from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec, LimitExceeded, MountFailed
 from overlayd.fstype import REFUSAL
-from overlayd.host.mountinfo import MountInfo
 from overlayd.layout import SOURCE_PREFIX, is_within
 from overlayd.model import Overlay, OverlaySpec, format_size
+from overlayd.mountinfo import MountInfo
+from overlayd.overlayfs import PINNED
 
 # ext2 and ext3 are served by the ext4 driver on most kernels (CONFIG_EXT4_USE_FOR_EXT2).
 _DRIVER_FALLBACK = {"ext2": "ext4", "ext3": "ext4"}
 
-# File systems that have no write support at all: nothing can be committed into them.
-READ_ONLY_FSTYPES = frozenset({"squashfs", "erofs", "iso9660"})
-
-# Options overlayd pins on every overlay, so that an upper is plain data it can merge and
-# nothing in it refers to lower inodes; mountinfo omits those equal to the kernel default.
-PINNED = (("redirect_dir", "off"), ("index", "off"), ("metacopy", "off"), ("xino", "off"))
 
 
 def choose_size(spec: OverlaySpec, cfg: DaemonConfig, memory: int) -> int:

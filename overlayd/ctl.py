@@ -277,7 +277,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     path, spec_file = _overlay_file(args)
     units = render(args.name, spec_file, path, load_config(args.config),
-                   LinuxHost().memory_total())
+                   LinuxHost().system.memory_total())
     for unit, text in units.all():
         if args.directory is not None:
             (args.directory / unit).write_text(text)

@@ -1,8 +1,8 @@
 """Where an overlay's parts live. Pure path arithmetic, no I/O.
 
-    RUNTIME_DIR/NAME/overlay.json   the state record
+    RUNTIME_DIR/NAME/overlay.json   the state record (written by store.StateStore only)
     RUNTIME_DIR/NAME/lower          the image, mounted read-only (read-write during Commit)
-    RUNTIME_DIR/NAME/rw             the tmpfs that takes the writes, source overlayd-NAME
+    RUNTIME_DIR/NAME/rw             the upper's file system (a tmpfs), source overlayd-NAME
     RUNTIME_DIR/NAME/rw/upper       overlayfs upperdir
     RUNTIME_DIR/NAME/rw/work        overlayfs workdir
     MOUNT_ROOT/NAME                 the default mount point of the merged view
@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE_PREFIX = "overlayd-"
+RECORD_NAME = "overlay.json"
+TEMP_SUFFIX = ".tmp"  # what an atomic write leaves behind when it is killed
 
 
 def mount_source(name: str) -> str:
@@ -31,14 +34,15 @@ class Layout:
 
     @property
     def record(self) -> Path:
-        return self.base / "overlay.json"
+        return self.base / RECORD_NAME
 
     @property
     def lower(self) -> Path:
         return self.base / "lower"
 
     @property
-    def tmpfs(self) -> Path:
+    def upper_mount(self) -> Path:
+        """Where the upper's own file system is mounted; upper/ and work/ live in it."""
         return self.base / "rw"
 
     @property
@@ -54,3 +58,21 @@ def is_within(path: str | Path, parent: str | Path) -> bool:
     """True if PATH is PARENT or below it (lexically; both absolute and normalized)."""
     p, q = str(path).rstrip("/") or "/", str(parent).rstrip("/") or "/"
     return p == q or p.startswith(q if q.endswith("/") else q + "/")
+
+
+_PART_NAMES = {"lower": "image mount", "rw": "upper", RECORD_NAME: "state record"}
+
+
+def hide_internal_paths(text: str, runtime_dir: Path) -> str:
+    """TEXT with every path inside the runtime directory (but the mount root's) told in
+    words: replies never carry the daemon's own file names ("the upper of overlay 'x'")."""
+    root = re.escape(str(runtime_dir).rstrip("/"))
+
+    def words(m: re.Match[str]) -> str:
+        name, part = m.group(1), m.group(2)
+        if name == "mnt":
+            return m.group(0)
+        what = _PART_NAMES.get(part.split("/")[0].rstrip("."), "files") if part else "directory"
+        return f"the {what} of overlay '{name}'"
+
+    return re.sub("'?" + root + r"/([^/'\s]+)(?:/([^'\s]*))?'?", words, text)

@@ -1,9 +1,11 @@
-"""OverlayManager: the engine's async face, and the only stateful object.
+"""OverlayManager: the engine's async face, and the only owner of overlay state.
 
-It keeps the registry of overlays, serializes calls per overlay with a lock, runs the
-blocking procedures of ``ops`` in worker threads (so the event loop stays responsive
-while a commit copies gigabytes), keeps each record's ``state`` current, tells
-listeners about changes, and logs each outcome once.
+It keeps the registry of overlays (frozen records, replaced on every change), serializes
+calls per overlay with a lock, runs the blocking procedures of ``engine`` in worker
+threads (so the event loop stays responsive while a commit copies gigabytes), applies
+every state change through ``transitions``, saves through the one ``StateStore``, tells
+listeners about changes, and logs each outcome once. Errors leave here without a path of
+the daemon's own files in them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from overlayd import ops
 from overlayd.config import DaemonConfig
+from overlayd.engine import commit as commit_proc
+from overlayd.engine import create as create_proc
+from overlayd.engine import diff as diff_proc
+from overlayd.engine import teardown as teardown_proc
+from overlayd.engine.recover import Recovery, recover
 from overlayd.errors import (
     CommitFailed,
     LimitExceeded,
@@ -27,15 +33,26 @@ from overlayd.errors import (
     OverlayExists,
 )
 from overlayd.events import NOTICE, Event
-from overlayd.host.base import Host, Progress
-from overlayd.model import CommitStats, DiffEntry, Overlay, OverlaySpec, OverlayState, UpperUsage
-from overlayd.state import dump_record
+from overlayd.host.ports import Host, Progress
+from overlayd.layout import Layout, hide_internal_paths
+from overlayd.model import (
+    CommitPhase,
+    CommitStats,
+    DiffEntry,
+    Overlay,
+    OverlaySpec,
+    OverlayState,
+    UpperUsage,
+)
+from overlayd.store import StateStore
+from overlayd.transitions import after_discard_failed, transition
 
 log = logging.getLogger("overlayd")
 
 P = ParamSpec("P")
 T = TypeVar("T")
 Listener = Callable[[str, Overlay | None], None]  # (name, record or None when gone)
+S = OverlayState
 
 
 def _failure_level(e: OverlaydError) -> int:
@@ -56,6 +73,7 @@ class OverlayManager:
     def __init__(self, config: DaemonConfig, host: Host) -> None:
         self.config = config
         self.host = host
+        self.store = StateStore(host.files, config.runtime_dir, config.mount_root_dir)
         self._overlays: dict[str, Overlay] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._creating: set[str] = set()
@@ -78,40 +96,78 @@ class OverlayManager:
         fut = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kw))
         self._background.add(fut)
         fut.add_done_callback(self._background.discard)
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        except OverlaydError as e:  # the one edge where the daemon's own paths are hidden
+            e.message = hide_internal_paths(e.message, self.config.runtime_dir)
+            e.args = (e.message,)
+            raise
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def _set_state(self, rec: Overlay, state: OverlayState, error: str = "") -> None:
-        rec.state = state
-        rec.error = error
-        self._changed(rec.name, rec)
+    def _layout(self, name: str) -> Layout:
+        return self.store.layout(name)
+
+    def _move(self, rec: Overlay, to: OverlayState, **changes: Any) -> Overlay:
+        """The one place an overlay's state changes: checked against the table, put in the
+        registry, announced. Saving is the caller's next step (in its worker)."""
+        new = transition(rec, to, **changes)
+        self._overlays[new.name] = new
+        self._changed(new.name, new)
+        return new
+
+    def _save_quietly(self, rec: Overlay) -> None:
+        """Save from a worker; a record that cannot be written is logged, never fatal: the
+        mounts are what they are, and recovery reads them too."""
+        try:
+            self.store.save(rec)
+        except OverlaydError as e:
+            log.warning("Cannot save the state of overlay '%s': %s, ignoring.", rec.name, e)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, boot: dict[str, OverlaySpec] | None = None) -> ops.Recovery:
+    async def start(self, boot: dict[str, OverlaySpec] | None = None) -> Recovery:
         """Make the runtime directory and adopt or clean what an earlier daemon (or, for
         the boot overlays BOOT, systemd's mount units) left."""
-        def prepare() -> ops.Recovery:
-            root = str(self.config.runtime_dir)
-            if self.host.path_kind(root) == "missing":
-                self.host.make_dir(root, 0o755)
-            return ops.recover(self.host, self.config, boot, now_usec=time.time_ns() // 1000)
+        def prepare() -> tuple[Recovery, list[Overlay]]:
+            self.store.ensure_root()
+            result = recover(self.host, self.config, self.store, boot,
+                             now_usec=time.time_ns() // 1000)
+            settled = []
+            for found in result.adopted:
+                rec = transition(found, S.ACTIVE)
+                if rec != found or found.name in result.booted:
+                    self._save_quietly(rec)
+                self.store.sweep(rec.name)
+                settled.append(rec)
+            for name in result.cleaned:
+                try:
+                    self.store.remove(name)
+                except OverlaydError as e:
+                    result.problems.append(f"{name}: {e}")
+            return result, settled
 
-        result = await self._blocking(prepare)
-        for rec in result.adopted:
+        result, settled = await self._blocking(prepare)
+        for rec in settled:
             self._overlays[rec.name] = rec
             how = ("Repaired" if rec.name in result.repaired else
                    "Adopted boot" if rec.name in result.booted else "Adopted")
             log.info("%s overlay '%s' at '%s'.", how, rec.name, rec.mountpoint,
                      extra=_fields(rec, Event.RECOVERED, OVERLAYD_RECOVERY=how.lower()))
+            if rec.half_committed:
+                log.warning("Overlay '%s': a commit was interrupted while writing the image "
+                            "'%s', which now holds part of the changes; every change is "
+                            "still in RAM. Commit again to finish, or discard with force to "
+                            "keep the image as it is.", rec.name, rec.image,
+                            extra=_fields(rec, Event.FAILED, OVERLAYD_ACTION="commit",
+                                          OVERLAYD_HALF_COMMITTED=1))
         for name in result.cleaned:
             log.info("Removed the leftovers of overlay '%s'.", name,
                      extra={"OVERLAYD_NAME": name, "OVERLAYD_EVENT": Event.RECOVERED,
                             "OVERLAYD_RECOVERY": "removed"})
         for problem in result.problems:
-            log.warning("Recovery: %s", problem)
+            log.warning("Recovery: %s", hide_internal_paths(problem, self.config.runtime_dir))
         return result
 
     # -- reading --------------------------------------------------------------------------
@@ -125,20 +181,23 @@ class OverlayManager:
         except KeyError:
             raise NoSuchOverlay(name) from None
 
+    def upper_dir(self, name: str) -> str:
+        return str(self._layout(name).upper)
+
     async def usage(self, name: str) -> UpperUsage:
-        rec = self.get(name)
-        return await self._blocking(self.host.usage, rec.tmpfs_dir)
+        self.get(name)
+        return await self._blocking(self.host.upper.usage, str(self._layout(name).upper_mount))
 
     def fd_path(self, fd: int) -> str:
         """What an image fd refers to, for messages and polkit details."""
-        return self.host.fd_path(fd)
+        return self.host.images.fd_path(fd)
 
     def usage_now(self, name: str) -> UpperUsage:
         """Usage of the upper, read inline: statvfs of a tmpfs does no I/O, so property
         reads may call it on the event loop. Zeros while the tmpfs is being replaced."""
         rec = self.get(name)
         try:
-            return self.host.usage(rec.tmpfs_dir)
+            return self.host.upper.usage(str(self._layout(name).upper_mount))
         except OverlaydError:
             return UpperUsage(size=rec.size, used=0, inodes_used=0)
 
@@ -146,7 +205,7 @@ class OverlayManager:
                    ) -> builtins.list[DiffEntry]:
         async with self._lock(name):
             rec = self._current(name, created_usec)
-            pairs = await self._blocking(ops.diff, self.host, rec)
+            pairs = await self._blocking(diff_proc.run, self.host, rec, self._layout(name))
         return [DiffEntry(path=p, kind=k) for p, k in pairs]
 
     # -- changing -------------------------------------------------------------------------
@@ -161,9 +220,8 @@ class OverlayManager:
         self._creating.add(name)
         try:
             async with self._create_lock:
-                rec = await self._blocking(
-                    ops.create, self.host, self.config, spec, self.list(),
-                    owner_uid=owner_uid, now_usec=time.time_ns() // 1000)
+                built = await self._blocking(self._create_blocking, spec, owner_uid,
+                                             self.list())
         except OverlaydError as e:
             log.log(_failure_level(e), "Failed to create overlay '%s': %s", name, e,
                     extra={"OVERLAYD_NAME": name, "OVERLAYD_IMAGE": spec.image or "",
@@ -173,10 +231,38 @@ class OverlayManager:
             raise
         finally:
             self._creating.discard(name)
-        self._overlays[name] = rec
+        rec = self._move(built, S.ACTIVE)
         log.info("Created overlay '%s' of '%s' at '%s'.", name, rec.image, rec.mountpoint,
                  extra=_fields(rec, Event.CREATED, uid=owner_uid))
-        self._changed(name, rec)
+        return rec
+
+    def _create_blocking(self, spec: OverlaySpec, owner_uid: int,
+                         existing: builtins.list[Overlay]) -> Overlay:
+        """In a worker: prepare, save the CREATING record (so that a kill from here on
+        leaves something recovery removes), build, save the ACTIVE record."""
+        prepared = create_proc.prepare(self.host, self.config, spec, existing,
+                                       owner_uid=owner_uid, now_usec=time.time_ns() // 1000)
+        try:
+            self.store.begin(prepared.record)
+            try:
+                built = create_proc.build(
+                    self.host, self.config, prepared,
+                    finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)))
+            except BaseException:
+                try:
+                    self.store.remove(spec.name)
+                except OverlaydError as e:
+                    log.warning("Cannot remove the state of overlay '%s': %s, ignoring.",
+                                spec.name, e)
+                raise
+        finally:
+            create_proc.release(self.host, prepared)
+        return built
+
+    def _current(self, name: str, created_usec: int | None) -> Overlay:
+        rec = self.get(name)
+        if created_usec is not None and rec.created_usec != created_usec:
+            raise NoSuchOverlay(name)  # replaced by a namesake while the caller waited
         return rec
 
     async def commit(self, name: str, *, progress: Progress | None = None,
@@ -185,23 +271,34 @@ class OverlayManager:
         not for another one of the same name made since."""
         async with self._lock(name):
             rec = self._current(name, created_usec)
-            self._set_state(rec, OverlayState.COMMITTING)
+            commit_proc.refuse_early(rec, caller_uid)
+            before = rec
+            rec = self._move(rec, S.COMMITTING, error="")
             try:
-                await self._save(rec)
-                done = await self._blocking(ops.commit, self.host, rec, progress,
-                                            as_uid=caller_uid)
-            except OverlaydError as e:
-                # ops.commit persisted the state it left; an early failure left it active.
-                state = rec.state if rec.state is not OverlayState.COMMITTING \
-                    else OverlayState.ACTIVE
-                self._set_state(rec, state, str(e))
-                log.log(_failure_level(e), "Failed to commit overlay '%s': %s", name, e,
-                        extra=_fields(rec, Event.FAILED, uid=caller_uid, OVERLAYD_ACTION="commit",
-                                      OVERLAYD_ERROR=e.dbus_name))
+                done = await self._blocking(self._commit_blocking, rec, progress, caller_uid)
+            except OverlaydError as e:  # nothing was unmounted: back as it was
+                self._move(rec, before.state, error=str(e))
+                self._log_failure(rec, "commit", e, caller_uid)
+                await self._blocking(self._save_quietly, self.get(name))
                 raise
+            error = done.outcome_error(self.upper_dir(name))
+            changes: dict[str, Any] = {"error": str(error) if error else "",
+                                       "commit_phase": CommitPhase.NONE}
+            if done.loop_device is not None:
+                changes["lowers"] = (rec.lowers[0].model_copy(
+                    update={"loop_device": done.loop_device}), *rec.lowers[1:])
+            if done.error is None:
+                changes["half_committed"] = False
+            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED, **changes)
+            # Saved in the worker's wake: a daemon stopped right now still finds a record
+            # that says what is mounted.
+            await self._blocking(self._save_quietly, rec)
             self._in_background(done.free_old_upper)
-            self._set_state(rec, OverlayState.ACTIVE)
+            if error is not None:
+                self._log_failure(rec, "commit", error, caller_uid)
+                raise error
         applied = done.applied
+        assert applied is not None
         stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
         log.info("Committed overlay '%s' into '%s': %d entries, %d bytes in %.3f s.", name,
                  rec.image, stats.entries, stats.bytes, stats.seconds,
@@ -210,32 +307,60 @@ class OverlayManager:
                                OVERLAYD_BYTES=stats.bytes, OVERLAYD_SECONDS=f"{stats.seconds:.6f}"))
         return stats
 
-    def _current(self, name: str, created_usec: int | None) -> Overlay:
-        rec = self.get(name)
-        if created_usec is not None and rec.created_usec != created_usec:
-            raise NoSuchOverlay(name)  # replaced by a namesake while the caller waited
-        return rec
+    def _commit_blocking(self, rec: Overlay, progress: Progress | None,
+                         caller_uid: int) -> commit_proc.Committed:
+        self.store.save(rec)
+
+        def checkpoint(phase: CommitPhase) -> None:
+            self._save_quietly(rec.evolve(commit_phase=phase))
+
+        return commit_proc.run(self.host, rec, self._layout(rec.name), progress, checkpoint,
+                               as_uid=caller_uid)
+
+    def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:
+        log.log(_failure_level(e), "Failed to %s overlay '%s': %s", action, rec.name, e,
+                extra=_fields(rec, Event.FAILED, uid=uid, OVERLAYD_ACTION=action,
+                              OVERLAYD_ERROR=e.dbus_name))
 
     async def discard(self, name: str, *, force: bool = False, caller_uid: int = 0,
                       created_usec: int | None = None) -> None:
         async with self._lock(name):
             rec = self._current(name, created_usec)
+            if rec.half_committed and not force:
+                e: OverlaydError = CommitFailed(
+                    f"Overlay '{name}' is half-committed: a commit was interrupted while "
+                    f"writing '{rec.image}', which now holds part of the changes. Commit "
+                    "again to finish writing them, or discard with force to throw away the "
+                    "rest and keep the image as it is.")
+                self._log_failure(rec, "discard", e, caller_uid)
+                raise e
             previous = rec.state
-            self._set_state(rec, OverlayState.DISCARDING)
-            try:
-                await self._blocking(ops.teardown, self.host, rec, force=force)
-            except OverlaydError as e:
-                self._set_state(rec, previous if previous is not OverlayState.COMMITTING
-                                else OverlayState.ACTIVE)
-                log.log(_failure_level(e), "Failed to discard overlay '%s': %s", name, e,
-                        extra=_fields(rec, Event.FAILED, uid=caller_uid,
-                                      OVERLAYD_ACTION="discard", OVERLAYD_ERROR=e.dbus_name))
-                raise
+            rec = self._move(rec, S.DISCARDING)
+            stopped = await self._blocking(self._discard_blocking, rec, force)
+            if stopped is not None:
+                e = stopped.error
+                e.message = hide_internal_paths(e.message, self.config.runtime_dir)
+                rec = self._move(rec, after_discard_failed(previous, stopped.merged_down),
+                                 error=str(e))
+                await self._blocking(self._save_quietly, rec)
+                self._log_failure(rec, "discard", e, caller_uid)
+                raise e
             del self._overlays[name]
             self._locks.pop(name, None)
         log.info("Discarded overlay '%s'%s.", name, " (forced)" if force else "",
                  extra=_fields(rec, Event.DISCARDED, uid=caller_uid))
         self._changed(name, None)
+
+    def _discard_blocking(self, rec: Overlay, force: bool) -> teardown_proc.Stopped | None:
+        self.store.save(rec)
+        stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force)
+        if stopped is None:
+            try:
+                self.store.remove(rec.name)
+            except OverlaydError as e:  # unmounted and gone; a start cleans what is left
+                log.warning("Cannot remove the state of overlay '%s': %s, ignoring.",
+                            rec.name, hide_internal_paths(str(e), self.config.runtime_dir))
+        return stopped
 
     def _in_background(self, fn: Callable[[], None]) -> None:
         """Run FN in a worker thread without making the caller wait; ``aclose`` waits."""
@@ -248,7 +373,3 @@ class OverlayManager:
         uppers). Overlays stay as they are."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-
-    async def _save(self, rec: Overlay) -> None:
-        await self._blocking(self.host.write_file, f"{rec.base_dir}/overlay.json",
-                             dump_record(rec))

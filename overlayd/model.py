@@ -204,32 +204,113 @@ class LowerKind(enum.StrEnum):
     DIRECTORY = "directory"  # a directory, used as the lower as it is
 
 
+class UpperKind(enum.StrEnum):
+    TMPFS = "tmpfs"  # the only kind today; the seam for others is host.ports.UpperBackend
+
+
+class CommitPhase(enum.StrEnum):
+    """How far a commit got, persisted at each checkpoint so recovery knows what the image
+    holds: nothing yet, part of the writes, or all of them."""
+
+    NONE = ""
+    APPLYING = "applying"  # the image is open read-write and is being written
+    APPLIED = "applied"  # every write reached the image; the upper is being renewed
+
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lower(BaseModel):
+    """One read-only layer under the overlay. Today an overlay has exactly one: the image."""
+
+    model_config = _FROZEN
+
+    kind: LowerKind
+    image: str  # as the kernel resolved it when the overlay was made
+    dev: int = 0  # the image's identity: a commit refuses an image replaced since
+    ino: int = 0
+    fstype: str = ""  # "" for a directory
+    loop_device: str = ""
+
+
+class Upper(BaseModel):
+    """Where the writes go."""
+
+    model_config = _FROZEN
+
+    kind: UpperKind = UpperKind.TMPFS
+    size: int
+
+
+class Merged(BaseModel):
+    """The overlay mount itself."""
+
+    model_config = _FROZEN
+
+    mountpoint: str
+    created: bool = False  # overlayd made the directory (the default mount point)
+    options: tuple[str, ...] = ()
+
+
+RECORD_VERSION = 2
+
+
 class Overlay(BaseModel):
-    """The daemon's record of one overlay; persisted in /run/overlayd/NAME/overlay.json."""
+    """The daemon's record of one overlay, persisted in RUNTIME_DIR/NAME/overlay.json.
 
-    model_config = ConfigDict(extra="ignore")
+    A composition: an ordered list of lowers (the image at the bottom), one upper and the
+    merged mount. Paths that ``Layout`` derives from the name are not stored. Frozen: the
+    manager makes a new record for every change (``evolve``), so no worker thread ever
+    changes what the registry holds.
+    """
 
-    version: int = 1
+    model_config = _FROZEN
+
+    version: int = RECORD_VERSION
     name: str
     state: OverlayState
-    image: str
-    image_kind: LowerKind
-    image_dev: int = 0
-    image_ino: int = 0
-    fstype: str
-    mountpoint: str
-    mountpoint_created: bool = False
-    size: int
-    mount_options: tuple[str, ...] = ()
-    loop_device: str = ""
-    base_dir: str
-    lower_dir: str
-    tmpfs_dir: str
-    upper_dir: str
-    work_dir: str
+    lowers: tuple[Lower, ...] = Field(min_length=1)
+    upper: Upper
+    merged: Merged
     owner_uid: int = 0
     created_usec: int = 0
+    commit_phase: CommitPhase = CommitPhase.NONE
+    # A commit was interrupted part-way: the image holds some of the writes (all of them
+    # are still in the upper). Cleared by the next successful commit.
+    half_committed: bool = False
     error: str = ""
+
+    def evolve(self, **changes: Any) -> Overlay:
+        return self.model_copy(update=changes)
+
+    # The bottom layer and the mount, as the bus and the log show them.
+    @property
+    def image(self) -> str:
+        return self.lowers[0].image
+
+    @property
+    def image_kind(self) -> LowerKind:
+        return self.lowers[0].kind
+
+    @property
+    def fstype(self) -> str:
+        return self.lowers[0].fstype
+
+    @property
+    def loop_device(self) -> str:
+        return self.lowers[0].loop_device
+
+    @property
+    def size(self) -> int:
+        return self.upper.size
+
+    @property
+    def mountpoint(self) -> str:
+        return self.merged.mountpoint
+
+    @property
+    def mount_options(self) -> tuple[str, ...]:
+        return self.merged.options
 
 
 class UpperUsage(BaseModel):

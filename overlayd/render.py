@@ -13,12 +13,13 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayd.checks import PINNED, check_outside_runtime_dir, choose_size
+from overlayd.checks import check_outside_runtime_dir, choose_size
 from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec
 from overlayd.layout import Layout, mount_source
 from overlayd.model import format_size
 from overlayd.overlayfile import OverlayFile
+from overlayd.overlayfs import PINNED
 
 _TEMPLATE_DIRS = (
     Path(__file__).parent / "templates",  # installed: make install copies them here
@@ -119,7 +120,7 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
         "NAME": name, "MADE_BY": made_by, "SOURCE": str(source), "IMAGE": image,
         # quoted: this setting takes a list, and the path may have spaces
         "IMAGE_DEPS": "" if is_block else f'RequiresMountsFor="{image}"',
-        "LOWER": str(layout.lower), "TMPFS": str(layout.tmpfs),
+        "LOWER": str(layout.lower), "TMPFS": str(layout.upper_mount),
         "TYPE_LINE": f"Type={spec.fstype}" if spec.fstype else "",
         "LOWER_OPTIONS": "ro" if is_block else "ro,loop",
         "SOURCE_TAG": mount_source(name), "SIZE": str(size), "SIZE_TEXT": format_size(size),
@@ -128,6 +129,7 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
     }
     return RenderedUnits(
         lower=(mount_unit(str(layout.lower)), _fill(_template("overlay-lower.mount.in"), values)),
-        tmpfs=(mount_unit(str(layout.tmpfs)), _fill(_template("overlay-rw.mount.in"), values)),
+        tmpfs=(mount_unit(str(layout.upper_mount)),
+               _fill(_template("overlay-rw.mount.in"), values)),
         overlay=(mount_unit(mountpoint), _fill(_template("overlay.mount.in"), values)),
     )

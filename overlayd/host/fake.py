@@ -1,9 +1,12 @@
-"""FakeHost: the Host protocol in memory, for pure-logic tests and fault injection.
+"""FakeHost: every port in memory, for pure-logic tests and fault injection.
 
-It models directories, files, loop devices and a mount table closely enough for the
-engine's bookkeeping (what is mounted where, by whom, in what order) and lets a test
-make any method fail: ``FakeHost(fail={"mount_overlay": MountFailed("boom")})``.
-``fail_nth={("mount_overlay", 2): err}`` fails only the second call of that method.
+It models directories, files, loop devices, a mount table and what the upper and the
+image hold, closely enough for the engine's bookkeeping (what is mounted where, by whom,
+in what order, and where each write is) and lets a test make any call fail:
+``FakeHost(fail={"mount_overlay": MountFailed("boom")})``; ``fail_nth={("mount_overlay",
+2): err}`` fails only the second call of that method; ``crash_at=N`` stops the world at
+the Nth call, as a kill -9 would (that call and every later one raise ``Crashed`` and
+change nothing), after which ``restarted()`` is the same machine for a new daemon.
 It never touches the real system; tests that show a feature works use LinuxHost.
 """
 
@@ -14,9 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlayd.errors import InvalidSpec, MountFailed, OverlayBusy, OverlaydError
-from overlayd.host.base import Applied, ImageInfo, Progress
-from overlayd.host.mountinfo import MountInfo
-from overlayd.model import LowerKind, UpperUsage
+from overlayd.host.ports import Applied, ImageInfo, Owned, Progress
+from overlayd.layout import TEMP_SUFFIX, mount_source
+from overlayd.model import LowerKind, UpperKind, UpperUsage
+from overlayd.mountinfo import MountInfo
+
+
+class Crashed(BaseException):  # a kill, not an error: no "except Exception" stops it
+    """The simulated kill -9: nothing after it happens."""
 
 
 @dataclass
@@ -33,29 +41,64 @@ class FakeLoop:
 class FakeHost:
     fail: dict[str, OverlaydError] = field(default_factory=dict)
     fail_nth: dict[tuple[str, int], OverlaydError] = field(default_factory=dict)
-    images: dict[str, str] = field(default_factory=dict)  # path -> fstype ("" = no signature)
+    crash_at: int | None = None  # the Nth call (1-based) is where the daemon dies
+    image_fstypes: dict[str, str] = field(default_factory=dict)  # path -> "" = no signature
     dirs: set[str] = field(default_factory=lambda: {"/", "/run", "/srv", "/mnt"})
-    files: dict[str, str] = field(default_factory=dict)
+    file_data: dict[str, bytes] = field(default_factory=dict)
     mount_table: list[MountInfo] = field(default_factory=list)
     loops: dict[str, str] = field(default_factory=dict)  # device -> backing file
     loop_fds: set[str] = field(default_factory=set)
     busy: set[str] = field(default_factory=set)  # mount targets that refuse a plain unmount
     calls: list[str] = field(default_factory=list)
     open_fds: int = 0
+    # What the writes are: names in each tmpfs (by mount id) and in each image.
+    upper_data: dict[int, set[str]] = field(default_factory=dict)
+    image_data: dict[str, set[str]] = field(default_factory=dict)
+    dead: bool = False
     _next_id: int = 100
 
+    kind = UpperKind.TMPFS  # as an UpperBackend
+
+    # The ports: one object plays them all.
+    @property
+    def system(self) -> FakeHost:
+        return self
+
+    images = system
+    mounts = system
+    files = system
+    layers = system
+    upper = system
+    merge = system
+
     def _call(self, name: str) -> None:
+        if self.dead:
+            raise Crashed(name)
         self.calls.append(name)
+        if self.crash_at is not None and len(self.calls) >= self.crash_at:
+            self.dead = True
+            raise Crashed(name)
         if name in self.fail:
             raise self.fail[name]
         nth = (name, self.calls.count(name))
         if nth in self.fail_nth:
             raise self.fail_nth[nth]
 
+    def restarted(self) -> FakeHost:
+        """The machine after the daemon died: same mounts and files, no fds, no faults."""
+        self.dead, self.crash_at, self.calls = False, None, []
+        self.fail, self.fail_nth = {}, {}
+        self.loop_fds.clear()
+        self.open_fds = 0
+        self._autoclear()
+        return self
+
     def _autoclear(self) -> None:
         used = {m.source for m in self.mount_table} | self.loop_fds
         for dev in [d for d in self.loops if d not in used]:
             del self.loops[dev]
+
+    # -- System -------------------------------------------------------------------------
 
     def memory_total(self) -> int:
         return 8 << 30
@@ -63,20 +106,22 @@ class FakeHost:
     def kernel_filesystems(self) -> frozenset[str]:
         return frozenset({"ext4", "squashfs", "erofs", "xfs", "btrfs", "tmpfs", "overlay"})
 
+    def user_name(self, uid: int) -> str:
+        return {0: "root", 65534: "nobody"}.get(uid, str(uid))
+
+    # -- Images -------------------------------------------------------------------------
+
     def open_image(self, path: str | None, fd: int | None, *, as_uid: int = 0) -> ImageInfo:
         self._call("open_image")
-        if path is None or (path not in self.images and path not in self.dirs):
+        if path is None or (path not in self.image_fstypes and path not in self.dirs):
             raise InvalidSpec(f"The image '{path}' does not exist.", "image")
         self.open_fds += 1
         if path in self.dirs:
             return ImageInfo(path, LowerKind.DIRECTORY, 1, 2, 0, None, -1)
-        return ImageInfo(path, LowerKind.FILE, 1, 3, 1 << 20, self.images[path] or None, 3)
+        return ImageInfo(path, LowerKind.FILE, 1, 3, 1 << 20, self.image_fstypes[path] or None, 3)
 
     def fd_path(self, fd: int) -> str:
         return f"fd {fd}"
-
-    def user_name(self, uid: int) -> str:
-        return {0: "root", 65534: "nobody"}.get(uid, str(uid))
 
     def reopen_image(self, image: str, dev: int, ino: int, *, writable: bool,
                      as_uid: int = 0) -> ImageInfo:
@@ -99,49 +144,42 @@ class FakeHost:
 
     def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str) -> FakeLoop:
         self._call("attach_loop")
-        dev = f"/dev/loop{len(self.loops) + len(self.loop_fds)}"
-        while dev in self.loops:
-            dev += "0"
+        n = 0
+        while f"/dev/loop{n}" in self.loops:
+            n += 1
+        dev = f"/dev/loop{n}"
         self.loops[dev] = info.path
         self.loop_fds.add(dev)
         return FakeLoop(dev, self)
 
     def loop_backing(self, device: str) -> str | None:
+        self._call("loop_backing")
         return self.loops.get(device)
 
+    # -- Mounts -------------------------------------------------------------------------
+
     def _mount(self, call: str, source: str, target: str, fstype: str,
-               options: tuple[str, ...] = ()) -> None:
+               options: tuple[str, ...] = (), super_options: tuple[str, ...] = ("rw",)) -> None:
         self._call(call)
         if target not in self.dirs:
             raise MountFailed(f"Cannot mount at '{target}': no such directory.")
         self._next_id += 1
-        self.mount_table.append(MountInfo(self._next_id, 1, "0:0", "/", target, options or ("rw",),
-                                          fstype, source, ("rw",)))
+        self.mount_table.append(MountInfo(self._next_id, 1, "0:0", "/", target,
+                                          options or ("rw",), fstype, source, super_options))
 
     def mount_fs(self, source: str, target: str, fstype: str, *, read_only: bool) -> None:
         self._mount("mount_fs", source, target, fstype, ("ro",) if read_only else ("rw",))
 
-    def mount_tmpfs(self, source: str, target: str, size: int) -> None:
-        self._mount("mount_tmpfs", source, target, "tmpfs")
-
     def open_mountpoint(self, path: str, *, follow_symlinks: bool) -> tuple[int, str]:
+        self._call("open_mountpoint")
         path = os.path.normpath(path)
         if path not in self.dirs:
             raise InvalidSpec(f"The mount point '{path}' does not exist.", "mountpoint")
         self.open_fds += 1
         return 9, path
 
-    def mount_overlay(self, source: str, target: str, *, lower: str, upper: str, work: str,
-                      options: tuple[str, ...], target_fd: int | None = None) -> None:
-        self._mount("mount_overlay", source, target, "overlay", options)
-
-    def detach_for_later(self, target: str, owned: Callable[[MountInfo], bool], *,
-                         mounts: list[MountInfo] | None = None) -> Callable[[], None]:
-        self.unmount(target, owned, lazy=True)
-        return lambda: None
-
-    def unmount(self, target: str, owned: Callable[[MountInfo], bool], *,
-                lazy: bool = False, mounts: list[MountInfo] | None = None) -> bool:
+    def unmount(self, target: str, owned: Owned, *, lazy: bool = False,
+                mounts: list[MountInfo] | None = None) -> bool:
         self._call("unmount")
         top = [m for m in self.mount_table if m.target == target]
         if not top:
@@ -151,64 +189,154 @@ class FakeHost:
         if target in self.busy and not lazy:
             raise OverlayBusy(f"'{target}' is busy.", [(42, "sleep")])
         self.mount_table.remove(top[-1])
+        if self.upper_data.pop(top[-1].mount_id, None) is not None:
+            self.remove_tree(target, keep_top=True)  # upper/ and work/ were in the tmpfs
         self._autoclear()
         return True
 
-    def mounts(self) -> list[MountInfo]:
+    def table(self) -> list[MountInfo]:
+        self._call("table")
         return list(self.mount_table)
 
     def holders(self, target: str) -> list[tuple[int, str]]:
         return [(42, "sleep")] if target in self.busy else []
 
+    def syncfs(self, path: str) -> None:
+        self._call("syncfs")
+
+    # -- UpperBackend and MergeMount ------------------------------------------------------
+
+    def owns(self, name: str) -> Owned:
+        src = mount_source(name)
+        return lambda m: m.source == src
+
+    def make(self, name: str, target: str, size: int) -> None:
+        self._mount("mount_tmpfs", mount_source(name), target, "tmpfs",
+                    super_options=("rw", f"size={size // 1024}k"))
+        self.upper_data[self._next_id] = set()
+
+    def detach_for_later(self, name: str, target: str, *,
+                         mounts: list[MountInfo] | None = None) -> Callable[[], None]:
+        self.unmount(target, self.owns(name), lazy=True)
+        return lambda: None
+
+    def usage(self, target: str) -> UpperUsage:
+        self._call("usage")
+        return UpperUsage(size=1 << 20, used=0, inodes_used=1)
+
+    def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
+              options: tuple[str, ...], target_fd: int | None = None) -> None:
+        if self._tmpfs_of(upper) is None or upper not in self.dirs:
+            self._call("mount_overlay")
+            raise MountFailed(f"Cannot mount the overlay: '{upper}' does not exist.")
+        self._mount("mount_overlay", mount_source(name), target, "overlay", options)
+
+    def verify(self, name: str, target: str, mounts: list[MountInfo]) -> None:
+        found = [m for m in mounts if m.target == target]
+        if not found or found[-1].source != mount_source(name):
+            raise MountFailed(f"The overlay did not appear at '{target}' after mounting it.")
+
+    # -- StateFiles -----------------------------------------------------------------------
+
     def path_kind(self, path: str) -> str:
+        self._call("path_kind")
         if path in self.dirs:
             return "directory"
-        return "other" if path in self.files or path in self.images else "missing"
+        return "other" if path in self.file_data or path in self.image_fstypes else "missing"
 
     def list_dir(self, path: str) -> list[str]:
+        self._call("list_dir")
         prefix = path.rstrip("/") + "/"
-        names = {p[len(prefix):].split("/")[0] for p in self.dirs | set(self.files)
+        names = {p[len(prefix):].split("/")[0] for p in self.dirs | set(self.file_data)
                  if p.startswith(prefix)}
         return sorted(names)
 
-    def read_file(self, path: str) -> str | None:
-        return self.files.get(path)
+    def read_file(self, path: str) -> bytes | None:
+        self._call("read_file")
+        if path in self.dirs:
+            raise OverlaydError(f"Cannot read '{path}': Is a directory.")
+        return self.file_data.get(path)
 
-    def write_file(self, path: str, text: str) -> None:
+    def write_file(self, path: str, data: bytes) -> None:
+        """Two calls, as on the kernel: the temporary, then the rename."""
         self._call("write_file")
         if os.path.dirname(path) not in self.dirs:
             raise MountFailed(f"Cannot write '{path}': no such directory.")
-        self.files[path] = text
+        self.file_data[path + TEMP_SUFFIX] = data
+        try:
+            self._call("rename_file")
+        except OverlaydError:  # as LinuxFiles does: a failed write takes its temporary away
+            del self.file_data[path + TEMP_SUFFIX]
+            raise
+        self.file_data[path] = self.file_data.pop(path + TEMP_SUFFIX)
 
     def make_dir(self, path: str, mode: int = 0o755) -> None:
         self._call("make_dir")
         if os.path.dirname(path) not in self.dirs or path in self.dirs:
             raise MountFailed(f"Cannot create the directory '{path}'.")
         self.dirs.add(path)
+        tmpfs = self._tmpfs_of(path)
+        if tmpfs is not None:
+            self.upper_data.setdefault(tmpfs, set())
 
     def remove_dir(self, path: str) -> None:
+        self._call("remove_dir")
         prefix = path + "/"
-        if any(p.startswith(prefix) for p in self.dirs | set(self.files)):
-            raise MountFailed(f"Cannot remove '{path}': not empty.")
+        if any(p.startswith(prefix) for p in self.dirs | set(self.file_data)):
+            raise OverlaydError(f"Cannot remove '{path}': Directory not empty.")
         if any(m.target == path for m in self.mount_table):
-            raise MountFailed(f"Cannot remove '{path}': busy.")
+            raise OverlaydError(f"Cannot remove '{path}': busy.")
         self.dirs.discard(path)
 
     def remove_file(self, path: str) -> None:
-        self.files.pop(path, None)
+        self._call("remove_file")
+        self.file_data.pop(path, None)
+
+    # -- Layers ---------------------------------------------------------------------------
+
+    def _tmpfs_of(self, path: str) -> int | None:
+        """The id of the tmpfs mount that holds PATH, if any."""
+        for m in reversed(self.mount_table):
+            if m.fstype == "tmpfs" and (path == m.target or path.startswith(m.target + "/")):
+                return m.mount_id
+        return None
+
+    def _image_at(self, lower: str) -> str | None:
+        for m in reversed(self.mount_table):
+            if m.target == lower:
+                return self.loops.get(m.source, m.source)
+        return None
 
     def prepare_upper(self, lower_root: str, upper: str, work: str) -> None:
+        """The upper/ and work/ directories live in the tmpfs: they go with it."""
         self._call("prepare_upper")
+        if self._tmpfs_of(upper) is None:
+            raise MountFailed(f"Cannot prepare '{upper}': no tmpfs there.")
+        self.dirs |= {upper, work}
+
+    def write_upper(self, upper_mount: str, *names: str) -> None:
+        """A user writes NAMES through the overlay: they land in the tmpfs at UPPER_MOUNT."""
+        tmpfs = self._tmpfs_of(upper_mount)
+        assert tmpfs is not None, f"no tmpfs at {upper_mount}"
+        self.upper_data[tmpfs] |= set(names)
 
     def apply_upper(self, upper: str, lower: str, progress: Progress | None) -> Applied:
+        """Copies the writes one by one: a crash in the middle leaves part of them."""
+        tmpfs, image = self._tmpfs_of(upper), self._image_at(lower)
+        writes = sorted(self.upper_data.get(tmpfs, set())) if tmpfs is not None else []
         self._call("apply_upper")
-        return Applied(0, 0, 0.0)
+        for name in writes:
+            self._call("apply_entry")
+            if image is not None:
+                self.image_data.setdefault(image, set()).add(name)
+        return Applied(len(writes), 0, 0.0)
 
     def diff(self, upper: str, lower: str) -> list[tuple[str, str]]:
-        return []
+        self._call("diff")
+        tmpfs = self._tmpfs_of(upper)
+        return [(f"/{n}", "added") for n in sorted(self.upper_data.get(tmpfs or -1, set()))]
 
-    def usage(self, path: str) -> UpperUsage:
-        return UpperUsage(size=1 << 20, used=0, inodes_used=1)
-
-    def syncfs(self, path: str) -> None:
-        self._call("syncfs")
+    def remove_tree(self, path: str, *, keep_top: bool = False) -> None:
+        """PATH and every directory below it (KEEP_TOP: only those below)."""
+        self.dirs = {d for d in self.dirs
+                     if not d.startswith(path + "/") and (keep_top or d != path)}

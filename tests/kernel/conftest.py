@@ -11,6 +11,7 @@ import pytest
 
 from overlayd.config import DaemonConfig
 from overlayd.host.linux import LinuxHost
+from overlayd.layout import Layout
 from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, parse_spec
 from tests import helpers
@@ -20,6 +21,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/kernel/" in str(item.fspath):
             item.add_marker(pytest.mark.kernel)
+
+
+@dataclass(frozen=True)
+class Paths:
+    base_dir: str
+    lower_dir: str
+    tmpfs_dir: str
+    upper_dir: str
+    work_dir: str
+
+    @classmethod
+    def of(cls, layout: Layout) -> Paths:
+        return cls(str(layout.base), str(layout.lower), str(layout.upper_mount),
+                   str(layout.upper), str(layout.work))
 
 
 @dataclass
@@ -35,6 +50,10 @@ class Env:
             data["image"] = str(image)
         rec: Overlay = self.run(self.manager.create(parse_spec(data)))
         return rec
+
+    def paths(self, rec: Overlay) -> Paths:
+        """Where REC's parts live (derived, no longer stored in the record)."""
+        return Paths.of(Layout.for_overlay(self.config.runtime_dir, rec.name))
 
     def fresh_manager(self) -> OverlayManager:
         """A second daemon over the same runtime directory (as after a restart)."""

@@ -32,7 +32,7 @@ def boot_overlay(env: Env, image: Path, name: str, *, layers: int = 3) -> Any:
     file = env.root / f"{name}.overlay"
     file.write_text(f'image = "{image}"\nsize = "32M"\nboot = true\n')
     spec_file = overlayfile.load(file)
-    units = render.render(name, spec_file, file, env.config, LinuxHost().memory_total())
+    units = render.render(name, spec_file, file, env.config, LinuxHost().system.memory_total())
     for i, (_unit, text) in enumerate(units.all()[:layers]):
         if i == 2:
             boot.prepare(name, env.config)  # overlayd-prepare@NAME.service
@@ -52,7 +52,7 @@ def test_daemon_adopts_a_boot_overlay_then_commits_and_discards(env: Env, image:
     rec = mgr.get("early")
     assert rec.loop_device.startswith("/dev/loop") and rec.fstype == "ext4"
     assert rec.size == 32 << 20 and rec.mountpoint == str(merged)
-    assert (Path(rec.base_dir) / "overlay.json").is_file()
+    assert (Path(env.paths(rec).base_dir) / "overlay.json").is_file()
 
     env.run(mgr.commit("early"))
     env.run(mgr.discard("early"))
@@ -72,7 +72,7 @@ def test_a_partly_mounted_boot_overlay_is_left_alone(env: Env, image: Path) -> N
     result = env.run(mgr.start({"half": spec}))
     assert not result.adopted and "only in part" in result.problems[0]
     lower = str(env.config.runtime_dir / "half" / "lower")
-    assert {m.target for m in LinuxHost().mounts()} >= {lower}
+    assert {m.target for m in LinuxHost().mounts.table()} >= {lower}
     helpers.force_cleanup(str(env.root))
 
 

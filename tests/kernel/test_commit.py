@@ -144,7 +144,7 @@ def test_commit_applies_every_kind_of_change(env: Env, root: Path) -> None:
     assert stats.entries > 40 and stats.bytes >= 3 << 20
 
     assert rec.state.value == "active"
-    assert os.listdir(rec.upper_dir) == [], "the overlay comes back on a fresh upper"
+    assert os.listdir(env.paths(rec).upper_dir) == [], "the overlay comes back on a fresh upper"
     assert env.run(env.manager.diff("full")) == []
     problems = helpers.diff_snapshots(before, helpers.snapshot(mp))
     assert problems == [], "merged view after commit differs:\n" + "\n".join(problems)

@@ -34,6 +34,6 @@ def test_each_file_system(env: Env, root: Path, fstype: str) -> None:
             env.run(env.manager.commit("fs"))
     else:
         env.run(env.manager.commit("fs"))
-        assert os.listdir(rec.upper_dir) == []
+        assert os.listdir(env.paths(rec).upper_dir) == []
         assert (mp / "new.txt").read_text() == "new\n"
     env.run(env.manager.discard("fs"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from overlayd.host.mountinfo import read_mounts
+from overlayd.host.mounts import read_mounts
 from tests import helpers
 from tests.kernel.conftest import Env
 
@@ -22,10 +22,10 @@ def test_create_builds_three_layers_read_only_lower(env: Env, image: Path) -> No
     assert (ov.fstype, ov.source) == ("overlay", "overlayd-demo")
     for key in ("redirect_dir", "index", "metacopy", "xino"):
         assert ov.super_option(key) in (None, "off")
-    tmpfs = _mount_at(rec.tmpfs_dir)
+    tmpfs = _mount_at(env.paths(rec).tmpfs_dir)
     assert (tmpfs.fstype, tmpfs.source) == ("tmpfs", "overlayd-demo")
     assert tmpfs.super_option("size") == "16384k"
-    lower = _mount_at(rec.lower_dir)
+    lower = _mount_at(env.paths(rec).lower_dir)
     assert lower.source == rec.loop_device and "ro" in lower.options
     loop = os.path.basename(rec.loop_device)
     assert Path(f"/sys/block/{loop}/ro").read_text().strip() == "1"
@@ -49,7 +49,7 @@ def test_writes_never_reach_the_image_and_discard_leaves_nothing(env: Env, image
     env.run(env.manager.discard("demo"))
     assert helpers.sha256(image) == before
     assert helpers.mounts_under(str(env.root)) == []
-    assert not Path(rec.base_dir).exists() and not mp.exists()
+    assert not Path(env.paths(rec).base_dir).exists() and not mp.exists()
     assert env.manager.list() == []
 
 
@@ -122,7 +122,7 @@ def test_user_mountpoint_and_options(env: Env, image: Path, root: Path) -> None:
     assert {"ro", "nosuid", "nodev"} <= set(m.options)
     env.run(env.manager.discard("opt"))
     assert mp.is_dir(), "a mount point the caller made is left in place"
-    assert rec.mountpoint_created is False
+    assert rec.merged.created is False
 
 
 def test_two_overlays_of_one_image(env: Env, image: Path) -> None:

@@ -37,13 +37,13 @@ def test_restart_adopts_live_overlays(env: Env, image: Path) -> None:
 
 def test_half_made_overlay_is_cleaned(env: Env, image: Path) -> None:
     rec = env.create("half", image)
-    _set_state(rec.base_dir, "creating")  # as if the daemon died inside Create
+    _set_state(env.paths(rec).base_dir, "creating")  # as if the daemon died inside Create
     second = env.fresh_manager()
     result = env.run(second.start())
     env.manager = second
     assert result.cleaned == ["half"] and result.adopted == []
     assert helpers.mounts_under(str(env.root)) == []
-    assert not Path(rec.base_dir).exists() and not Path(rec.mountpoint).exists()
+    assert not Path(env.paths(rec).base_dir).exists() and not Path(rec.mountpoint).exists()
 
 
 def test_interrupted_commit_is_repaired_and_keeps_the_writes(env: Env, image: Path) -> None:
@@ -52,13 +52,13 @@ def test_interrupted_commit_is_repaired_and_keeps_the_writes(env: Env, image: Pa
     # The daemon died in the middle of Commit: overlay unmounted, image mounted read-write.
     host = LinuxHost()
     umount2(rec.mountpoint)
-    umount2(rec.lower_dir)
-    info = host.reopen_image(rec.image, rec.image_dev, rec.image_ino, writable=True)
-    loop = host.attach_loop(info, read_only=False, name=info.path)
-    host.mount_fs(loop.path, rec.lower_dir, "ext4", read_only=False)
+    umount2(env.paths(rec).lower_dir)
+    info = host.images.reopen_image(rec.image, rec.lowers[0].dev, rec.lowers[0].ino, writable=True)
+    loop = host.images.attach_loop(info, read_only=False, name=info.path)
+    host.mounts.mount_fs(loop.path, env.paths(rec).lower_dir, "ext4", read_only=False)
     loop.release()
-    host.close_image(info)
-    _set_state(rec.base_dir, "committing")
+    host.images.close_image(info)
+    _set_state(env.paths(rec).base_dir, "committing")
 
     second = env.fresh_manager()
     result = env.run(second.start())
@@ -66,10 +66,10 @@ def test_interrupted_commit_is_repaired_and_keeps_the_writes(env: Env, image: Pa
     assert result.repaired == ["mid"]
     assert second.get("mid").state.value == "active"
     assert (Path(rec.mountpoint) / "pending.txt").read_text() == "pending\n"
-    lower = [m for m in host.mounts() if m.target == rec.lower_dir][-1]
+    lower = [m for m in host.mounts.table() if m.target == env.paths(rec).lower_dir][-1]
     assert "ro" in lower.options
     env.run(second.commit("mid"))
-    assert os.listdir(rec.upper_dir) == []
+    assert os.listdir(env.paths(rec).upper_dir) == []
     env.run(second.discard("mid"))
 
 
@@ -79,7 +79,7 @@ def test_a_live_overlay_without_a_record_is_adopted_not_torn_down(env: Env,
     writes the record first): the writes in them are kept."""
     rec = env.create("orphan", image)
     (Path(rec.mountpoint) / "w.txt").write_text("keep\n")
-    os.unlink(Path(rec.base_dir) / "overlay.json")
+    os.unlink(Path(env.paths(rec).base_dir) / "overlay.json")
     second = env.fresh_manager()
     result = env.run(second.start())
     env.manager = second
@@ -93,17 +93,17 @@ def test_a_directory_without_a_record_and_nothing_mounted_is_cleaned(env: Env,
                                                                     image: Path) -> None:
     rec = env.create("orphan", image)
     env.run(env.manager.discard("orphan"))
-    for d in (rec.base_dir, rec.lower_dir, rec.tmpfs_dir):
+    for d in (env.paths(rec).base_dir, env.paths(rec).lower_dir, env.paths(rec).tmpfs_dir):
         Path(d).mkdir(exist_ok=True)
     second = env.fresh_manager()
     result = env.run(second.start())
     env.manager = second
-    assert result.cleaned == ["orphan"] and not Path(rec.base_dir).exists()
+    assert result.cleaned == ["orphan"] and not Path(env.paths(rec).base_dir).exists()
 
 
 def test_recovery_never_unmounts_what_is_not_ours(env: Env, image: Path) -> None:
     rec = env.create("mine", image)
-    _set_state(rec.base_dir, "creating")
+    _set_state(env.paths(rec).base_dir, "creating")
     # Someone else mounted their own tmpfs over our mount point.
     helpers.sh("mount", "-t", "tmpfs", "someone-else", rec.mountpoint)
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from overlayd.errors import CommitFailed, InvalidSpec
 from overlayd.host.linux import LinuxHost
-from overlayd.host.mountinfo import read_mounts
+from overlayd.host.mounts import read_mounts
 from overlayd.model import parse_spec
 from tests import helpers
 from tests.kernel.conftest import Env
@@ -41,7 +41,7 @@ def test_recovery_adopts_a_live_overlay_left_in_committing(env: Env, image: Path
 
     rec = env.create("late", image)
     before = [m.mount_id for m in read_mounts() if m.target == rec.mountpoint]
-    record = Path(rec.base_dir) / "overlay.json"
+    record = Path(env.paths(rec).base_dir) / "overlay.json"
     data = json.loads(record.read_text())
     data["state"] = "committing"  # stopped after the commit remounted, before saving
     record.write_text(json.dumps(data))
@@ -65,7 +65,7 @@ def test_a_deep_tree_fails_cleanly_and_keeps_the_writes(env: Env, image: Path) -
         env.run(env.manager.commit("deep"))
     assert (d / "leaf").read_text() == "deep\n"
     assert env.manager.get("deep").state.value == "active"
-    lower = [m for m in read_mounts() if m.target == rec.lower_dir][-1]
+    lower = [m for m in read_mounts() if m.target == env.paths(rec).lower_dir][-1]
     assert "ro" in lower.options, "the image is back to read-only"
     env.run(env.manager.discard("deep"))
 
@@ -124,7 +124,7 @@ def test_open_as_gives_the_callers_errno(root: Path) -> None:
     fd = open_as(str(secret), 0)
     assert stat.S_ISREG(os.fstat(fd).st_mode)
     os.close(fd)
-    assert LinuxHost().user_name(NOBODY) == "nobody"
+    assert LinuxHost().system.user_name(NOBODY) == "nobody"
 
 
 def test_mount_point_through_a_symlink(env: Env, image: Path, root: Path, run) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from overlayd.checks import (
-    PINNED,
     check_mountpoint,
     check_overlay_options,
     choose_fstype,
@@ -17,9 +16,19 @@ from overlayd.checks import (
 from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec, LimitExceeded, MountFailed
 from overlayd.fstype import REFUSAL
-from overlayd.host.mountinfo import MountInfo
 from overlayd.layout import SOURCE_PREFIX, Layout, is_within, mount_source
-from overlayd.model import LowerKind, Overlay, OverlaySpec, OverlayState, parse_spec
+from overlayd.model import (
+    Lower,
+    LowerKind,
+    Merged,
+    Overlay,
+    OverlaySpec,
+    OverlayState,
+    Upper,
+    parse_spec,
+)
+from overlayd.mountinfo import MountInfo
+from overlayd.overlayfs import PINNED
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -33,11 +42,10 @@ def spec(**kw: Any) -> OverlaySpec:
 
 
 def record(name: str, mountpoint: str) -> Overlay:
-    base = f"/run/overlayd/{name}"
     return Overlay(
-        name=name, state=OverlayState.ACTIVE, image="/srv/img.raw", image_kind=LowerKind.FILE,
-        fstype="ext4", mountpoint=mountpoint, size=GiB, base_dir=base, lower_dir=f"{base}/lower",
-        tmpfs_dir=f"{base}/rw", upper_dir=f"{base}/rw/upper", work_dir=f"{base}/rw/work",
+        name=name, state=OverlayState.ACTIVE,
+        lowers=(Lower(kind=LowerKind.FILE, image="/srv/img.raw", fstype="ext4"),),
+        upper=Upper(size=GiB), merged=Merged(mountpoint=mountpoint),
     )
 
 
@@ -360,10 +368,10 @@ def test_layout_paths() -> None:
     assert lay.base == Path("/run/overlayd/demo")
     assert lay.record == Path("/run/overlayd/demo/overlay.json")
     assert lay.lower == Path("/run/overlayd/demo/lower")
-    assert lay.tmpfs == Path("/run/overlayd/demo/rw")
+    assert lay.upper_mount == Path("/run/overlayd/demo/rw")
     assert lay.upper == Path("/run/overlayd/demo/rw/upper")
     assert lay.work == Path("/run/overlayd/demo/rw/work")
-    assert is_within(lay.upper, lay.tmpfs) and is_within(lay.work, lay.tmpfs)
+    assert is_within(lay.upper, lay.upper_mount) and is_within(lay.work, lay.upper_mount)
 
 
 def test_mount_source() -> None:

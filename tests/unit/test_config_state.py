@@ -11,8 +11,17 @@ from pydantic import ValidationError
 
 from overlayd.config import DEFAULT_CONFIG, DaemonConfig, load_config
 from overlayd.errors import InvalidSpec
-from overlayd.model import LowerKind, Overlay, OverlayState
-from overlayd.state import dump_record, load_record
+from overlayd.model import (
+    RECORD_VERSION,
+    CommitPhase,
+    Lower,
+    LowerKind,
+    Merged,
+    Overlay,
+    OverlayState,
+    Upper,
+)
+from overlayd.state import RecordError, RecordTooNew, dump_record, load_record
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -187,14 +196,22 @@ def test_huge_size_string_is_invalid_spec(tmp_path: Path) -> None:
 # --- state records -----------------------------------------------------------------------------
 
 def record(**kw: Any) -> Overlay:
-    base = "/run/overlayd/demo"
+    """A record; flat keyword names (image, image_kind, fstype, size, ...) reach into its
+    parts, so each case below says only what it changes."""
+    lower = {"kind": LowerKind.FILE, "image": "/srv/img.raw", "dev": 2049, "ino": 12,
+             "fstype": "ext4", "loop_device": "/dev/loop3"}
+    upper = {"size": GiB}
+    merged = {"mountpoint": "/run/overlayd/mnt/demo", "created": True,
+              "options": ("nosuid", "nodev")}
+    for flat, (part, key) in {"image": (lower, "image"), "image_kind": (lower, "kind"),
+                              "fstype": (lower, "fstype"), "loop_device": (lower, "loop_device"),
+                              "size": (upper, "size"), "mountpoint": (merged, "mountpoint"),
+                              "mount_options": (merged, "options")}.items():
+        if flat in kw:
+            part[key] = kw.pop(flat)
     fields: dict[str, Any] = dict(
-        name="demo", state=OverlayState.ACTIVE, image="/srv/img.raw", image_kind=LowerKind.FILE,
-        image_dev=2049, image_ino=12, fstype="ext4", mountpoint="/run/overlayd/mnt/demo",
-        mountpoint_created=True, size=GiB, mount_options=("nosuid", "nodev"),
-        loop_device="/dev/loop3", base_dir=base, lower_dir=f"{base}/lower",
-        tmpfs_dir=f"{base}/rw", upper_dir=f"{base}/rw/upper", work_dir=f"{base}/rw/work",
-        owner_uid=1000, created_usec=1_700_000_000_000_000,
+        name="demo", state=OverlayState.ACTIVE, lowers=(Lower(**lower),), upper=Upper(**upper),
+        merged=Merged(**merged), owner_uid=1000, created_usec=1_700_000_000_000_000,
     )
     fields.update(kw)
     return Overlay(**fields)
@@ -207,69 +224,99 @@ def record(**kw: Any) -> Overlay:
            image_kind=LowerKind.DIRECTORY, fstype="squashfs"),
     record(image_kind=LowerKind.BLOCK, image="/dev/sdb1", size=(1 << 64) - 1,
            name="x.y_z", mountpoint="/srv/with space/and\nnewline"),
-], ids=["active", "creating", "failed", "block"])
+    record(state=OverlayState.COMMITTING, commit_phase=CommitPhase.APPLYING,
+           half_committed=True),
+], ids=["active", "creating", "failed", "block", "committing"])
 def test_record_round_trip(rec: Overlay) -> None:
-    text = dump_record(rec)
-    assert text.endswith("\n")
-    loaded = load_record(text)
+    data = dump_record(rec)
+    assert data.endswith(b"\n")
+    loaded = load_record(data)
     assert loaded == rec
-    assert loaded is not None
     assert isinstance(loaded.state, OverlayState)
     assert isinstance(loaded.image_kind, LowerKind)
     assert isinstance(loaded.mount_options, tuple)
 
 
-def test_record_json_is_plain() -> None:
+def test_record_json_is_plain_and_stores_no_derived_paths() -> None:
     data = json.loads(dump_record(record()))
-    assert data["version"] == 1
+    assert data["version"] == RECORD_VERSION == 2
     assert data["state"] == "active"
-    assert data["image_kind"] == "file"
-    assert data["mount_options"] == ["nosuid", "nodev"]
+    assert data["lowers"][0]["kind"] == "file"
+    assert data["merged"]["options"] == ["nosuid", "nodev"]
+    assert data["upper"] == {"kind": "tmpfs", "size": GiB}
+    assert not [k for k in json.dumps(data).split('"') if k.endswith("_dir")]
 
 
-def test_record_ignores_unknown_keys() -> None:
+def test_record_of_a_newer_version_is_refused_not_stripped() -> None:
+    data = json.loads(dump_record(record()))
+    data["version"] = RECORD_VERSION + 1
+    data["layers_of_the_future"] = [{"x": 1}]
+    with pytest.raises(RecordTooNew, match="newer overlayd"):
+        load_record(json.dumps(data).encode())
+
+
+def test_record_with_unknown_keys_is_refused() -> None:
     data = json.loads(dump_record(record()))
     data["from_a_newer_daemon"] = {"x": 1}
-    assert load_record(json.dumps(data)) == record()
+    with pytest.raises(RecordError, match="from_a_newer_daemon"):
+        load_record(json.dumps(data).encode())
+
+
+def test_version_1_record_is_migrated() -> None:
+    base = "/run/overlayd/demo"
+    v1 = {"version": 1, "name": "demo", "state": "active", "image": "/srv/img.raw",
+          "image_kind": "file", "image_dev": 2049, "image_ino": 12, "fstype": "ext4",
+          "mountpoint": "/run/overlayd/mnt/demo", "mountpoint_created": True, "size": GiB,
+          "mount_options": ["nosuid", "nodev"], "loop_device": "/dev/loop3",
+          "base_dir": base, "lower_dir": f"{base}/lower", "tmpfs_dir": f"{base}/rw",
+          "upper_dir": f"{base}/rw/upper", "work_dir": f"{base}/rw/work", "owner_uid": 1000,
+          "created_usec": 1_700_000_000_000_000, "error": ""}
+    assert load_record(json.dumps(v1).encode()) == record()
 
 
 def test_record_defaults_for_missing_optional_keys() -> None:
     data = json.loads(dump_record(record()))
-    for key in ("error", "loop_device", "owner_uid", "created_usec", "mountpoint_created"):
+    for key in ("error", "owner_uid", "created_usec", "commit_phase", "half_committed"):
         del data[key]
-    loaded = load_record(json.dumps(data))
-    assert loaded is not None
+    del data["lowers"][0]["loop_device"]
+    loaded = load_record(json.dumps(data).encode())
     assert (loaded.error, loaded.loop_device, loaded.owner_uid) == ("", "", 0)
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "\n",
-    "garbage",
-    "{",
-    '{"name": "demo"',
-    "[]",
-    "null",
-    "42",
-    "{}",
-    '{"name": "demo"}',
-    '{"name": "demo", "state": "active"}',
-    "\0\0\0\0",
-    "\ufffd\ufffd",
+@pytest.mark.parametrize("data", [
+    b"",
+    b"\n",
+    b"garbage",
+    b"{",
+    b'{"name": "demo"',
+    b"[]",
+    b"null",
+    b"42",
+    b"{}",
+    b'{"name": "demo"}',
+    b'{"name": "demo", "state": "active"}',
+    b"\0\0\0\0",
+    "\ufffd\ufffd".encode(),
+    b"\xff\xfe not utf-8",
+    b'{"version": "2"}',
+    b'{"version": true}',
 ])
-def test_load_record_garbage(text: str) -> None:
-    assert load_record(text) is None
+def test_load_record_garbage(data: bytes) -> None:
+    with pytest.raises(RecordError):
+        load_record(data)
 
 
 def test_load_record_half_written() -> None:
-    text = dump_record(record())
-    for cut in range(0, len(text) - 2, 7):
-        assert load_record(text[:cut]) is None
+    data = dump_record(record())
+    for cut in range(0, len(data) - 2, 7):
+        with pytest.raises(RecordError):
+            load_record(data[:cut])
 
 
-@pytest.mark.parametrize(("key", "value"), [("state", "exploded"), ("image_kind", "tape"),
-                                            ("size", "big"), ("name", None)])
+@pytest.mark.parametrize(("key", "value"), [("state", "exploded"), ("lowers", []),
+                                            ("upper", {"size": "big"}), ("name", None)])
 def test_load_record_bad_values(key: str, value: Any) -> None:
     data = json.loads(dump_record(record()))
     data[key] = value
-    assert load_record(json.dumps(data)) is None
+    with pytest.raises(RecordError):
+        load_record(json.dumps(data).encode())

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from overlayd import ops
 from overlayd.config import DaemonConfig
 from overlayd.errors import (
     CommitFailed,
@@ -25,14 +24,14 @@ from overlayd.errors import (
 )
 from overlayd.host.fake import FakeHost
 from overlayd.manager import OverlayManager
-from overlayd.model import OverlayState, parse_spec
+from overlayd.model import Overlay, OverlayState, parse_spec
 
 CFG = DaemonConfig(runtime_dir=Path("/run/overlayd"))
 IMG = "/srv/disk.img"
 
 
 def new_host(**kw: Any) -> FakeHost:
-    host = FakeHost(images={IMG: "ext4"}, **kw)
+    host = FakeHost(image_fstypes={IMG: "ext4"}, **kw)
     host.dirs.add("/run/overlayd")
     return host
 
@@ -41,10 +40,33 @@ def spec(name: str = "demo", **kw: Any) -> Any:
     return parse_spec({"name": name, "image": IMG, **kw})
 
 
+def run(coro: Any) -> Any:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def manager(host: FakeHost, **cfg: Any) -> OverlayManager:
+    return OverlayManager(DaemonConfig(runtime_dir=Path("/run/overlayd"), **cfg), host)
+
+
+def create(host: FakeHost) -> Overlay:
+    """Create as the daemon does it (a started manager), counting only Create's calls."""
+    async def go() -> Overlay:
+        mgr = manager(host)
+        await mgr.start()
+        host.calls.clear()
+        return await mgr.create(spec())
+    result: Overlay = run(go())
+    return result
+
+
 def create_calls() -> list[tuple[str, int]]:
     """Every host call a successful Create makes, as (method, nth call of that method)."""
     host = new_host()
-    ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+    create(host)
     seen: dict[str, int] = {}
     out = []
     for name in host.calls:
@@ -55,13 +77,13 @@ def create_calls() -> list[tuple[str, int]]:
 
 def settled(host: FakeHost) -> dict[str, Any]:
     return {"mounts": host.mount_table, "loops": host.loops, "loop_fds": host.loop_fds,
-            "files": host.files, "fds": host.open_fds,
+            "files": host.file_data, "fds": host.open_fds,
             "dirs": host.dirs - {"/run/overlayd", "/run/overlayd/mnt"}}
 
 
 def test_successful_create_makes_every_layer() -> None:
     host = new_host()
-    rec = ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+    rec = create(host)
     assert [m.fstype for m in host.mount_table] == ["ext4", "tmpfs", "overlay"]
     assert rec.state is OverlayState.ACTIVE and host.open_fds == 0
     assert rec.loop_device in host.loops and not host.loop_fds
@@ -72,7 +94,7 @@ def test_create_rolls_back_every_step(step: tuple[str, int]) -> None:
     host = new_host(fail_nth={step: MountFailed(f"injected at {step}")})
     empty = settled(new_host())
     with pytest.raises(MountFailed, match="injected"):
-        ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+        create(host)
     assert settled(host) == empty
 
 
@@ -80,17 +102,9 @@ def test_rollback_goes_on_when_an_undo_fails(caplog: pytest.LogCaptureFixture) -
     host = new_host(fail={"mount_overlay": MountFailed("overlay refused")},
                     busy={"/run/overlayd/demo/rw"})
     with pytest.raises(MountFailed, match="overlay refused"):
-        ops.create(host, CFG, spec(), [], owner_uid=0, now_usec=1)
+        create(host)
     assert [m.fstype for m in host.mount_table] == ["tmpfs"], "only the stuck step is left"
     assert "Failed to undo 'unmount the tmpfs'" in caplog.text
-
-
-def run(coro: Any) -> Any:
-    return asyncio.new_event_loop().run_until_complete(coro)
-
-
-def manager(host: FakeHost, **cfg: Any) -> OverlayManager:
-    return OverlayManager(DaemonConfig(runtime_dir=Path("/run/overlayd"), **cfg), host)
 
 
 def test_two_creates_of_one_name_exactly_one_wins() -> None:
@@ -191,11 +205,10 @@ def test_recovery_on_fake_adopts_and_cleans() -> None:
     run(first.start())
     run(first.create(spec("keep")))
     run(first.create(spec("half")))
-    half = first.get("half")
-    half.state = OverlayState.CREATING
+    half = first.get("half").evolve(state=OverlayState.CREATING)
     from overlayd.state import dump_record
 
-    host.files[f"{half.base_dir}/overlay.json"] = dump_record(half)
+    host.file_data["/run/overlayd/half/overlay.json"] = dump_record(half)
     second = manager(host)
     result = run(second.start())
     assert [r.name for r in result.adopted] == ["keep"] and result.cleaned == ["half"]

@@ -1,4 +1,4 @@
-"""Parsing /proc/self/mountinfo lines (overlayd.host.mountinfo)."""
+"""Parsing /proc/self/mountinfo lines (overlayd.mountinfo)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.host.mountinfo import MountInfo, parse, parse_line, read_mounts, unescape
+from overlayd.host.mounts import read_mounts
+from overlayd.mountinfo import MountInfo, parse, parse_line, unescape
 
 # proc(5)'s own example.
 PROC5 = "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue"

@@ -1,4 +1,5 @@
-"""Parsing /proc/self/mountinfo (proc(5)). Pure apart from ``read_mounts``."""
+"""The mount table as overlayd sees it: ``MountInfo`` and the /proc/self/mountinfo parser
+(proc(5)). Pure; reading the file is the host's job (``host/mounttable.py``)."""
 
 from __future__ import annotations
 
@@ -60,8 +61,3 @@ def parse_line(line: str) -> MountInfo:
 
 def parse(text: str) -> list[MountInfo]:
     return [parse_line(line) for line in text.splitlines() if line.strip()]
-
-
-def read_mounts(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
-    with open(path) as f:
-        return parse(f.read())

@@ -1,0 +1,168 @@
+"""Commit: unmount, apply the upper to the image opened read-write, sync, go back
+read-only, remount on a fresh upper. On failure the upper is kept and the overlay is
+mounted again over it, so nothing is lost. For a caller other than root the image must
+open read-write as that caller.
+
+Checkpoints (``Checkpoint``) tell the manager how far it got, so that a daemon killed in
+the middle leaves a record recovery can finish from: APPLYING once the image is about to
+be written, APPLIED once every write is in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from overlayd.engine import steps
+from overlayd.errors import CommitFailed, NoSpace, OverlayBusy, OverlaydError, describe_holders
+from overlayd.host.ports import Applied, Host, ImageInfo, Progress
+from overlayd.layout import Layout
+from overlayd.model import CommitPhase, LowerKind, Overlay
+from overlayd.mountinfo import MountInfo
+from overlayd.overlayfs import READ_ONLY_FSTYPES
+
+Checkpoint = Callable[[CommitPhase], None]
+
+
+@dataclass
+class Committed:
+    """What a commit did. ERROR set: the writes are still in RAM (REMOUNTED says whether
+    the overlay is mounted again). The manager raises ``outcome_error()``."""
+
+    name: str
+    applied: Applied | None = None
+    error: OverlaydError | None = None
+    remount_problems: list[str] = field(default_factory=list)
+    loop_device: str | None = None  # the read-only loop device now under the overlay
+    free_old_upper: Callable[[], None] = lambda: None  # call after replying: frees RAM
+
+    @property
+    def remounted(self) -> bool:
+        return not self.remount_problems
+
+    def outcome_error(self, upper_dir: str) -> OverlaydError | None:
+        problems = "; ".join(self.remount_problems)
+        if self.error is not None:
+            if problems:
+                return CommitFailed(f"{self.error} The overlay could not be mounted again "
+                                    f"({problems}); the writes are still in RAM under "
+                                    f"'{upper_dir}'.")
+            text = (f"Commit of overlay '{self.name}' failed: {self.error} Nothing was lost: "
+                    "the writes are still in RAM and the overlay is mounted again; fix the "
+                    "cause and commit again.")
+            return NoSpace(text) if isinstance(self.error, NoSpace) else CommitFailed(text)
+        if problems:
+            return CommitFailed(f"The changes of overlay '{self.name}' were written to the "
+                                f"image, but the overlay could not be mounted again: "
+                                f"{problems}.")
+        return None
+
+
+def refuse_early(rec: Overlay, as_uid: int) -> None:
+    """What makes a commit impossible before anything is touched."""
+    if rec.fstype in READ_ONLY_FSTYPES:
+        raise CommitFailed(f"Overlay '{rec.name}' cannot be committed: its image holds "
+                           f"{rec.fstype}, which is read-only by design. The writes stay in RAM; "
+                           "Diff lists them, and Discard throws them away.")
+    if as_uid != 0 and rec.image_kind is LowerKind.DIRECTORY:
+        raise CommitFailed(f"Only root may commit overlay '{rec.name}': its lower is the "
+                           f"directory '{rec.image}', and overlayd would write into it as root.")
+
+
+def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
+        checkpoint: Checkpoint, *, as_uid: int = 0) -> Committed:
+    refuse_early(rec, as_uid)
+    # Open the image both ways before anything changes: a file that can't be opened (or
+    # was replaced) fails the commit here, and the way back never depends on the path.
+    lower = rec.lowers[0]
+    rw = ro = None
+    dir_fd: int | None = None
+    if rec.image_kind is LowerKind.DIRECTORY:
+        dir_fd = host.images.open_lower_dir(rec.image, lower.dev, lower.ino)
+    else:
+        rw = host.images.reopen_image(rec.image, lower.dev, lower.ino, writable=True,
+                                      as_uid=as_uid)
+        try:
+            ro = host.images.reopen_image(rec.image, lower.dev, lower.ino, writable=False)
+        except BaseException:
+            host.images.close_image(rw)
+            raise
+    try:
+        return _commit_opened(host, rec, layout, progress, checkpoint, rw, ro, dir_fd)
+    finally:
+        for info in (rw, ro):
+            if info is not None:
+                host.images.close_image(info)
+        if dir_fd is not None:
+            host.images.close_fd(dir_fd)
+
+
+def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
+                   checkpoint: Checkpoint, rw: ImageInfo | None, ro: ImageInfo | None,
+                   dir_fd: int | None) -> Committed:
+    # Computed before anything is unmounted: a failure here must leave the overlay up.
+    driver = steps.driver_for(host, rec.fstype) if rec.fstype else ""
+    mounts = host.mounts.table()
+    try:
+        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name), mounts=mounts)
+    except OverlayBusy as e:
+        raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
+                          f"{describe_holders(e.holders)}; close those files and try again.",
+                          e.holders) from None
+    out = Committed(rec.name)
+    try:
+        target = steps.lower_sources(rec, layout, dir_fd)[0]
+        checkpoint(CommitPhase.APPLYING)
+        if rw is not None:
+            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout), mounts=mounts)
+            steps.mount_lower(host, rec, layout, rw, driver, read_only=False)
+            target = str(layout.lower)
+        out.applied = host.layers.apply_upper(str(layout.upper), target, progress)
+        host.mounts.syncfs(target)
+    except Exception as e:  # whatever happened, the overlay must come back (below)
+        out.error = e if isinstance(e, OverlaydError) else CommitFailed(steps.unexpected(e))
+    _restore(host, rec, layout, driver, ro, dir_fd, checkpoint, out)
+    return out
+
+
+def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInfo | None,
+             dir_fd: int | None, checkpoint: Checkpoint, out: Committed) -> None:
+    """Back to read-only, a fresh upper if the writes are in the image, the overlay up."""
+    def step(what: str, fn: Callable[[], object]) -> bool:
+        try:
+            fn()
+            return True
+        except Exception as e:  # record it and stop: later steps build on this one
+            text = str(e) if isinstance(e, OverlaydError) else steps.unexpected(e)
+            out.remount_problems.append(f"{what}: {text}")
+            return False
+
+    lower_dir = str(layout.lower)
+    mounts: list[MountInfo] = []
+    if not step("read the mount table", lambda: mounts.extend(host.mounts.table())):
+        return
+    if ro is not None:
+        lower = steps.top(mounts, lower_dir)
+        if lower is not None and "ro" not in lower.options:
+            if not step("unmount the image", lambda: host.mounts.unmount(
+                    lower_dir, steps.owns_lower(rec, layout), mounts=mounts)):
+                return
+            lower = None
+        if lower is None:
+            def remount() -> None:
+                out.loop_device = steps.mount_lower(host, rec, layout, ro, driver,
+                                                    read_only=True)
+            if not step("mount the image read-only", remount):
+                return
+    if out.error is None:
+        def renew() -> None:
+            checkpoint(CommitPhase.APPLIED)
+            upper_mount = str(layout.upper_mount)
+            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount,
+                                                             mounts=mounts)
+            host.upper.make(rec.name, upper_mount, rec.size)
+            host.layers.prepare_upper(steps.lower_sources(rec, layout, dir_fd)[0],
+                                      str(layout.upper), str(layout.work))
+        if not step("start a fresh upper", renew):
+            return
+    step("mount the overlay", lambda: steps.mount_merged(host, rec, layout, dir_fd))

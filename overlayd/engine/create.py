@@ -1,0 +1,124 @@
+"""Create, in two halves around the first record the manager saves:
+
+``prepare`` decides everything and opens what it needs (the image, the mount point) but
+changes nothing; ``build`` makes the layers and the mount, undoing every completed step in
+reverse when a later one fails; ``release`` closes what ``prepare`` opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from overlayd import checks
+from overlayd.config import DaemonConfig
+from overlayd.engine import steps
+from overlayd.errors import InvalidSpec
+from overlayd.host.ports import Host, ImageInfo
+from overlayd.layout import Layout
+from overlayd.model import Lower, LowerKind, Merged, Overlay, OverlaySpec, OverlayState, Upper
+from overlayd.rollback import Rollback
+
+
+@dataclass
+class Prepared:
+    record: Overlay  # in state CREATING: what the manager saves before build
+    layout: Layout
+    info: ImageInfo  # the image, open
+    driver: str  # the kernel driver that mounts it
+    mountpoint_fd: int | None  # the caller's mount point, open (None: the default one)
+
+
+def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Overlay], *,
+            owner_uid: int, now_usec: int) -> Prepared:
+    size = checks.choose_size(spec, cfg, host.system.memory_total())
+    rb = Rollback()
+    # A caller's mount point is opened once; the checks and the mount use that directory,
+    # so no symlink swapped in between can move the mount (non-root: no symlinks at all).
+    is_default = spec.mountpoint is None
+    mp_fd: int | None = None
+    try:
+        if is_default:
+            mountpoint = cfg.default_mountpoint(spec.name)
+        else:
+            mp_fd, mountpoint = host.mounts.open_mountpoint(spec.mountpoint or "",
+                                                           follow_symlinks=owner_uid == 0)
+            rb.push("close the mount point", host.images.close_fd, mp_fd)
+        options = spec.mount_options
+        if owner_uid != 0:
+            checks.check_user_mountpoint(mountpoint, owner_uid,
+                                         host.system.user_name(owner_uid), cfg)
+            options = checks.user_mount_options(options)
+        kind = host.files.path_kind(mountpoint) if is_default else "directory"
+        checks.check_mountpoint(mountpoint, kind, is_default=is_default, cfg=cfg,
+                                mounts=host.mounts.table(), overlays=existing)
+        info = host.images.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
+        rb.push("close the image", host.images.close_image, info)
+        shown = spec.image or info.path
+        if info.kind is LowerKind.DIRECTORY:
+            fstype, driver = "", ""
+            if spec.fstype is not None:
+                raise InvalidSpec(f"The image '{shown}' is a directory; it has no 'fstype'.",
+                                  "fstype")
+        else:
+            fstype, driver = checks.choose_fstype(shown, spec.fstype, info.detected_fstype,
+                                                  host.system.kernel_filesystems())
+    except BaseException:
+        rb.unwind()
+        raise
+    rec = Overlay(
+        name=spec.name, state=OverlayState.CREATING,
+        lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
+                      fstype=fstype),),
+        upper=Upper(kind=host.upper.kind, size=size),
+        merged=Merged(mountpoint=mountpoint, created=is_default, options=options),
+        owner_uid=owner_uid, created_usec=now_usec,
+    )
+    return Prepared(rec, Layout.for_overlay(cfg.runtime_dir, spec.name), info, driver, mp_fd)
+
+
+def build(host: Host, cfg: DaemonConfig, p: Prepared,
+          finish: Callable[[Overlay], None]) -> Overlay:
+    """Make the lower, the upper and the merged mount, then FINISH(the record as built):
+    the manager's last step (saving it ACTIVE), inside the undo scope. The record as
+    built (still CREATING). On failure nothing of it is left."""
+    rec, layout = p.record, p.layout
+    rb = Rollback()
+    try:
+        if rec.image_kind is not LowerKind.DIRECTORY:
+            _make_dir(host, rb, str(layout.lower), 0o755)
+            device = steps.mount_lower(host, rec, layout, p.info, p.driver, read_only=True,
+                                       rb=rb)
+            rec = rec.evolve(lowers=(rec.lowers[0].model_copy(update={"loop_device": device}),
+                                     *rec.lowers[1:]))
+        _make_dir(host, rb, str(layout.upper_mount), 0o700)
+        host.upper.make(rec.name, str(layout.upper_mount), rec.size)
+        rb.push(f"unmount the {rec.upper.kind}", host.mounts.unmount, str(layout.upper_mount),
+                host.upper.owns(rec.name))
+        host.layers.prepare_upper(steps.lower_sources(rec, layout)[0], str(layout.upper),
+                                  str(layout.work))
+        if rec.merged.created:
+            if host.files.path_kind(str(cfg.mount_root_dir)) == "missing":
+                host.files.make_dir(str(cfg.mount_root_dir), 0o755)  # shared; never removed
+            if host.files.path_kind(rec.mountpoint) == "missing":
+                _make_dir(host, rb, rec.mountpoint, 0o755)
+        steps.mount_merged(host, rec, layout, target_fd=p.mountpoint_fd)
+        rb.push("unmount the overlay", host.mounts.unmount, rec.mountpoint,
+                host.merge.owns(rec.name))
+        host.merge.verify(rec.name, rec.mountpoint, host.mounts.table())
+        finish(rec)
+    except BaseException:
+        rb.unwind()
+        raise
+    return rec
+
+
+def release(host: Host, p: Prepared) -> None:
+    host.images.close_image(p.info)
+    if p.mountpoint_fd is not None:
+        host.images.close_fd(p.mountpoint_fd)
+
+
+def _make_dir(host: Host, rb: Rollback, path: str, mode: int) -> None:
+    host.files.make_dir(path, mode)
+    rb.push(f"remove '{path}'", host.files.remove_dir, path)

@@ -1,0 +1,170 @@
+"""Recovery at start: reconcile the state records with the mount table.
+
+Adopt what is live, finish what an interrupted procedure left (every step of Create,
+Commit and Discard has a way out, see below), remove what a dead daemon left half-made,
+and adopt live overlays that have no usable record (boot overlays, or a record someone
+damaged) from the mount table. A record from a newer overlayd is left as it is, with
+everything it describes. Returns what it decided; the manager saves and removes records.
+
+Where a killed procedure leaves things, and what recovery does:
+- Create (record CREATING, any layer up or not): tear down, remove.
+- Commit, record COMMITTING:
+  - phase NONE (nothing written yet) or APPLYING (the image holds part of the writes, the
+    upper all of them): the image back read-only, the overlay back over the same upper;
+    APPLYING also marks the overlay half-committed.
+  - phase APPLIED (every write is in the image): a fresh upper (whatever the old one's
+    state), the image read-only, the overlay back up.
+- Discard (record DISCARDING): finish the teardown, remove.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from overlayd import adopt
+from overlayd.config import DaemonConfig
+from overlayd.engine import steps, teardown
+from overlayd.errors import CommitFailed, OverlaydError
+from overlayd.host.ports import Host, Owned
+from overlayd.layout import Layout
+from overlayd.model import CommitPhase, LowerKind, Overlay, OverlaySpec, OverlayState
+from overlayd.mountinfo import MountInfo
+from overlayd.store import StateStore, Unreadable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recovery:
+    adopted: list[Overlay] = field(default_factory=list)  # to make ACTIVE, save, register
+    repaired: list[str] = field(default_factory=list)  # brought back after an interruption
+    cleaned: list[str] = field(default_factory=list)  # half-made or dead: records to remove
+    # adopted from their mounts alone, without a record: boot overlays (or units made with
+    # overlayctl render), or overlays whose record could not be read
+    booted: list[str] = field(default_factory=list)
+    half_committed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def recover(host: Host, cfg: DaemonConfig, store: StateStore,
+            boot: dict[str, OverlaySpec] | None = None, now_usec: int = 0) -> Recovery:
+    """BOOT: the specs of boot overlays (their mount units, not a daemon, made them)."""
+    boot = boot or {}
+    result = Recovery()
+    mounts = host.mounts.table()
+    for name in store.names():
+        try:
+            _recover_name(host, cfg, store, name, boot.get(name), mounts, now_usec, result)
+        except OverlaydError as e:
+            result.problems.append(f"{name}: {e}")
+    return result
+
+
+def _recover_name(host: Host, cfg: DaemonConfig, store: StateStore, name: str,
+                  spec: OverlaySpec | None, mounts: list[MountInfo], now_usec: int,
+                  result: Recovery) -> None:
+    loaded = store.load(name)
+    if isinstance(loaded, Unreadable):
+        if loaded.too_new:
+            raise OverlaydError(f"its state record cannot be used: {loaded.reason}; leaving "
+                                "it and its mounts as they are.")
+        result.problems.append(f"{name}: its state record cannot be used ({loaded.reason}); "
+                               "adopting the overlay from the mount table if it is mounted.")
+        loaded = None
+    if loaded is not None:
+        _recover_one(host, loaded, store.layout(name), mounts, result)
+        return
+    # Create writes the record before its first mount and teardown removes it last, so
+    # live mounts without a record are not a dead daemon's leftovers: a boot overlay, or
+    # one made by hand from 'overlayctl render'. Adopt them or keep hands off.
+    adopted = adopt.adopt_unrecorded(host, cfg, name, spec, mounts, now_usec)
+    if adopted is not None:
+        result.adopted.append(adopted)
+        result.booted.append(name)
+        return
+    _clean_unrecorded(host, cfg, name)
+    result.cleaned.append(name)
+
+
+def _recover_one(host: Host, rec: Overlay, layout: Layout, mounts: list[MountInfo],
+                 result: Recovery) -> None:
+    def mounted(path: str, owned: Owned) -> bool:
+        m = steps.top(mounts, path)
+        return m is not None and owned(m)
+
+    upper_mount = str(layout.upper_mount)
+    upper_alive = mounted(upper_mount, host.upper.owns(rec.name))
+    applied = rec.state is OverlayState.COMMITTING and rec.commit_phase is CommitPhase.APPLIED
+    if rec.state in (OverlayState.CREATING, OverlayState.DISCARDING) or \
+            (not upper_alive and not applied):
+        stopped = teardown.run(host, rec, layout, force=True)
+        if stopped is not None:
+            raise stopped.error
+        result.cleaned.append(rec.name)
+        return
+    overlay_up = mounted(rec.mountpoint, host.merge.owns(rec.name))
+    lower = steps.top(mounts, str(layout.lower))
+    lower_ok = rec.image_kind is LowerKind.DIRECTORY or (
+        lower is not None and steps.owns_lower(rec, layout)(lower) and "ro" in lower.options)
+    if overlay_up:
+        if not lower_ok:  # never seen: overlay up over a read-write image. Hands off.
+            raise CommitFailed(f"Overlay '{rec.name}' is mounted but its image is not mounted "
+                               "read-only; leaving it as it is for an admin to look at.")
+        result.adopted.append(_settled(rec, half=False))
+        return
+    # An interrupted commit, or the overlay unmounted behind our back: the writes are in
+    # the upper (or, past APPLIED, in the image), so bring the overlay back over the
+    # read-only image.
+    device = rec.loop_device
+    if not lower_ok:
+        driver = steps.driver_for(host, rec.fstype)
+        if lower is not None:
+            host.mounts.syncfs(str(layout.lower))
+            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout))
+        info = host.images.reopen_image(rec.image, rec.lowers[0].dev, rec.lowers[0].ino,
+                                        writable=False)
+        try:
+            device = steps.mount_lower(host, rec, layout, info, driver, read_only=True)
+        finally:
+            host.images.close_image(info)
+    if applied:
+        if upper_alive:
+            host.mounts.unmount(upper_mount, host.upper.owns(rec.name))
+        host.upper.make(rec.name, upper_mount, rec.size)
+        host.layers.prepare_upper(steps.lower_sources(rec, layout)[0] if rec.image_kind
+                                  is not LowerKind.DIRECTORY else rec.image,
+                                  str(layout.upper), str(layout.work))
+    steps.mount_merged_checked(host, rec, layout)
+    half = rec.state is OverlayState.COMMITTING and rec.commit_phase is CommitPhase.APPLYING
+    rec = rec.evolve(lowers=(rec.lowers[0].model_copy(update={"loop_device": device}),
+                             *rec.lowers[1:]))
+    result.adopted.append(_settled(rec, half=half))
+    result.repaired.append(rec.name)
+    if half or rec.half_committed:
+        result.half_committed.append(rec.name)
+
+
+def _settled(rec: Overlay, *, half: bool) -> Overlay:
+    """REC as recovery leaves it (the manager makes it ACTIVE): no commit under way;
+    half-committed if a commit stopped while writing the image (or an earlier one did and
+    none has finished since)."""
+    return rec.evolve(commit_phase=CommitPhase.NONE, half_committed=rec.half_committed or half)
+
+
+def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str) -> None:
+    """A directory without a usable record and with nothing mounted: remove what is left
+    (the state store removes the record, its temporary and the directory)."""
+    layout = Layout.for_overlay(cfg.runtime_dir, name)
+    for d in (str(layout.lower), str(layout.upper_mount)):
+        if host.files.path_kind(d) == "directory":
+            try:
+                host.files.remove_dir(d)
+            except OverlaydError:
+                log.warning("Cannot remove '%s', ignoring.", d)
+    mp = cfg.default_mountpoint(name)
+    if host.files.path_kind(mp) == "directory":
+        try:
+            host.files.remove_dir(mp)
+        except OverlaydError:
+            log.warning("Cannot remove '%s', ignoring.", mp)

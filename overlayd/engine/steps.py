@@ -1,0 +1,105 @@
+"""Steps the procedures share: mounting a lower and the merged view, ownership rules."""
+
+from __future__ import annotations
+
+import logging
+
+from overlayd import checks
+from overlayd.errors import OverlaydError
+from overlayd.host.ports import Host, ImageInfo, Owned
+from overlayd.layout import Layout
+from overlayd.model import LowerKind, Overlay
+from overlayd.mountinfo import MountInfo
+from overlayd.rollback import Rollback
+
+log = logging.getLogger(__name__)
+
+
+def owns_lower(rec: Overlay, layout: Layout) -> Owned:
+    """The lower mount sits in our private per-overlay directory and comes from the image's
+    loop device (or the image itself, for a block device)."""
+    target = str(layout.lower)
+    kind = rec.image_kind
+
+    def check(m: MountInfo) -> bool:
+        if m.target != target:
+            return False
+        return kind is LowerKind.BLOCK or m.source.startswith("/dev/loop")
+    return check
+
+
+def lower_sources(rec: Overlay, layout: Layout, dir_fd: int | None = None) -> list[str]:
+    """The overlay's lowerdirs, top first: our image mount, or the directory lower (through
+    DIR_FD, opened and verified by open_lower_dir, when the path must not be trusted)."""
+    if rec.image_kind is not LowerKind.DIRECTORY:
+        return [str(layout.lower)]
+    return [f"/proc/self/fd/{dir_fd}" if dir_fd is not None else rec.image]
+
+
+def driver_for(host: Host, fstype: str) -> str:
+    return checks.driver_for(fstype, host.system.kernel_filesystems())
+
+
+def top(mounts: list[MountInfo], path: str) -> MountInfo | None:
+    found = [m for m in mounts if m.target == path]
+    return found[-1] if found else None
+
+
+def mount_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, driver: str, *,
+                read_only: bool, rb: Rollback | None = None) -> str:
+    """Mount the image at the lower directory: through a new loop device for a file
+    (read-only or read-write as asked; autoclear detaches it when the mount goes), directly
+    for a block device. The loop device's path, or "" for a block device."""
+    target = str(layout.lower)
+    device = ""
+    if rec.image_kind is LowerKind.BLOCK:
+        host.mounts.mount_fs(info.path, target, driver, read_only=read_only)
+    else:
+        loop = host.images.attach_loop(info, read_only=read_only, name=info.path)
+        try:
+            host.mounts.mount_fs(loop.path, target, driver, read_only=read_only)
+        finally:
+            loop.release()  # the mount holds the device now; autoclear frees it after
+        device = loop.path
+    if rb is not None:
+        rb.push("unmount the image", host.mounts.unmount, target, owns_lower(rec, layout))
+    return device
+
+
+def mount_merged(host: Host, rec: Overlay, layout: Layout, dir_fd: int | None = None,
+                 target_fd: int | None = None) -> None:
+    host.merge.mount(rec.name, rec.mountpoint, lowers=lower_sources(rec, layout, dir_fd),
+                     upper=str(layout.upper), work=str(layout.work),
+                     options=rec.mount_options, target_fd=target_fd)
+
+
+def mount_merged_checked(host: Host, rec: Overlay, layout: Layout) -> None:
+    """Mount the merged view (opening a directory lower safely first)."""
+    if rec.image_kind is LowerKind.DIRECTORY:
+        dir_fd = host.images.open_lower_dir(rec.image, rec.lowers[0].dev, rec.lowers[0].ino)
+        try:
+            mount_merged(host, rec, layout, dir_fd)
+        finally:
+            host.images.close_fd(dir_fd)
+    else:
+        mount_merged(host, rec, layout)
+
+
+def unexpected(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "the tree of changes is nested too deeply to walk."
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}."
+    return f"an unexpected {type(e).__name__}."
+
+
+def remove_dirs(host: Host, rec: Overlay, layout: Layout) -> None:
+    """The mount point (if overlayd made it) and the per-overlay mount directories; the
+    record and the overlay's own directory are the state store's to remove."""
+    if rec.merged.created:
+        try:
+            host.files.remove_dir(rec.mountpoint)
+        except OverlaydError as e:  # ours but not essential; never fail a discard for it
+            log.warning("Cannot remove the mount point '%s': %s, ignoring.", rec.mountpoint, e)
+    for d in (layout.lower, layout.upper_mount):
+        host.files.remove_dir(str(d))

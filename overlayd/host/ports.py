@@ -1,0 +1,140 @@
+"""What the engine asks of the kernel: narrow ports, one per kind of resource.
+
+``Host`` bundles them; ``linux.LinuxHost`` is the real kernel, ``fake.FakeHost`` an
+in-memory stand-in with fault injection for pure-logic tests. Contract: methods raise only
+``overlayd.errors`` exceptions, with messages a person can act on; every method blocks,
+and the manager runs them off the event loop.
+
+The two seams for what comes next:
+- ``UpperBackend``: where the writes live (a tmpfs today; zram later);
+- ``MergeMount``: what merges the layers (kernel overlayfs today; FUSE later).
+A new backend implements one of these and the engine does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from overlayd.model import LowerKind, UpperKind, UpperUsage
+from overlayd.mountinfo import MountInfo
+
+Progress = Callable[[int, int], None]
+Owned = Callable[[MountInfo], bool]  # may overlayd unmount this mount?
+
+
+@dataclass
+class ImageInfo:
+    """An opened image: what Create needs to know before it attaches anything."""
+
+    path: str  # as resolved by the kernel (/proc/self/fd/N)
+    kind: LowerKind
+    dev: int
+    ino: int
+    size: int
+    detected_fstype: str | None  # None: no signature found (or a directory)
+    fd: int  # our own read-only fd; -1 once closed
+
+
+@dataclass
+class Applied:
+    entries: int
+    bytes: int
+    seconds: float
+
+
+class Loop(Protocol):
+    path: str
+
+    def release(self) -> None: ...
+
+
+class System(Protocol):
+    def memory_total(self) -> int: ...
+    def kernel_filesystems(self) -> frozenset[str]: ...
+    def user_name(self, uid: int) -> str: ...
+
+
+class Images(Protocol):
+    """Opening images for a caller, and loop devices."""
+
+    def open_image(self, path: str | None, fd: int | None, *, as_uid: int = 0) -> ImageInfo: ...
+    def reopen_image(self, image: str, dev: int, ino: int, *, writable: bool,
+                     as_uid: int = 0) -> ImageInfo: ...
+    def fd_path(self, fd: int) -> str: ...
+    def close_image(self, info: ImageInfo) -> None: ...
+    def open_lower_dir(self, path: str, dev: int, ino: int) -> int: ...
+    def close_fd(self, fd: int) -> None: ...
+    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str) -> Loop: ...
+    def loop_backing(self, device: str) -> str | None: ...
+
+
+class Mounts(Protocol):
+    """Mounting file systems, unmounting only what OWNED says is ours, the mount table."""
+
+    def mount_fs(self, source: str, target: str, fstype: str, *, read_only: bool) -> None: ...
+    def open_mountpoint(self, path: str, *, follow_symlinks: bool) -> tuple[int, str]: ...
+    def unmount(self, target: str, owned: Owned, *,
+                lazy: bool = False, mounts: list[MountInfo] | None = None) -> bool: ...
+    def table(self) -> list[MountInfo]: ...  # the whole mount table, as mountinfo shows it
+    def holders(self, target: str) -> list[tuple[int, str]]: ...
+    def syncfs(self, path: str) -> None: ...
+
+
+class StateFiles(Protocol):
+    """Plain files and directories: the state records and the per-overlay directories."""
+
+    def path_kind(self, path: str) -> str: ...  # "missing" | "directory" | "other"
+    def list_dir(self, path: str) -> list[str]: ...
+    def read_file(self, path: str) -> bytes | None: ...  # None: no such file
+    def write_file(self, path: str, data: bytes) -> None: ...  # atomic: temp file + rename
+    def make_dir(self, path: str, mode: int = 0o755) -> None: ...
+    def remove_dir(self, path: str) -> None: ...
+    def remove_file(self, path: str) -> None: ...
+
+
+class Layers(Protocol):
+    """Reading and merging overlayfs layers: the upper's format lives behind this."""
+
+    def prepare_upper(self, lower_root: str, upper: str, work: str) -> None: ...
+    def apply_upper(self, upper: str, lower: str, progress: Progress | None) -> Applied: ...
+    def diff(self, upper: str, lower: str) -> list[tuple[str, str]]: ...
+
+
+class UpperBackend(Protocol):
+    """The file system that takes the writes, mounted at Layout.upper_mount."""
+
+    kind: UpperKind
+
+    def make(self, name: str, target: str, size: int) -> None: ...
+    def owns(self, name: str) -> Owned: ...
+    def detach_for_later(self, name: str, target: str, *,
+                         mounts: list[MountInfo] | None = None) -> Callable[[], None]: ...
+    def usage(self, target: str) -> UpperUsage: ...
+
+
+class MergeMount(Protocol):
+    """What puts the layers together at the mount point."""
+
+    def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
+              options: tuple[str, ...], target_fd: int | None = None) -> None: ...
+    def owns(self, name: str) -> Owned: ...
+    def verify(self, name: str, target: str, mounts: list[MountInfo]) -> None: ...
+
+
+class Host(Protocol):
+    @property
+    def system(self) -> System: ...
+    @property
+    def images(self) -> Images: ...
+    @property
+    def mounts(self) -> Mounts: ...
+    @property
+    def files(self) -> StateFiles: ...
+    @property
+    def layers(self) -> Layers: ...
+    @property
+    def upper(self) -> UpperBackend: ...
+    @property
+    def merge(self) -> MergeMount: ...
