@@ -19,6 +19,7 @@ test-unit: setup
 lint: setup
 	.venv/bin/ruff check overlayd tests tools
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
 
 # DESTDIR= and PREFIX= (default /usr) as usual; see tools/install.sh for the layout.
 install: setup
