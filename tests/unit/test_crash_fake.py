@@ -1,0 +1,151 @@
+"""A kill -9 after every step of Create, Commit and Discard, on FakeHost: the restarted
+daemon loses no write, leaks no mount, loop device, file or directory, and wedges no
+name. (tests/kernel/test_crash.py kills the real thing on the real kernel.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlayd.config import DaemonConfig
+from overlayd.host.fake import Crashed, FakeHost
+from overlayd.manager import OverlayManager
+from overlayd.model import OverlayState, parse_spec
+
+IMG = "/srv/disk.img"
+RUN = "/run/overlayd"
+WRITES = {"a.txt", "b.txt", "c.txt"}
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def daemon(host: FakeHost) -> OverlayManager:
+    mgr = OverlayManager(DaemonConfig(runtime_dir=Path(RUN)), host)
+    run(mgr.start())
+    return mgr
+
+
+def new_host() -> FakeHost:
+    host = FakeHost(image_fstypes={IMG: "ext4"})
+    host.dirs.add(RUN)
+    return host
+
+
+def with_writes(host: FakeHost) -> OverlayManager:
+    mgr = daemon(host)
+    run(mgr.create(parse_spec({"name": "demo", "image": IMG})))
+    host.write_upper(f"{RUN}/demo/rw", *WRITES)
+    return mgr
+
+
+Setup = Callable[[FakeHost], OverlayManager]
+Act = Callable[[OverlayManager], Coroutine[Any, Any, Any]]
+
+PROCEDURES: dict[str, tuple[Setup, Act]] = {
+    "create": (daemon, lambda m: m.create(parse_spec({"name": "demo", "image": IMG}))),
+    "commit": (with_writes, lambda m: m.commit("demo")),
+    "discard": (with_writes, lambda m: m.discard("demo")),
+    "discard-force": (with_writes, lambda m: m.discard("demo", force=True)),
+}
+
+
+def steps_of(proc: str) -> int:
+    setup, act = PROCEDURES[proc]
+    host = new_host()
+    mgr = setup(host)
+    host.calls.clear()
+    run(act(mgr))
+    return len(host.calls)
+
+
+CASES = [(p, k) for p in PROCEDURES for k in range(1, steps_of(p) + 1)]
+
+
+def check_nothing_leaked(host: FakeHost, mgr: OverlayManager) -> None:
+    live = {r.name for r in mgr.list()}
+    for m in host.mount_table:
+        owner = m.source.removeprefix("overlayd-") if m.source.startswith("overlayd-") else \
+            m.target.removeprefix(RUN + "/").split("/")[0]
+        assert owner in live, f"{m.target} ({m.source}) is left mounted with no overlay"
+    in_use = {m.source for m in host.mount_table}
+    assert set(host.loops) <= in_use, "a loop device is left attached"
+    for d in host.dirs:
+        if d.startswith(RUN + "/") and not d.startswith(RUN + "/mnt"):
+            assert d.removeprefix(RUN + "/").split("/")[0] in live, f"{d} is left"
+        if d.startswith(RUN + "/mnt/"):
+            assert d.removeprefix(RUN + "/mnt/") in live, f"{d} is left"
+    for f in host.file_data:
+        assert f.removeprefix(RUN + "/").split("/")[0] in live, f"{f} is left"
+
+
+def writes_kept(host: FakeHost, mgr: OverlayManager) -> set[str]:
+    """Where the writes are now: in the image, or in the live overlay's upper."""
+    kept = set(host.image_data.get(IMG, set()))
+    for rec in mgr.list():
+        assert rec.state is OverlayState.ACTIVE, f"{rec.name} is {rec.state} after recovery"
+        upper = [m for m in host.mount_table if m.target == f"{RUN}/{rec.name}/rw"]
+        overlay = [m for m in host.mount_table if m.target == rec.mountpoint]
+        assert upper and overlay, "a listed overlay is mounted"
+        kept |= host.upper_data[upper[-1].mount_id]
+    return kept
+
+
+@pytest.mark.parametrize(("proc", "step"), CASES, ids=[f"{p}-{k}" for p, k in CASES])
+def test_kill_after_every_step(proc: str, step: int) -> None:
+    setup, act = PROCEDURES[proc]
+    host = new_host()
+    mgr = setup(host)
+    host.calls.clear()
+    host.crash_at = step
+    with pytest.raises(Crashed):
+        run(act(mgr))
+    after = daemon(host.restarted())
+    check_nothing_leaked(host, after)
+    if proc == "commit":
+        assert writes_kept(host, after) >= WRITES, "a write was lost"
+    elif proc.startswith("discard") and after.list():
+        assert writes_kept(host, after) >= WRITES, "a kept overlay lost its writes"
+    # No name is wedged: it can be discarded (if it came back) and created again.
+    if after.list():
+        run(after.discard("demo", force=True))
+    run(after.create(parse_spec({"name": "demo", "image": IMG})))
+    run(after.discard("demo"))
+    check_nothing_leaked(host, after)
+    assert host.mount_table == [] and not host.loops
+
+
+def test_a_commit_killed_while_writing_the_image_is_half_committed() -> None:
+    host = new_host()
+    mgr = with_writes(host)
+    host.calls.clear()
+    host.crash_at = 1 + next(i for i, c in enumerate(
+        _calls_of_commit()) if c == "apply_entry") + 1  # after the first entry reached it
+    with pytest.raises(Crashed):
+        run(mgr.commit("demo"))
+    assert 0 < len(host.image_data[IMG]) < len(WRITES), "the image holds part of the writes"
+    after = daemon(host.restarted())
+    rec = after.get("demo")
+    assert rec.half_committed and rec.state is OverlayState.ACTIVE
+    with pytest.raises(Exception, match="half-committed"):
+        run(after.discard("demo"))
+    run(after.commit("demo"))
+    assert host.image_data[IMG] >= WRITES and not after.get("demo").half_committed
+    run(after.discard("demo"))
+
+
+def _calls_of_commit() -> list[str]:
+    host = new_host()
+    mgr = with_writes(host)
+    host.calls.clear()
+    run(mgr.commit("demo"))
+    return list(host.calls)
