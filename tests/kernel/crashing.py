@@ -1,0 +1,82 @@
+"""A daemon that kills itself (SIGKILL) right after its Nth call to the host: run as a
+child process by test_crash.py. Fault injection around the real LinuxHost: every call
+really happens on the kernel, and nothing after the Nth does.
+
+    python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N
+ACTION is create, commit, discard or discard-force; N = 0 runs to the end and prints the
+number of calls it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from overlayd.config import DaemonConfig
+from overlayd.host.linux import LinuxHost
+from overlayd.manager import OverlayManager
+from overlayd.model import parse_spec
+
+
+class Counter:
+    def __init__(self, kill_at: int) -> None:
+        self.n = 0
+        self.kill_at = kill_at
+        self.armed = False
+
+    def tick(self) -> None:
+        if not self.armed:
+            return
+        self.n += 1
+        if self.n == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Counting:
+    """A port whose every method call counts (after it returned)."""
+
+    def __init__(self, inner: Any, counter: Counter) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            result = attr(*args, **kw)
+            self._counter.tick()
+            return result
+        return call
+
+
+class CrashingHost:
+    def __init__(self, counter: Counter) -> None:
+        real = LinuxHost()
+        for port in ("system", "images", "mounts", "files", "layers", "upper", "merge"):
+            setattr(self, port, Counting(getattr(real, port), counter))
+
+
+async def main(runtime: str, image: str, action: str, kill_at: int) -> None:
+    counter = Counter(kill_at)
+    mgr = OverlayManager(DaemonConfig(runtime_dir=Path(runtime), default_size=16 << 20),
+                         CrashingHost(counter))  # type: ignore[arg-type]
+    await mgr.start()
+    counter.armed = True
+    if action == "create":
+        await mgr.create(parse_spec({"name": "demo", "image": image}))
+    elif action == "commit":
+        await mgr.commit("demo")
+    else:
+        await mgr.discard("demo", force=action == "discard-force")
+    await mgr.aclose()
+    print(counter.n)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
