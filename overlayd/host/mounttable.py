@@ -75,7 +75,7 @@ from overlayd.host.syscalls import (
     statx,
 )
 
-__all__ = ["MountInfo", "backend", "mount_at", "mounts_below"]
+__all__ = ["MountInfo", "backend", "mount_at", "mounts_below", "mounts_containing"]
 
 WANT = (STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT
         | STATMOUNT_FS_TYPE | STATMOUNT_FS_SUBTYPE | STATMOUNT_SB_SOURCE | STATMOUNT_MNT_OPTS)
@@ -206,6 +206,17 @@ def _stat(mnt_id: int) -> _Mount | None:
     return _Mount(head, strs)
 
 
+def _mount_point(mnt_id: int) -> str | None:
+    """Only the mount point of mount MNT_ID (a cheaper statmount, for filtering)."""
+    try:
+        head, strs = statmount(mnt_id, STATMOUNT_MNT_POINT)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return _string(strs, head, STATMOUNT_MNT_POINT, head.mnt_point) or None
+
+
 def _holder(path: str) -> tuple[int, bool] | None:
     """(unique id of the mount PATH is in, whether PATH is its root); None: no PATH."""
     try:
@@ -217,15 +228,16 @@ def _holder(path: str) -> tuple[int, bool] | None:
     return stx.stx_mnt_id, bool(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT)
 
 
-def _top(path: str) -> _Mount | None:
-    """The top mount whose root PATH is."""
+def _lookup(path: str, *, roots_only: bool = False) -> tuple[_Mount, bool] | None:
+    """The mount PATH is in, as path resolution finds it (the top one at a mount point),
+    and whether PATH is its root. ROOTS_ONLY: None at once when PATH is no mount root."""
     held = _holder(path)
     for _ in range(3):  # unmounted between statx and statmount: look again
-        if held is None or not held[1]:
+        if held is None or (roots_only and not held[1]):
             return None
         mount = _stat(held[0])
         if mount is not None:
-            return mount
+            return mount, held[1]
         again = _holder(path)
         if again == held:
             return None  # in another mount namespace (through /proc/PID/root)
@@ -234,15 +246,19 @@ def _top(path: str) -> _Mount | None:
 
 
 def _native_mount_at(path: str) -> MountInfo | None:
-    top = _top(path)
-    return top.info if top else None
+    found = _lookup(path, roots_only=True)
+    return found[0].info if found else None
 
 
 def _native_mounts_below(path: str) -> list[MountInfo]:
-    bottom = _top(path)
-    if bottom is not None:
+    found = _lookup(path)
+    if found is None:
+        return []
+    holder, is_root = found
+    if is_root:
         # Walk down the stack of mounts at PATH to the lowest: listmount of it reaches
         # every mount at or below PATH, those stacked on it included.
+        bottom = holder
         while bottom.parent_id != bottom.mnt_id:
             parent = _stat(bottom.parent_id)
             if parent is None or parent.info.target != bottom.info.target:
@@ -250,16 +266,19 @@ def _native_mounts_below(path: str) -> list[MountInfo]:
             bottom = parent
         return _below(bottom.mnt_id, bottom.info.target, {bottom.mnt_id: bottom.info})
     # PATH is no mount point: list the mount that holds it, keep mount points under PATH.
-    held = _holder(path)
-    if held is None:
-        return []
-    return _below(held[0], _resolve(path), {})
+    return _below(holder.mnt_id, _resolve(path), {}, filter_first=True)
 
 
-def _below(mnt_id: int, target: str, found: dict[int, MountInfo]) -> list[MountInfo]:
+def _below(mnt_id: int, target: str, found: dict[int, MountInfo], *,
+           filter_first: bool = False) -> list[MountInfo]:
     """FOUND and the mounts below mount MNT_ID whose mount point is TARGET or under it,
-    in mountinfo's order (by unique id)."""
+    in mountinfo's order (by unique id). FILTER_FIRST: most of them are not, so read only
+    their mount points first."""
     prefix = target.rstrip("/") + "/"
+
+    def wanted(where: str) -> bool:
+        return where == target or where.startswith(prefix)
+
     try:
         ids = listmount(mnt_id)
     except OSError as e:
@@ -269,14 +288,33 @@ def _below(mnt_id: int, target: str, found: dict[int, MountInfo]) -> list[MountI
     for mid in ids:
         if mid in found:
             continue
+        if filter_first:
+            where = _mount_point(mid)
+            if where is None or not wanted(where):
+                continue
         mount = _stat(mid)
-        if mount is not None and (mount.info.target == target
-                                  or mount.info.target.startswith(prefix)):
+        if mount is not None and wanted(mount.info.target):
             found[mid] = mount.info
     return [found[k] for k in sorted(found)]
 
 
-# -- the mountinfo way --------------------------------------------------------------------
+def _native_mounts_containing(path: str) -> list[MountInfo]:
+    chain: list[MountInfo] = []
+    found = _lookup(path)
+    mount = found[0] if found else None
+    while mount is not None and len(chain) < 4096:
+        chain.append(mount.info)
+        if mount.parent_id == mount.mnt_id:
+            break
+        mount = _stat(mount.parent_id)  # None above our root
+    return chain
+
+
+# -- the mountinfo way: the same answers from the whole table --------------------------------
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
 
 def _resolve(path: str) -> str:
     """PATH absolute, its directories' symlinks resolved, the last component kept."""
@@ -287,20 +325,79 @@ def _resolve(path: str) -> str:
     return os.path.join(os.path.realpath(head), tail)
 
 
+class _Table:
+    """/proc/self/mountinfo as a tree, walked as path resolution walks mounts."""
+
+    def __init__(self) -> None:
+        self.mounts = read_mounts()
+        self.by_id = {m.mount_id: m for m in self.mounts}
+        self.children: dict[int, list[MountInfo]] = {}
+        for m in self.mounts:
+            if m.parent_id != m.mount_id and m.parent_id in self.by_id:
+                self.children.setdefault(m.parent_id, []).append(m)
+
+    def holder(self, where: str) -> MountInfo | None:
+        """The mount path resolution of WHERE (resolved) ends in: from our root, into the
+        first mount crossed on the way down (a stacked one before one on a subdirectory)."""
+        roots = [m for m in self.mounts if m.target == "/" and m.parent_id not in self.by_id]
+        if not roots:
+            return None  # in a chroot that is no mount point
+        mount = roots[0]
+        while True:
+            crossed = [c for c in self.children.get(mount.mount_id, ())
+                       if _within(where, c.target)]
+            if not crossed:
+                return mount
+            mount = min(crossed, key=lambda c: len(c.target))
+
+    def subtree(self, top: MountInfo) -> list[MountInfo]:
+        ids, todo = set(), [top]
+        while todo:
+            m = todo.pop()
+            ids.add(m.mount_id)
+            todo.extend(self.children.get(m.mount_id, ()))
+        return [m for m in self.mounts if m.mount_id in ids]
+
+
 def _fallback_mount_at(path: str) -> MountInfo | None:
     if not os.path.lexists(path):
         return None
     where = _resolve(path)
-    found = [m for m in read_mounts() if m.target == where]
-    return found[-1] if found else None
+    table = _Table()
+    holder = table.holder(where)
+    if holder is None:  # no root to walk from: the last mount listed there
+        found = [m for m in table.mounts if m.target == where]
+        return found[-1] if found else None
+    return holder if holder.target == where else None
 
 
 def _fallback_mounts_below(path: str) -> list[MountInfo]:
     if not os.path.lexists(path):
         return []
     where = _resolve(path)
-    prefix = where.rstrip("/") + "/"
-    return [m for m in read_mounts() if m.target == where or m.target.startswith(prefix)]
+    table = _Table()
+    holder = table.holder(where)
+    if holder is None:
+        return [m for m in table.mounts if _within(m.target, where)]
+    if holder.target == where:
+        bottom = holder
+        while (parent := table.by_id.get(bottom.parent_id)) is not None \
+                and parent.target == where:
+            bottom = parent
+        return table.subtree(bottom)
+    return [m for m in table.subtree(holder) if _within(m.target, where)]
+
+
+def _fallback_mounts_containing(path: str) -> list[MountInfo]:
+    if not os.path.lexists(path):
+        return []
+    table = _Table()
+    chain: list[MountInfo] = []
+    mount = table.holder(_resolve(path))
+    while mount is not None and mount not in chain:
+        chain.append(mount)
+        mount = table.by_id.get(mount.parent_id)
+    return chain
 
 
 # -- the API ----------------------------------------------------------------------------
@@ -315,7 +412,16 @@ def mount_at(path: str) -> MountInfo | None:
 
 def mounts_below(path: str) -> list[MountInfo]:
     """The mounts at PATH (the whole stack) and below it, in mountinfo's order; [] if PATH
-    does not exist."""
+    does not exist. Mounts hidden under a mount on PATH's directories are left out."""
     if backend() == "statmount":
         return _native_mounts_below(path)
     return _fallback_mounts_below(path)
+
+
+def mounts_containing(path: str) -> list[MountInfo]:
+    """The mount PATH is in (the top one, if PATH is a mount point), then its parent and
+    so on up to our root: whether PATH is inside an overlay, say. [] if PATH does not
+    exist."""
+    if backend() == "statmount":
+        return _native_mounts_containing(path)
+    return _fallback_mounts_containing(path)

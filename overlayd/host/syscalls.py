@@ -224,6 +224,7 @@ class StatmountHead(ctypes.Structure):
                 ("_spare2", ctypes.c_uint64 * 43)]
 
 
+_STATMOUNT_HEAD = ctypes.sizeof(StatmountHead)
 _statx = getattr(_libc, "statx", None)
 if _statx is not None:
     _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
@@ -244,7 +245,6 @@ def statmount(mnt_id: int, mask: int, bufsize: int = 4096) -> tuple[StatmountHea
     """statmount(2) of the mount with unique id MNT_ID: the fixed part and the raw strings
     (NUL-terminated, at the offsets the head gives). Grows its buffer on EOVERFLOW."""
     req = MntIdReq(MNT_ID_REQ_SIZE_VER0, 0, mnt_id, mask)
-    head_size = ctypes.sizeof(StatmountHead)
     while True:
         buf = ctypes.create_string_buffer(bufsize)
         ret = _libc.syscall(ctypes.c_long(SYS_statmount), ctypes.byref(req), buf,
@@ -255,8 +255,10 @@ def statmount(mnt_id: int, mask: int, bufsize: int = 4096) -> tuple[StatmountHea
                 bufsize *= 4
                 continue
             raise OSError(err, os.strerror(err), f"statmount of mount {mnt_id}")
-        head = StatmountHead.from_buffer_copy(buf.raw[:head_size])
-        return head, buf.raw[head_size:max(head.size, head_size)]
+        head = StatmountHead.from_buffer_copy(buf)
+        strings = head.size - _STATMOUNT_HEAD
+        return head, ctypes.string_at(ctypes.addressof(buf) + _STATMOUNT_HEAD, strings) \
+            if strings > 0 else b""
 
 
 def listmount(mnt_id: int, batch: int = 512) -> list[int]:

@@ -255,3 +255,66 @@ def test_this_kernel_has_statmount() -> None:
         pytest.skip("statmount's supported mask came in Linux 6.15")
     mounttable._use_mountinfo(None)
     assert mounttable.backend() == "statmount"
+
+
+def test_mounts_containing(root: Path, zoo: dict[str, str], way: str) -> None:
+    """From the mount a path is in up to our root: how a nesting check finds an overlay."""
+    inner = Path(zoo["tmpfs"]) / "inner"
+    (inner / "deep").mkdir()
+    chain = mounttable.mounts_containing(str(inner / "deep"))
+    assert [m.source for m in chain[:2]] == ["inner", ODD_SOURCE]
+    assert chain[-1] == from_mountinfo_at("/")
+    assert [m.parent_id for m in chain[:-1]] == [m.mount_id for m in chain[1:]]
+    assert mounttable.mounts_containing(str(inner))[0].source == "inner"
+    assert mounttable.mounts_containing(zoo["stack"])[0].source == "stack-top"
+    assert [m.source for m in mounttable.mounts_containing(zoo["stack"])[:2]] == \
+        ["stack-top", "stack-bottom"]
+    assert mounttable.mounts_containing(str(root / "z" / "upper"))[0] == \
+        mounttable.mounts_containing(str(root))[0]
+    assert mounttable.mounts_containing(str(root / "z" / "missing")) == []
+
+
+def test_a_mount_hidden_by_one_on_its_parent(root: Path, way: str) -> None:
+    """h/x mounted, then h mounted over it, then h/x again: path resolution, and so both
+    ways, see only the second h/x; mountinfo lists both."""
+    h = root / "h"
+    (h / "x").mkdir(parents=True)
+    with own_mounts() as m:
+        m.sh("-t", "tmpfs", "hidden", h / "x")
+        m.sh("-t", "tmpfs", "cover", h)
+        (h / "x").mkdir()
+        m.sh("-t", "tmpfs", "seen", h / "x")
+        assert [x.source for x in from_mountinfo_below(str(h))] == ["hidden", "cover", "seen"]
+        assert mounttable.mount_at(str(h / "x")).source == "seen"  # type: ignore[union-attr]
+        assert [x.source for x in mounttable.mounts_below(str(h))] == ["cover", "seen"]
+        assert [x.source for x in mounttable.mounts_below(str(h / "x"))] == ["seen"]
+        # From a directory that is no mount point, the holder's whole tree is searched.
+        assert [x.source for x in mounttable.mounts_below(str(root))] == \
+            ["hidden", "cover", "seen"]
+        assert [x.source for x in mounttable.mounts_containing(str(h / "x"))[:2]] == \
+            ["seen", "cover"]
+
+
+def test_syscalls_never_read_mountinfo(monkeypatch: pytest.MonkeyPatch,
+                                       zoo: dict[str, str]) -> None:
+    """The point of it all: with statmount the cost does not grow with the mount table."""
+    if mounttable.backend() != "statmount":
+        pytest.skip("this kernel has no usable statmount(2)")
+
+    def no(*args: object) -> None:
+        raise AssertionError("read /proc/self/mountinfo")
+
+    real_open = open
+
+    def guarded_open(file: object, *args: object, **kw: object) -> object:
+        assert "mountinfo" not in str(file), "opened mountinfo"
+        return real_open(file, *args, **kw)  # type: ignore[call-overload]
+
+    with monkeypatch.context() as mp:  # undone before the fixtures read mountinfo
+        mp.setattr(mounttable, "read_mounts", no)
+        mp.setattr("builtins.open", guarded_open)
+        for path in zoo.values():
+            assert mounttable.mount_at(path) is not None
+            assert mounttable.mounts_below(path)
+            assert mounttable.mounts_containing(path)
+        assert mounttable.mount_at(str(Path(zoo["stack"]).parent)) is None

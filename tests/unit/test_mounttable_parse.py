@@ -151,3 +151,52 @@ def test_fallback_mounts_below(table: Path) -> None:
     assert sources(below(str(table / "s"))) == ["s-bottom", "s-top"]
     assert sources(below(str(table))) == ["a", "b", "c", "ab", "s-bottom", "s-top"]
     assert below(str(table / "missing")) == []
+
+
+def test_fallback_mounts_containing(table: Path) -> None:
+    chain = mounttable.mounts_containing(str(table / "a" / "b" / "c"))
+    assert sources(chain) == ["c", "b", "a", "/dev/root"]
+    assert sources(mounttable.mounts_containing(str(table / "s"))) == \
+        ["s-top", "s-bottom", "/dev/root"]
+    assert sources(mounttable.mounts_containing(str(table))) == ["/dev/root"]
+    assert mounttable.mounts_containing(str(table / "missing")) == []
+
+
+def test_fallback_walks_mounts_as_path_resolution_does(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """h/x (10) is hidden by h (11), mounted later on the same parent; h/x again (12) sits
+    on h. Resolution crosses into h first, so 10 is neither at nor below h."""
+    (tmp_path / "h" / "x").mkdir(parents=True)
+    t = str(tmp_path)
+    text = "\n".join([
+        "1 0 0:1 / / rw - ext4 /dev/root rw",
+        f"10 1 0:10 / {t}/h/x rw - tmpfs hidden rw",
+        f"11 1 0:11 / {t}/h rw - tmpfs cover rw",
+        f"12 11 0:12 / {t}/h/x rw - tmpfs seen rw",
+    ]) + "\n"
+    monkeypatch.setattr(mounttable, "read_mounts", lambda: parse(text))
+    mounttable._use_mountinfo(False)
+    try:
+        assert mounttable.mount_at(f"{t}/h/x").source == "seen"  # type: ignore[union-attr]
+        assert sources(mounttable.mounts_below(f"{t}/h")) == ["cover", "seen"]
+        assert sources(mounttable.mounts_below(t)) == ["hidden", "cover", "seen"]
+        assert sources(mounttable.mounts_containing(f"{t}/h/x")) == ["seen", "cover",
+                                                                    "/dev/root"]
+    finally:
+        mounttable._use_mountinfo(None)
+
+
+def test_fallback_without_a_root_in_the_table(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a chroot that is no mount point nothing is listed at '/': plain filtering."""
+    (tmp_path / "m" / "n").mkdir(parents=True)
+    t = str(tmp_path)
+    text = (f"10 1 0:10 / {t}/m rw - tmpfs m rw\n"
+            f"11 10 0:11 / {t}/m/n rw - tmpfs n rw\n")
+    monkeypatch.setattr(mounttable, "read_mounts", lambda: parse(text))
+    mounttable._use_mountinfo(False)
+    try:
+        assert mounttable.mount_at(f"{t}/m").source == "m"  # type: ignore[union-attr]
+        assert sources(mounttable.mounts_below(t)) == ["m", "n"]
+    finally:
+        mounttable._use_mountinfo(None)
