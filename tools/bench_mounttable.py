@@ -76,12 +76,12 @@ def bench(extra: int) -> None:
         if extra:
             rows.append((f"mounts_below(dir with {extra} mounts), syscalls",
                          per_call(lambda: mounttable.mounts_below(base))))
-        mounttable._use_mountinfo(False)
+        mounttable._force_backend("mountinfo")
         try:
             rows.append(("mount_at() forced to mountinfo",
                          per_call(lambda: mounttable.mount_at(target))))
         finally:
-            mounttable._use_mountinfo(None)
+            mounttable._force_backend(None)
         print(f"{total} mounts in the table ({extra} extra), backend {mounttable.backend()}:")
         for label, us in rows:
             print(f"  {label:44} {us:10.1f} us/call")

@@ -78,9 +78,9 @@ def way(request: pytest.FixtureRequest) -> Iterator[str]:
     native = request.param == "statmount"
     if native and mounttable.backend() != "statmount":
         pytest.skip("this kernel has no usable statmount(2)")
-    mounttable._use_mountinfo(native)
+    mounttable._force_backend(request.param)
     yield request.param
-    mounttable._use_mountinfo(None)
+    mounttable._force_backend(None)
 
 
 @pytest.fixture
@@ -216,14 +216,14 @@ def test_fallback_when_statmount_is_missing(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(mounttable, "statmount", enosys)
     monkeypatch.setattr(mounttable, "listmount", enosys)
-    mounttable._use_mountinfo(None)
+    mounttable._force_backend(None)
     try:
         assert mounttable.backend() == "mountinfo"
         assert mounttable.mount_at(zoo["ovl"]) == from_mountinfo_at(zoo["ovl"])
         z = str(Path(zoo["ovl"]).parent)
         assert mounttable.mounts_below(z) == from_mountinfo_below(z)
     finally:
-        mounttable._use_mountinfo(None)
+        mounttable._force_backend(None)
 
 
 def test_fallback_without_unique_ids_or_supported_mask(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,17 +243,17 @@ def test_fallback_without_unique_ids_or_supported_mask(monkeypatch: pytest.Monke
         for name, fake in (("statx", old_statx), ("statmount", old_statmount)):
             with monkeypatch.context() as mp:
                 mp.setattr(mounttable, name, fake)
-                mounttable._use_mountinfo(None)
+                mounttable._force_backend(None)
                 assert mounttable.backend() == "mountinfo", name
     finally:
-        mounttable._use_mountinfo(None)
+        mounttable._force_backend(None)
 
 
 def test_this_kernel_has_statmount() -> None:
     """The kernel the suite runs on (6.18) answers with syscalls, not mountinfo."""
     if tuple(int(x) for x in os.uname().release.split(".")[:2]) < (6, 15):
         pytest.skip("statmount's supported mask came in Linux 6.15")
-    mounttable._use_mountinfo(None)
+    mounttable._force_backend(None)
     assert mounttable.backend() == "statmount"
 
 

@@ -123,9 +123,9 @@ def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         f"15 14 0:15 / {t}/s rw - tmpfs s-top rw",
     ]) + "\n"
     monkeypatch.setattr(mounttable, "read_mounts", lambda: parse(text))
-    mounttable._use_mountinfo(False)
+    mounttable._force_backend("mountinfo")
     yield tmp_path
-    mounttable._use_mountinfo(None)
+    mounttable._force_backend(None)
 
 
 def sources(mounts: list[MountInfo]) -> list[str]:
@@ -175,7 +175,7 @@ def test_fallback_walks_mounts_as_path_resolution_does(tmp_path: Path,
         f"12 11 0:12 / {t}/h/x rw - tmpfs seen rw",
     ]) + "\n"
     monkeypatch.setattr(mounttable, "read_mounts", lambda: parse(text))
-    mounttable._use_mountinfo(False)
+    mounttable._force_backend("mountinfo")
     try:
         assert mounttable.mount_at(f"{t}/h/x").source == "seen"  # type: ignore[union-attr]
         assert sources(mounttable.mounts_below(f"{t}/h")) == ["cover", "seen"]
@@ -183,7 +183,7 @@ def test_fallback_walks_mounts_as_path_resolution_does(tmp_path: Path,
         assert sources(mounttable.mounts_containing(f"{t}/h/x")) == ["seen", "cover",
                                                                     "/dev/root"]
     finally:
-        mounttable._use_mountinfo(None)
+        mounttable._force_backend(None)
 
 
 def test_fallback_without_a_root_in_the_table(tmp_path: Path,
@@ -194,9 +194,9 @@ def test_fallback_without_a_root_in_the_table(tmp_path: Path,
     text = (f"10 1 0:10 / {t}/m rw - tmpfs m rw\n"
             f"11 10 0:11 / {t}/m/n rw - tmpfs n rw\n")
     monkeypatch.setattr(mounttable, "read_mounts", lambda: parse(text))
-    mounttable._use_mountinfo(False)
+    mounttable._force_backend("mountinfo")
     try:
         assert mounttable.mount_at(f"{t}/m").source == "m"  # type: ignore[union-attr]
         assert sources(mounttable.mounts_below(t)) == ["m", "n"]
     finally:
-        mounttable._use_mountinfo(None)
+        mounttable._force_backend(None)
