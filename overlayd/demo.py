@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from overlayd.host.mounts import read_mounts
+from overlayd.host.mounttable import read_mounts
 
 BIN = Path(sys.executable).parent
 MANAGER = ["org.overlayd.Overlayd1", "/org/overlayd/Overlayd1", "org.overlayd.Overlayd1.Manager"]

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from overlayd.errors import OverlaydError
-from overlayd.host.mounts import read_mounts
+from overlayd.host.mounttable import read_mounts
 from overlayd.host.process import spawn_tied
 from overlayd.layout import SOURCE_PREFIX
 

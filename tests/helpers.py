@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.host import loop
-from overlayd.host.mounts import read_mounts
+from overlayd.host.mounttable import read_mounts
 
 
 def sh(*cmd: str | os.PathLike[str], **kw: Any) -> subprocess.CompletedProcess[str]:

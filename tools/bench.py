@@ -94,7 +94,7 @@ from overlayd.config import DaemonConfig
 from overlayd.errors import OverlaydError
 from overlayd.host import loop
 from overlayd.host.linux import LinuxHost
-from overlayd.host.mountinfo import read_mounts
+from overlayd.host.mounttable import read_mounts
 from overlayd.layout import is_within
 from overlayd.manager import OverlayManager
 from overlayd.model import parse_spec

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from overlayd.host import mounttable
-from overlayd.host.mountinfo import read_mounts
+from overlayd.host.mounttable import read_mounts
 from overlayd.host.syscalls import FsContext, umount2
 
 

@@ -9,6 +9,7 @@ from overlayd import mountinfo
 from overlayd.errors import InvalidSpec, MountFailed, OverlayBusy, describe_holders
 from overlayd.host.errors import Op, map_os_errors
 from overlayd.host.holders import find_holders
+from overlayd.host.mounttable import read_mounts
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import (
     MNT_DETACH,
@@ -19,11 +20,6 @@ from overlayd.host.syscalls import (
     syncfs,
     umount2,
 )
-
-
-def read_mounts(path: str = "/proc/self/mountinfo") -> list[mountinfo.MountInfo]:
-    with open(path) as f:
-        return mountinfo.parse(f.read())
 
 
 def top_owned(target: str, owned: Owned, mounts: list[mountinfo.MountInfo]) -> bool:

@@ -51,8 +51,6 @@ from __future__ import annotations
 import errno
 import os
 
-# The one place that names the record type (it may move to overlayd.core.mountinfo).
-from overlayd.host.mountinfo import MountInfo, read_mounts, unescape
 from overlayd.host.syscalls import (
     AT_NO_AUTOMOUNT,
     AT_SYMLINK_NOFOLLOW,
@@ -87,6 +85,9 @@ from overlayd.host.syscalls import (
     statx,
 )
 
+# The one place that names the record type (it may move to overlayd.core.mountinfo).
+from overlayd.mountinfo import MountInfo, parse, unescape
+
 __all__ = ["MountInfo", "backend", "mount_at", "mounts_below", "mounts_containing"]
 
 WANT = (STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT
@@ -105,6 +106,12 @@ _MNT_FLAGS = ((MOUNT_ATTR_NOSUID, "nosuid"), (MOUNT_ATTR_NODEV, "nodev"),
 _SB_FLAGS = ((SB_SYNCHRONOUS, "sync"), (SB_DIRSYNC, "dirsync"), (SB_MANDLOCK, "mand"),
              (SB_LAZYTIME, "lazytime"))
 
+
+
+def read_mounts(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
+    """The whole mount table: for the few who need all of it (recovery, leak checks)."""
+    with open(path) as f:
+        return parse(f.read())
 
 def mount_options(mnt_attr: int) -> tuple[str, ...]:
     """statmount's mnt_attr as mountinfo's per-mount options field."""

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from overlayd.errors import OverlaydError
 from overlayd.host.errors import Op, map_os_errors
-from overlayd.host.mounts import read_mounts, top_owned
+from overlayd.host.mounts import top_owned
+from overlayd.host.mounttable import read_mounts
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import (
     MNT_DETACH,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from overlayd.host.mounts import read_mounts
+from overlayd.host.mounttable import read_mounts
 from tests import helpers
 from tests.kernel.conftest import Env
 

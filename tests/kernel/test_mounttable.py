@@ -17,8 +17,9 @@ import pytest
 from overlayd.checks import PINNED
 from overlayd.host import mounttable
 from overlayd.host import syscalls as sc
-from overlayd.host.mountinfo import MountInfo, read_mounts
+from overlayd.host.mounttable import read_mounts
 from overlayd.host.syscalls import FsContext, umount2
+from overlayd.mountinfo import MountInfo
 from tests import helpers
 
 ODD_SOURCE = "my src, with\\back slash"  # space, comma and backslash: all escaped in mountinfo

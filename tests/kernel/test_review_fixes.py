@@ -10,7 +10,7 @@ import pytest
 
 from overlayd.errors import CommitFailed, InvalidSpec
 from overlayd.host.linux import LinuxHost
-from overlayd.host.mounts import read_mounts
+from overlayd.host.mounttable import read_mounts
 from overlayd.model import parse_spec
 from tests import helpers
 from tests.kernel.conftest import Env

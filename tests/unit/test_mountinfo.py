@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.host.mounts import read_mounts
+from overlayd.host.mounttable import read_mounts
 from overlayd.mountinfo import MountInfo, parse, parse_line, unescape
 
 # proc(5)'s own example.

@@ -9,8 +9,8 @@ import pytest
 
 from overlayd.host import mounttable
 from overlayd.host import syscalls as sc
-from overlayd.host.mountinfo import MountInfo, parse, parse_line
 from overlayd.host.mounttable import from_statmount, mount_options, super_options
+from overlayd.mountinfo import MountInfo, parse, parse_line
 
 
 @pytest.mark.parametrize(("attr", "want"), [
