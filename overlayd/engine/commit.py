@@ -102,9 +102,8 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
                    dir_fd: int | None) -> Committed:
     # Computed before anything is unmounted: a failure here must leave the overlay up.
     driver = steps.driver_for(host, rec.fstype) if rec.fstype else ""
-    mounts = host.mounts.table()
     try:
-        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name), mounts=mounts)
+        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
     except OverlayBusy as e:
         raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
                           f"{describe_holders(e.holders)}; close those files and try again.",
@@ -114,7 +113,7 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
         target = steps.lower_sources(rec, layout, dir_fd)[0]
         checkpoint(CommitPhase.APPLYING)
         if rw is not None:
-            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout), mounts=mounts)
+            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout))
             steps.mount_lower(host, rec, layout, rw, driver, read_only=False)
             target = str(layout.lower)
         out.applied = host.layers.apply_upper(str(layout.upper), target, progress)
@@ -138,14 +137,14 @@ def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInf
             return False
 
     lower_dir = str(layout.lower)
-    mounts: list[MountInfo] = []
-    if not step("read the mount table", lambda: mounts.extend(host.mounts.table())):
-        return
     if ro is not None:
-        lower = steps.top(mounts, lower_dir)
+        found: list[MountInfo | None] = []
+        if not step("look at the image mount", lambda: found.append(host.mounts.at(lower_dir))):
+            return
+        lower = found[0]
         if lower is not None and "ro" not in lower.options:
             if not step("unmount the image", lambda: host.mounts.unmount(
-                    lower_dir, steps.owns_lower(rec, layout), mounts=mounts)):
+                    lower_dir, steps.owns_lower(rec, layout))):
                 return
             lower = None
         if lower is None:
@@ -158,8 +157,7 @@ def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInf
         def renew() -> None:
             checkpoint(CommitPhase.APPLIED)
             upper_mount = str(layout.upper_mount)
-            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount,
-                                                             mounts=mounts)
+            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount)
             host.upper.make(rec.name, upper_mount, rec.size)
             host.layers.prepare_upper(steps.lower_sources(rec, layout, dir_fd)[0],
                                       str(layout.upper), str(layout.work))

@@ -7,6 +7,7 @@ reverse when a later one fails; ``release`` closes what ``prepare`` opened.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,8 +51,11 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Ove
                                          host.system.user_name(owner_uid), cfg)
             options = checks.user_mount_options(options)
         kind = host.files.path_kind(mountpoint) if is_default else "directory"
+        # Only the mounts that hold the mount point (the default one may not exist yet):
+        # the cost does not grow with the number of overlays or other mounts.
+        nearest = mountpoint if kind != "missing" else os.path.dirname(mountpoint)
         checks.check_mountpoint(mountpoint, kind, is_default=is_default, cfg=cfg,
-                                mounts=host.mounts.table(), overlays=existing)
+                                mounts=host.mounts.containing(nearest), overlays=existing)
         info = host.images.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
         rb.push("close the image", host.images.close_image, info)
         shown = spec.image or info.path
@@ -105,7 +109,7 @@ def build(host: Host, cfg: DaemonConfig, p: Prepared,
         steps.mount_merged(host, rec, layout, target_fd=p.mountpoint_fd)
         rb.push("unmount the overlay", host.mounts.unmount, rec.mountpoint,
                 host.merge.owns(rec.name))
-        host.merge.verify(rec.name, rec.mountpoint, host.mounts.table())
+        host.merge.verify(rec.name, rec.mountpoint)
         finish(rec)
     except BaseException:
         rb.unwind()

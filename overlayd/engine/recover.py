@@ -52,18 +52,20 @@ def recover(host: Host, cfg: DaemonConfig, store: StateStore,
     """BOOT: the specs of boot overlays (their mount units, not a daemon, made them)."""
     boot = boot or {}
     result = Recovery()
-    mounts = host.mounts.table()
+    mounts = host.mounts.table()  # once, for every overlay
+    top = steps.tops(mounts)
     for name in store.names():
         try:
-            _recover_name(host, cfg, store, name, boot.get(name), mounts, now_usec, result)
+            _recover_name(host, cfg, store, name, boot.get(name), mounts, top, now_usec,
+                          result)
         except OverlaydError as e:
             result.problems.append(f"{name}: {e}")
     return result
 
 
 def _recover_name(host: Host, cfg: DaemonConfig, store: StateStore, name: str,
-                  spec: OverlaySpec | None, mounts: list[MountInfo], now_usec: int,
-                  result: Recovery) -> None:
+                  spec: OverlaySpec | None, mounts: list[MountInfo],
+                  top: dict[str, MountInfo], now_usec: int, result: Recovery) -> None:
     loaded = store.load(name)
     if isinstance(loaded, Unreadable):
         if loaded.too_new:
@@ -73,7 +75,7 @@ def _recover_name(host: Host, cfg: DaemonConfig, store: StateStore, name: str,
                                "adopting the overlay from the mount table if it is mounted.")
         loaded = None
     if loaded is not None:
-        _recover_one(host, loaded, store.layout(name), mounts, result)
+        _recover_one(host, loaded, store.layout(name), top, result)
         return
     # Create writes the record before its first mount and teardown removes it last, so
     # live mounts without a record are not a dead daemon's leftovers: a boot overlay, or
@@ -87,10 +89,10 @@ def _recover_name(host: Host, cfg: DaemonConfig, store: StateStore, name: str,
     result.cleaned.append(name)
 
 
-def _recover_one(host: Host, rec: Overlay, layout: Layout, mounts: list[MountInfo],
+def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountInfo],
                  result: Recovery) -> None:
     def mounted(path: str, owned: Owned) -> bool:
-        m = steps.top(mounts, path)
+        m = top.get(path)
         return m is not None and owned(m)
 
     upper_mount = str(layout.upper_mount)
@@ -104,7 +106,7 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, mounts: list[MountInf
         result.cleaned.append(rec.name)
         return
     overlay_up = mounted(rec.mountpoint, host.merge.owns(rec.name))
-    lower = steps.top(mounts, str(layout.lower))
+    lower = top.get(str(layout.lower))
     lower_ok = rec.image_kind is LowerKind.DIRECTORY or (
         lower is not None and steps.owns_lower(rec, layout)(lower) and "ro" in lower.options)
     if overlay_up:

@@ -40,9 +40,9 @@ def driver_for(host: Host, fstype: str) -> str:
     return checks.driver_for(fstype, host.system.kernel_filesystems())
 
 
-def top(mounts: list[MountInfo], path: str) -> MountInfo | None:
-    found = [m for m in mounts if m.target == path]
-    return found[-1] if found else None
+def tops(mounts: list[MountInfo]) -> dict[str, MountInfo]:
+    """The top mount at each mount point of a mount table (later mounts cover earlier)."""
+    return {m.target: m for m in mounts}
 
 
 def mount_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, driver: str, *,

@@ -23,10 +23,9 @@ class Stopped:
 
 
 def run(host: Host, rec: Overlay, layout: Layout, *, force: bool) -> Stopped | None:
-    mounts = host.mounts.table()
     owns = host.merge.owns(rec.name)
     try:
-        host.mounts.unmount(rec.mountpoint, owns, mounts=mounts)
+        host.mounts.unmount(rec.mountpoint, owns)
     except OverlayBusy as e:
         if not force:
             return Stopped(OverlayBusy(
@@ -36,11 +35,9 @@ def run(host: Host, rec: Overlay, layout: Layout, *, force: bool) -> Stopped | N
     except OverlaydError as e:
         return Stopped(e, False)
     try:
-        host.mounts.unmount(str(layout.upper_mount), host.upper.owns(rec.name), lazy=force,
-                            mounts=mounts)
+        host.mounts.unmount(str(layout.upper_mount), host.upper.owns(rec.name), lazy=force)
         if rec.image_kind is not LowerKind.DIRECTORY:
-            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout), lazy=force,
-                                mounts=mounts)
+            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout), lazy=force)
         steps.remove_dirs(host, rec, layout)
     except OverlayBusy as e:
         return Stopped(OverlayBusy(

@@ -178,8 +178,7 @@ class FakeHost:
         self.open_fds += 1
         return 9, path
 
-    def unmount(self, target: str, owned: Owned, *, lazy: bool = False,
-                mounts: list[MountInfo] | None = None) -> bool:
+    def unmount(self, target: str, owned: Owned, *, lazy: bool = False) -> bool:
         self._call("unmount")
         top = [m for m in self.mount_table if m.target == target]
         if not top:
@@ -193,6 +192,16 @@ class FakeHost:
             self.remove_tree(target, keep_top=True)  # upper/ and work/ were in the tmpfs
         self._autoclear()
         return True
+
+    def at(self, path: str) -> MountInfo | None:
+        self._call("at")
+        found = [m for m in self.mount_table if m.target == path]
+        return found[-1] if found else None
+
+    def containing(self, path: str) -> list[MountInfo]:
+        self._call("containing")
+        return [m for m in reversed(self.mount_table)
+                if path == m.target or path.startswith(m.target.rstrip("/") + "/")]
 
     def table(self) -> list[MountInfo]:
         self._call("table")
@@ -215,8 +224,7 @@ class FakeHost:
                     super_options=("rw", f"size={size // 1024}k"))
         self.upper_data[self._next_id] = set()
 
-    def detach_for_later(self, name: str, target: str, *,
-                         mounts: list[MountInfo] | None = None) -> Callable[[], None]:
+    def detach_for_later(self, name: str, target: str) -> Callable[[], None]:
         self.unmount(target, self.owns(name), lazy=True)
         return lambda: None
 
@@ -231,8 +239,8 @@ class FakeHost:
             raise MountFailed(f"Cannot mount the overlay: '{upper}' does not exist.")
         self._mount("mount_overlay", mount_source(name), target, "overlay", options)
 
-    def verify(self, name: str, target: str, mounts: list[MountInfo]) -> None:
-        found = [m for m in mounts if m.target == target]
+    def verify(self, name: str, target: str) -> None:
+        found = [m for m in self.mount_table if m.target == target]
         if not found or found[-1].source != mount_source(name):
             raise MountFailed(f"The overlay did not appear at '{target}' after mounting it.")
 

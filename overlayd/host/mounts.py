@@ -9,7 +9,7 @@ from overlayd import mountinfo
 from overlayd.errors import InvalidSpec, MountFailed, OverlayBusy, describe_holders
 from overlayd.host.errors import Op, map_os_errors
 from overlayd.host.holders import find_holders
-from overlayd.host.mounttable import read_mounts
+from overlayd.host.mounttable import mount_at, mounts_below, mounts_containing, read_mounts
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import (
     MNT_DETACH,
@@ -22,15 +22,15 @@ from overlayd.host.syscalls import (
 )
 
 
-def top_owned(target: str, owned: Owned, mounts: list[mountinfo.MountInfo]) -> bool:
+def top_owned(target: str, owned: Owned) -> bool:
     """True if the top mount at TARGET is ours, False if nothing is mounted there;
     refuses (MountFailed) when someone else's mount is on top."""
-    top = [m for m in mounts if m.target == target]
-    if not top:
+    top = mount_at(target)
+    if top is None:
         return False
-    if not owned(top[-1]):
+    if not owned(top):
         raise MountFailed(f"Refusing to unmount '{target}': what is mounted there "
-                          f"({top[-1].source}, {top[-1].fstype}) was not mounted by overlayd.")
+                          f"({top.source}, {top.fstype}) was not mounted by overlayd.")
     return True
 
 
@@ -48,11 +48,15 @@ class LinuxMounts:
     def table(self) -> list[mountinfo.MountInfo]:
         return read_mounts()
 
-    def unmount(self, target: str, owned: Owned, *, lazy: bool = False,
-                mounts: list[mountinfo.MountInfo] | None = None) -> bool:
-        """Unmount the top mount at TARGET if OWNED says it is ours; False if none is there.
-        MOUNTS, a mount table read moments ago by the same operation, saves a re-read."""
-        if not top_owned(target, owned, mounts if mounts is not None else read_mounts()):
+    def at(self, path: str) -> mountinfo.MountInfo | None:
+        return mount_at(path)
+
+    def containing(self, path: str) -> list[mountinfo.MountInfo]:
+        return mounts_containing(path)
+
+    def unmount(self, target: str, owned: Owned, *, lazy: bool = False) -> bool:
+        """Unmount the top mount at TARGET if OWNED says it is ours; False if none is there."""
+        if not top_owned(target, owned):
             return False
         try:
             umount2(target, MNT_DETACH if lazy else 0)
@@ -67,8 +71,7 @@ class LinuxMounts:
         return True
 
     def holders(self, target: str) -> list[tuple[int, str]]:
-        ids = {m.mount_id for m in read_mounts() if m.target == target
-               or m.target.startswith(target.rstrip("/") + "/")}
+        ids = {m.mount_id for m in mounts_below(target)}
         return find_holders(target, ids)
 
     def open_mountpoint(self, path: str, *, follow_symlinks: bool) -> tuple[int, str]:

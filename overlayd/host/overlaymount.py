@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from overlayd import checks
 from overlayd.host.errors import Op, map_os_errors
+from overlayd.host.mounttable import mount_at
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import MOUNT_ATTR_NOATIME as _NOATIME
 from overlayd.host.syscalls import (
@@ -19,7 +20,6 @@ from overlayd.host.syscalls import (
     FsContext,
 )
 from overlayd.layout import mount_source
-from overlayd.mountinfo import MountInfo
 from overlayd.overlayfs import PINNED
 
 _ATTRS = {
@@ -42,9 +42,10 @@ class KernelOverlay:
         src = mount_source(name)
         return lambda m: m.source == src
 
-    def verify(self, name: str, target: str, mounts: list[MountInfo]) -> None:
+    def verify(self, name: str, target: str) -> None:
         """Read the new overlay back: ours, and every pinned option in force."""
-        checks.check_overlay_options(mounts, target, mount_source(name))
+        top = mount_at(target)
+        checks.check_overlay_options([top] if top else [], target, mount_source(name))
 
     def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
               options: tuple[str, ...], target_fd: int | None = None) -> None:

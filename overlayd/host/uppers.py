@@ -12,7 +12,6 @@ from collections.abc import Callable
 from overlayd.errors import OverlaydError
 from overlayd.host.errors import Op, map_os_errors
 from overlayd.host.mounts import top_owned
-from overlayd.host.mounttable import read_mounts
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import (
     MNT_DETACH,
@@ -23,7 +22,6 @@ from overlayd.host.syscalls import (
 )
 from overlayd.layout import mount_source
 from overlayd.model import UpperKind, UpperUsage
-from overlayd.mountinfo import MountInfo
 
 
 class TmpfsUpper:
@@ -43,14 +41,12 @@ class TmpfsUpper:
             fc.create()
             fc.mount_at(target, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
 
-    def detach_for_later(self, name: str, target: str, *,
-                         mounts: list[MountInfo] | None = None) -> Callable[[], None]:
+    def detach_for_later(self, name: str, target: str) -> Callable[[], None]:
         """Detach the tmpfs at TARGET now, but free it later: an O_PATH fd keeps its
         superblock alive until the returned function closes it. Unmounting a tmpfs frees
         its pages synchronously (70 ms for 512 MiB), which a commit's caller need not wait
         for."""
-        if not top_owned(target, self.owns(name), mounts if mounts is not None
-                         else read_mounts()):
+        if not top_owned(target, self.owns(name)):
             return lambda: None
         with map_os_errors(f"detach '{target}'", Op.MOUNT):
             fd = os.open(target, os.O_PATH | os.O_CLOEXEC)
