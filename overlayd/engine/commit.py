@@ -109,17 +109,26 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
                           f"{describe_holders(e.holders)}; close those files and try again.",
                           e.holders) from None
     out = Committed(rec.name)
+    rw_fd: int | None = None
     try:
         target = steps.lower_sources(rec, layout, dir_fd)[0]
         checkpoint(CommitPhase.APPLYING)
         if rw is not None:
+            # The image is written through a mount attached nowhere: a mount namespace
+            # cloned meanwhile (unshare -m, nspawn, PrivateMounts=) cannot copy it and
+            # keep its read-write superblock alive, and a kill -9 unmounts it.
             host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout))
-            steps.mount_lower(host, rec, layout, rw, driver, read_only=False)
-            target = str(layout.lower)
+            rw_fd = steps.open_lower_detached(host, rec, rw, driver)
+            target = f"/proc/self/fd/{rw_fd}/."  # "/.": the directory, not the fd link
         out.applied = host.layers.apply_upper(str(layout.upper), target, progress)
         host.mounts.syncfs(target)
     except Exception as e:  # whatever happened, the overlay must come back (below)
         out.error = e if isinstance(e, OverlaydError) else CommitFailed(steps.unexpected(e))
+    if rw_fd is not None:
+        try:
+            host.mounts.close_detached(rw_fd)
+        except OverlaydError as e:
+            out.error = out.error or e
     _restore(host, rec, layout, driver, ro, dir_fd, checkpoint, out)
     return out
 

@@ -66,6 +66,17 @@ def mount_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, drive
     return device
 
 
+def open_lower_detached(host: Host, rec: Overlay, info: ImageInfo, driver: str) -> int:
+    """The image mounted read-write nowhere (an fd): what Commit writes through."""
+    if rec.image_kind is LowerKind.BLOCK:
+        return host.mounts.open_detached(info.path, driver)
+    loop = host.images.attach_loop(info, read_only=False, name=info.path)
+    try:
+        return host.mounts.open_detached(loop.path, driver)
+    finally:
+        loop.release()  # the mount holds the device now; autoclear frees it after
+
+
 def mount_merged(host: Host, rec: Overlay, layout: Layout, dir_fd: int | None = None,
                  target_fd: int | None = None) -> None:
     host.merge.mount(rec.name, rec.mountpoint, lowers=lower_sources(rec, layout, dir_fd),

@@ -55,6 +55,7 @@ class FakeHost:
     upper_data: dict[int, set[str]] = field(default_factory=dict)
     image_data: dict[str, set[str]] = field(default_factory=dict)
     dead: bool = False
+    detached_fds: set[str] = field(default_factory=set)  # sources of detached mounts
     _next_id: int = 100
 
     kind = UpperKind.TMPFS  # as an UpperBackend
@@ -89,12 +90,13 @@ class FakeHost:
         self.dead, self.crash_at, self.calls = False, None, []
         self.fail, self.fail_nth = {}, {}
         self.loop_fds.clear()
+        self.detached_fds.clear()
         self.open_fds = 0
         self._autoclear()
         return self
 
     def _autoclear(self) -> None:
-        used = {m.source for m in self.mount_table} | self.loop_fds
+        used = {m.source for m in self.mount_table} | self.loop_fds | self.detached_fds
         for dev in [d for d in self.loops if d not in used]:
             del self.loops[dev]
 
@@ -169,6 +171,18 @@ class FakeHost:
 
     def mount_fs(self, source: str, target: str, fstype: str, *, read_only: bool) -> None:
         self._mount("mount_fs", source, target, fstype, ("ro",) if read_only else ("rw",))
+
+    def open_detached(self, source: str, fstype: str) -> int:
+        self._call("open_detached")
+        self.detached_fds.add(source)  # the detached mount holds the device
+        self.open_fds += 1
+        return 11
+
+    def close_detached(self, fd: int) -> None:
+        self._call("close_detached")
+        self.open_fds -= 1
+        self.detached_fds.clear()
+        self._autoclear()
 
     def open_mountpoint(self, path: str, *, follow_symlinks: bool) -> tuple[int, str]:
         self._call("open_mountpoint")
@@ -310,6 +324,9 @@ class FakeHost:
         return None
 
     def _image_at(self, lower: str) -> str | None:
+        if lower.startswith("/proc/self/fd/") and self.detached_fds:
+            source = next(iter(self.detached_fds))
+            return self.loops.get(source, source)
         for m in reversed(self.mount_table):
             if m.target == lower:
                 return self.loops.get(m.source, m.source)

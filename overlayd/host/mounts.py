@@ -45,6 +45,19 @@ class LinuxMounts:
             fc.create()
             fc.mount_at(target, MOUNT_ATTR_RDONLY if read_only else 0)
 
+    def open_detached(self, source: str, fstype: str) -> int:
+        with map_os_errors(f"mount {source} ({fstype}) read-write", Op.MOUNT), \
+                FsContext(fstype) as fc:
+            fc.set_string("source", source)
+            fc.create()
+            return fc.detached()
+
+    def close_detached(self, fd: int) -> None:
+        """Closing the last reference unmounts it, synchronously (before close returns):
+        the image is written and released when this returns."""
+        with map_os_errors("unmount the image", Op.MOUNT):
+            os.close(fd)
+
     def table(self) -> list[mountinfo.MountInfo]:
         return read_mounts()
 

@@ -120,6 +120,16 @@ class FsContext:
     def create(self) -> None:
         self._config(FSCONFIG_CMD_CREATE, None, None)
 
+    def detached(self, attrs: int = 0) -> int:
+        """fsmount() the configured superblock and attach it nowhere: an fd of a mount no
+        namespace can see or copy, gone when the fd is closed."""
+        mfd = _libc.syscall(ctypes.c_long(SYS_fsmount), ctypes.c_int(self.fd),
+                            ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs))
+        if mfd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, self.kernel_messages() or os.strerror(err))
+        return int(mfd)
+
     def mount_at(self, target: str, attrs: int = 0, target_fd: int | None = None) -> None:
         """fsmount() the configured superblock, then attach it at TARGET, or on the
         directory TARGET_FD refers to (then TARGET only names it in errors)."""
