@@ -11,7 +11,7 @@ from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec, LimitExceeded, MountFailed
 from overlayd.fstype import REFUSAL
 from overlayd.layout import SOURCE_PREFIX, is_within
-from overlayd.model import Overlay, OverlaySpec, format_size
+from overlayd.model import OverlaySpec, format_size
 from overlayd.mountinfo import MountInfo
 from overlayd.overlayfs import PINNED
 
@@ -71,8 +71,10 @@ def check_outside_runtime_dir(path: str, cfg: DaemonConfig) -> None:
 
 
 def check_mountpoint(path: str, kind: str, *, is_default: bool, cfg: DaemonConfig,
-                     mounts: Iterable[MountInfo], overlays: Iterable[Overlay]) -> None:
-    """PATH is the resolved mount point; KIND is 'missing', 'directory' or 'other'."""
+                     mounts: Iterable[MountInfo]) -> None:
+    """PATH is the resolved mount point; KIND is 'missing', 'directory' or 'other'; MOUNTS,
+    the mounts that hold PATH (or all of them). The mount points of other overlays are
+    ``claims.MountpointClaims``' to check."""
     mounts = list(mounts)
     if not is_default:
         if kind == "missing":
@@ -81,13 +83,6 @@ def check_mountpoint(path: str, kind: str, *, is_default: bool, cfg: DaemonConfi
         if kind != "directory":
             raise InvalidSpec(f"The mount point '{path}' is not a directory.", "mountpoint")
         check_outside_runtime_dir(path, cfg)
-    for o in overlays:
-        if is_within(path, o.mountpoint):
-            raise InvalidSpec(f"The mount point '{path}' is inside overlay '{o.name}' (mounted "
-                              f"at '{o.mountpoint}'); overlays cannot be nested.", "mountpoint")
-        if is_within(o.mountpoint, path):
-            raise InvalidSpec(f"The mount point '{path}' would hide overlay '{o.name}' mounted "
-                              f"below it at '{o.mountpoint}'.", "mountpoint")
     for m in mounts:
         if m.target == path:
             raise InvalidSpec(f"'{path}' is already a mount point ({m.fstype} from {m.source}); "

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from overlayd.claims import MountpointClaims
 from overlayd.config import DaemonConfig
 from overlayd.engine import commit as commit_proc
 from overlayd.engine import create as create_proc
@@ -77,7 +78,7 @@ class OverlayManager:
         self._overlays: dict[str, Overlay] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._creating: set[str] = set()
-        self._create_lock = asyncio.Lock()  # mount point checks must see each other's result
+        self._claims = MountpointClaims()  # mount points: Creates never share or nest them
         self._listeners: list[Listener] = []
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -151,6 +152,10 @@ class OverlayManager:
         result, settled = await self._blocking(prepare)
         for rec in settled:
             self._overlays[rec.name] = rec
+            try:
+                self._claims.claim(rec.name, rec.mountpoint)
+            except OverlaydError as e:  # two records, one mount point: keep both, say so
+                log.warning("Recovery: %s", e)
             how = ("Repaired" if rec.name in result.repaired else
                    "Adopted boot" if rec.name in result.booted else "Adopted")
             log.info("%s overlay '%s' at '%s'.", how, rec.name, rec.mountpoint,
@@ -219,9 +224,7 @@ class OverlayManager:
                                 "configured maximum (max_overlays in overlayd.conf).")
         self._creating.add(name)
         try:
-            async with self._create_lock:
-                built = await self._blocking(self._create_blocking, spec, owner_uid,
-                                             self.list())
+            built = await self._blocking(self._create_blocking, spec, owner_uid)
         except OverlaydError as e:
             log.log(_failure_level(e), "Failed to create overlay '%s': %s", name, e,
                     extra={"OVERLAYD_NAME": name, "OVERLAYD_IMAGE": spec.image or "",
@@ -236,12 +239,24 @@ class OverlayManager:
                  extra=_fields(rec, Event.CREATED, uid=owner_uid))
         return rec
 
-    def _create_blocking(self, spec: OverlaySpec, owner_uid: int,
-                         existing: builtins.list[Overlay]) -> Overlay:
-        """In a worker: prepare, save the CREATING record (so that a kill from here on
-        leaves something recovery removes), build, save the ACTIVE record."""
-        prepared = create_proc.prepare(self.host, self.config, spec, existing,
-                                       owner_uid=owner_uid, now_usec=time.time_ns() // 1000)
+    def _create_blocking(self, spec: OverlaySpec, owner_uid: int) -> Overlay:
+        """In a worker: prepare (claiming the mount point), save the CREATING record (so
+        that a kill from here on leaves something recovery removes), build, save the ACTIVE
+        record."""
+        claimed: list[str] = []
+
+        def claim(mountpoint: str) -> None:
+            self._claims.claim(spec.name, mountpoint)
+            claimed.append(mountpoint)
+
+        try:
+            prepared = create_proc.prepare(self.host, self.config, spec, claim,
+                                           owner_uid=owner_uid,
+                                           now_usec=time.time_ns() // 1000)
+        except BaseException:
+            for mp in claimed:
+                self._claims.release(spec.name, mp)
+            raise
         try:
             self.store.begin(prepared.record)
             try:
@@ -254,6 +269,7 @@ class OverlayManager:
                 except OverlaydError as e:
                     log.warning("Cannot remove the state of overlay '%s': %s, ignoring.",
                                 spec.name, e)
+                self._claims.release(spec.name, prepared.record.mountpoint)
                 raise
         finally:
             create_proc.release(self.host, prepared)
@@ -347,6 +363,7 @@ class OverlayManager:
                 raise e
             del self._overlays[name]
             self._locks.pop(name, None)
+            self._claims.release(name, rec.mountpoint)
         log.info("Discarded overlay '%s'%s.", name, " (forced)" if force else "",
                  extra=_fields(rec, Event.DISCARDED, uid=caller_uid))
         self._changed(name, None)

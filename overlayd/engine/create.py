@@ -30,8 +30,10 @@ class Prepared:
     mountpoint_fd: int | None  # the caller's mount point, open (None: the default one)
 
 
-def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Overlay], *,
-            owner_uid: int, now_usec: int) -> Prepared:
+def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
+            claim: Callable[[str], None], *, owner_uid: int, now_usec: int) -> Prepared:
+    """CLAIM(mount point) takes the mount point among the overlays (the manager's
+    ``MountpointClaims``); it raises if another overlay has it, or nests with it."""
     size = checks.choose_size(spec, cfg, host.system.memory_total())
     rb = Rollback()
     # A caller's mount point is opened once; the checks and the mount use that directory,
@@ -54,8 +56,9 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec, existing: list[Ove
         # Only the mounts that hold the mount point (the default one may not exist yet):
         # the cost does not grow with the number of overlays or other mounts.
         nearest = mountpoint if kind != "missing" else os.path.dirname(mountpoint)
+        claim(mountpoint)  # first: another overlay's name says more than the mount table
         checks.check_mountpoint(mountpoint, kind, is_default=is_default, cfg=cfg,
-                                mounts=host.mounts.containing(nearest), overlays=existing)
+                                mounts=host.mounts.containing(nearest))
         info = host.images.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
         rb.push("close the image", host.images.close_image, info)
         shown = spec.image or info.path

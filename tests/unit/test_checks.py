@@ -13,6 +13,7 @@ from overlayd.checks import (
     choose_fstype,
     choose_size,
 )
+from overlayd.claims import MountpointClaims
 from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec, LimitExceeded, MountFailed
 from overlayd.fstype import REFUSAL
@@ -191,8 +192,13 @@ def test_fstype_served_by_ext4_driver(fs: str) -> None:
 
 def check(path: str, kind: str = "directory", *, is_default: bool = False,
           mounts: list[MountInfo] | None = None, overlays: list[Overlay] | None = None) -> None:
-    check_mountpoint(path, kind, is_default=is_default, cfg=CFG, mounts=mounts or [],
-                     overlays=overlays or [])
+    """The checks of a mount point: against the mount table (check_mountpoint), then
+    against the mount points other overlays hold (MountpointClaims), as Create makes them."""
+    check_mountpoint(path, kind, is_default=is_default, cfg=CFG, mounts=mounts or [])
+    claims = MountpointClaims()
+    for o in overlays or []:
+        claims.claim(o.name, o.mountpoint)
+    claims.claim("new", path)
 
 
 def refused(path: str, kind: str = "directory", **kw: Any) -> str:
