@@ -70,6 +70,17 @@ def check_outside_runtime_dir(path: str, cfg: DaemonConfig) -> None:
                           f"'{cfg.runtime_dir}'.", "mountpoint")
 
 
+def check_image_outside_runtime_dir(path: str, shown: str, cfg: DaemonConfig) -> None:
+    """PATH, the image as the kernel resolved it, is none of overlayd's own layers: not an
+    image mount, a live upper, a record or the runtime directory itself (the merged views
+    below the mount root are the users' data, and may hold images)."""
+    root = cfg.mount_root_dir
+    if is_within(path, cfg.runtime_dir) and not (is_within(path, root)
+                                                 and path.rstrip("/") != str(root)):
+        raise InvalidSpec(f"The image '{shown}' is inside overlayd's runtime directory "
+                          f"'{cfg.runtime_dir}', which holds its own layers.", "image")
+
+
 def check_mountpoint(path: str, kind: str, *, is_default: bool, cfg: DaemonConfig,
                      mounts: Iterable[MountInfo]) -> None:
     """PATH is the resolved mount point; KIND is 'missing', 'directory' or 'other'; MOUNTS,

@@ -140,7 +140,10 @@ class OverlayManager:
                 rec = transition(found, S.ACTIVE)
                 if rec != found or found.name in result.booted:
                     self._save_quietly(rec)
-                self.store.sweep(rec.name)
+                try:
+                    self.store.sweep(rec.name)
+                except OverlaydError as e:  # a stale temporary costs nothing but space
+                    result.problems.append(f"{rec.name}: {e}")
                 settled.append(rec)
             for name in result.cleaned:
                 try:
@@ -369,7 +372,9 @@ class OverlayManager:
         self._changed(name, None)
 
     def _discard_blocking(self, rec: Overlay, force: bool) -> teardown_proc.Stopped | None:
-        self.store.save(rec)
+        # Quietly: a record that cannot be written must not keep anyone from discarding
+        # (a Commit, by contrast, is refused without its record: see _commit_blocking).
+        self._save_quietly(rec)
         stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force)
         if stopped is None:
             try:

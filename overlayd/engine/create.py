@@ -62,6 +62,7 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
         info = host.images.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
         rb.push("close the image", host.images.close_image, info)
         shown = spec.image or info.path
+        checks.check_image_outside_runtime_dir(info.path, shown, cfg)
         if info.kind is LowerKind.DIRECTORY:
             fstype, driver = "", ""
             if spec.fstype is not None:

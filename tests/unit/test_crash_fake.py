@@ -149,3 +149,54 @@ def _calls_of_commit() -> list[str]:
     host.calls.clear()
     run(mgr.commit("demo"))
     return list(host.calls)
+
+
+def _interrupted_host() -> FakeHost:
+    """Two live overlays and a third whose commit died while writing the image."""
+    host = new_host()
+    mgr = with_writes(host)
+    run(mgr.create(parse_spec({"name": "other", "image": IMG})))
+    host.calls.clear()
+    host.crash_at = 1 + _calls_of_commit().index("apply_entry") + 1
+    with pytest.raises(Crashed):
+        run(mgr.commit("demo"))
+    return host.restarted()
+
+
+def _recovery_calls() -> list[tuple[str, int]]:
+    host = _interrupted_host()
+    daemon(host)
+    seen: dict[str, int] = {}
+    out = []
+    for name in host.calls:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name, seen[name]))
+    return out
+
+
+# Without its runtime directory or the mount table a daemon cannot know what it owns: a
+# failure to read either fails the start (and systemd starts it again), nothing else may.
+FATAL = {("list_dir", 1), ("table", 1)}
+
+
+@pytest.mark.parametrize("call", [c for c in _recovery_calls() if c[0] != "path_kind"],
+                         ids=lambda c: f"{c[0]}#{c[1]}")
+def test_recovery_survives_any_failing_call(call: tuple[str, int]) -> None:
+    from overlayd.errors import OverlaydError
+
+    host = _interrupted_host()
+    host.fail_nth = {call: OverlaydError(f"injected at {call}")}
+    if call in FATAL:
+        with pytest.raises(OverlaydError, match="injected"):
+            daemon(host)
+    else:
+        first = daemon(host)  # never raises: a failure costs at most the overlay it hit
+        assert first.list(), "the overlay the failure did not hit is recovered"
+    host.fail_nth = {}
+    second = daemon(host)  # the next start finishes the job
+    assert {r.name for r in second.list()} == {"demo", "other"}
+    assert writes_kept(host, second) >= WRITES
+    for rec in second.list():
+        run(second.discard(rec.name, force=True))
+    check_nothing_leaked(host, second)
+    assert host.mount_table == [] and not host.loops

@@ -71,7 +71,8 @@ def create_calls() -> list[tuple[str, int]]:
     out = []
     for name in host.calls:
         seen[name] = seen.get(name, 0) + 1
-        out.append((name, seen[name]))
+        if name != "path_kind":  # cannot fail on Linux, so the fake's never does either
+            out.append((name, seen[name]))
     return out
 
 
