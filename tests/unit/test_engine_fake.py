@@ -241,3 +241,20 @@ def test_calls_act_only_on_the_overlay_they_were_authorized_for() -> None:
         await mgr.discard("demo", created_usec=rec.created_usec)
 
     run(go())
+
+
+def test_create_commit_discard_never_read_the_whole_mount_table() -> None:
+    """Their cost must not grow with the number of overlays (or of other mounts): they ask
+    about their own mount points (statx/statmount), never for all of mountinfo."""
+    host = new_host()
+    mgr = manager(host)
+
+    async def go() -> None:
+        await mgr.start()
+        host.calls.clear()
+        await mgr.create(spec())
+        await mgr.commit("demo")
+        await mgr.discard("demo")
+
+    run(go())
+    assert "table" not in host.calls and "list_dir" not in host.calls
