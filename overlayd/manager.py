@@ -308,6 +308,8 @@ class OverlayManager:
                     update={"loop_device": done.loop_device}), *rec.lowers[1:])
             if done.error is None:
                 changes["half_committed"] = False
+            elif done.image_touched:  # stopped while writing: the image holds a part
+                changes["half_committed"] = True
             rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED, **changes)
             # Saved in the worker's wake: a daemon stopped right now still finds a record
             # that says what is mounted.

@@ -34,6 +34,7 @@ class Committed:
     error: OverlaydError | None = None
     remount_problems: list[str] = field(default_factory=list)
     loop_device: str | None = None  # the read-only loop device now under the overlay
+    image_touched: bool = False  # writing the image began: on failure it holds a part
     free_old_upper: Callable[[], None] = lambda: None  # call after replying: frees RAM
 
     @property
@@ -120,6 +121,7 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
             host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout))
             rw_fd = steps.open_lower_detached(host, rec, rw, driver)
             target = f"/proc/self/fd/{rw_fd}/."  # "/.": the directory, not the fd link
+        out.image_touched = True
         out.applied = host.layers.apply_upper(str(layout.upper), target, progress)
         host.mounts.syncfs(target)
     except Exception as e:  # whatever happened, the overlay must come back (below)
