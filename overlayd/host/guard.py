@@ -28,7 +28,6 @@ import argparse
 import ctypes
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
@@ -55,29 +54,44 @@ def set_death_signal(signo: int = signal.SIGTERM) -> None:
 def run_guarded(argv: list[str]) -> int:
     """Run ARGV as a child and wait for it; a stop signal to us is passed on as SIGTERM,
     then SIGKILL. Returns its exit status (128 + N for signal N, as a shell does)."""
-    child: subprocess.Popen[bytes] | None = None
+    child = 0
     stopping = False
 
     def stop(_signo: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
-        if child is not None:  # not reaped before wait() returns: the PID is still its
-            os.kill(child.pid, signal.SIGTERM)
+        if child:  # not reaped before waitpid() returns: the PID is still its
+            os.kill(child, signal.SIGTERM)
             signal.alarm(KILL_AFTER)
 
     def kill(_signo: int, _frame: FrameType | None) -> None:
-        if child is not None:
-            os.kill(child.pid, signal.SIGKILL)
+        if child:
+            os.kill(child, signal.SIGKILL)
 
-    for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for signo in stops:
         signal.signal(signo, stop)
     signal.signal(signal.SIGALRM, kill)
-    # One thread here, so preexec_fn is safe. The death signal only helps the child until
-    # it changes credentials; we are its guard after that.
-    child = subprocess.Popen(argv, preexec_fn=set_death_signal)
-    if stopping:  # a signal came before Popen returned
+    # Held back while forking, so that a stop signal reaches either the child itself
+    # (default action, after exec) or us once we know the child's PID.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    pid = os.fork()  # one thread here: fork is safe
+    if pid == 0:
+        try:
+            for signo in (*stops, signal.SIGALRM):
+                signal.signal(signo, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            # Helps until the child changes credentials; we are its guard after that.
+            set_death_signal()
+            os.execvp(argv[0], argv)
+        finally:
+            os._exit(127)
+    child = pid
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    if stopping:
         stop(signal.SIGTERM, None)
-    rc = child.wait()
+    _, status = os.waitpid(child, 0)  # retried after each signal handler (PEP 475)
+    rc = os.waitstatus_to_exitcode(status)
     return 128 - rc if rc < 0 else rc
 
 
