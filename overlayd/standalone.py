@@ -23,6 +23,7 @@ from pathlib import Path
 
 from overlayd.errors import OverlaydError
 from overlayd.host.busdir import BusDirectory
+from overlayd.host.guard import KILL_AFTER
 from overlayd.host.namespace import DEFAULT_RUNTIME_DIR
 from overlayd.host.process import spawn_guarded, spawn_tied
 
@@ -159,12 +160,14 @@ class StandaloneBus:
         return True
 
     async def stop(self) -> None:
-        for proc in (self.polkitd, self.proc):
+        # polkitd's guard gets the time it gives polkitd before its SIGKILL, and more: a
+        # guard killed first would leave polkitd running.
+        for proc, grace in ((self.polkitd, KILL_AFTER + 5), (self.proc, 5)):
             if proc is None or proc.returncode is not None:
                 continue
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), timeout=5)
+                await asyncio.wait_for(proc.wait(), timeout=grace)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
