@@ -67,7 +67,8 @@ async def serve(args: argparse.Namespace) -> int:
     standalone = await StandaloneBus.start() if args.standalone else None
     try:
         address = standalone.address if standalone else args.bus_address
-        polkit = await standalone.start_polkitd(args.polkit_rules) if standalone else False
+        polkit = (await standalone.start_polkitd(args.polkit_rules, config.runtime_dir)
+                  if standalone else False)
         server = await BusServer.start(manager, address, wait_for_polkit=polkit)
         notifier = Notifier()
         watchdog = asyncio.ensure_future(notifier.watchdog())

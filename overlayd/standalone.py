@@ -7,21 +7,25 @@ the daemon's job, not the socket's. When polkitd is installed it starts one on t
 in a mount namespace of its own where the actions directory is a private copy that also
 holds overlayd's policy (and the rules directory may be replaced), so no host file is
 touched. Stopping ends both (ours, by PID) and removes the directory.
+
+Even a SIGKILL leaves nothing running: dbus-daemon gets the kernel's death signal, and
+polkitd runs under a guard that stops it (overlayd.host.guard). The directory it leaves
+is removed by the next start (overlayd.host.busdir). This module only orchestrates: the
+processes, namespaces and mounts are the host layer's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 import shutil
-import tempfile
 from pathlib import Path
 
 from overlayd.errors import OverlaydError
-from overlayd.host.mounttable import read_mounts
-from overlayd.host.process import spawn_tied
-from overlayd.layout import SOURCE_PREFIX
+from overlayd.host.busdir import BusDirectory
+from overlayd.host.guard import KILL_AFTER
+from overlayd.host.namespace import DEFAULT_RUNTIME_DIR
+from overlayd.host.process import spawn_guarded, spawn_tied
 
 log = logging.getLogger("overlayd.standalone")
 
@@ -73,13 +77,6 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 """
 
 
-def overlayd_mount_targets() -> list[str]:
-    """Where overlays, their tmpfs and their images are mounted (by any overlayd), the
-    deepest first."""
-    return [m.target for m in reversed(read_mounts())
-            if m.source.startswith(SOURCE_PREFIX) or m.source.startswith("/dev/loop")]
-
-
 def find_actions() -> Path:
     for place in ACTIONS_PLACES:
         if (place / ACTIONS_NAME).is_file():
@@ -96,8 +93,10 @@ def find_policy() -> Path:
 
 
 class StandaloneBus:
-    def __init__(self, directory: Path, proc: asyncio.subprocess.Process, address: str) -> None:
-        self.directory = directory
+    def __init__(self, bus_dir: BusDirectory, proc: asyncio.subprocess.Process,
+                 address: str) -> None:
+        self.bus_dir = bus_dir
+        self.directory = bus_dir.path
         self.proc = proc
         self.address = address
         self.polkitd: asyncio.subprocess.Process | None = None
@@ -107,8 +106,8 @@ class StandaloneBus:
     async def start(cls) -> StandaloneBus:
         if shutil.which("dbus-daemon") is None:
             raise OverlaydError("--standalone needs dbus-daemon (Debian package dbus-daemon).")
-        directory = Path(tempfile.mkdtemp(prefix="overlayd-bus-", dir="/run"))
-        directory.chmod(0o755)  # every local user may connect, as to the system bus
+        bus_dir = BusDirectory.create()  # and removes those of killed daemons
+        directory = bus_dir.path
         try:
             socket = directory / "system_bus_socket"
             config = directory / "bus.conf"
@@ -122,9 +121,9 @@ class StandaloneBus:
                 await proc.wait()
                 raise OverlaydError(f"dbus-daemon exited with status {proc.returncode}.")
         except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
+            bus_dir.remove()
             raise
-        bus = cls(directory, proc, f"unix:path={socket}")
+        bus = cls(bus_dir, proc, f"unix:path={socket}")
         bus._forward(proc, "dbus-daemon")
         return bus
 
@@ -138,10 +137,13 @@ class StandaloneBus:
                     log.debug("%s: %s", name, line.decode(errors="replace").rstrip())
         self._stderr.append(asyncio.ensure_future(forward()))
 
-    async def start_polkitd(self, rules: Path | None) -> bool:
+    async def start_polkitd(self, rules: Path | None,
+                            runtime_dir: Path = DEFAULT_RUNTIME_DIR) -> bool:
         """polkitd on our bus, seeing the host's actions plus overlayd's; RULES, if given,
-        replaces /etc/polkit-1/rules.d for it. False when polkitd is not installed."""
-        if not POLKITD.exists() or shutil.which("unshare") is None:
+        replaces /etc/polkit-1/rules.d for it. Its mount namespace has none of the mounts of
+        overlayd's (RUNTIME_DIR's included), which it would otherwise keep busy. False when
+        polkitd is not installed."""
+        if not POLKITD.exists():
             log.info("polkitd is not installed: only root may change overlays.")
             return False
         actions = self.directory / "polkit-actions"
@@ -149,32 +151,26 @@ class StandaloneBus:
         for f in ACTIONS_DIR.glob("*.policy"):
             shutil.copy(f, actions / f.name)
         shutil.copy(find_actions(), actions / ACTIONS_NAME)
-        q = shlex.quote
-        # The namespace starts as a copy of ours: drop (there only) every mount an overlayd
-        # made, or polkitd would keep old uppers, images and loop devices alive.
-        targets = overlayd_mount_targets()
-        drops = [f"umount -l {' '.join(q(t) for t in targets)} 2>/dev/null"] if targets else []
-        binds = [f"mount --bind {q(str(actions))} {q(str(ACTIONS_DIR))}"]
-        if rules is not None:
-            binds.append(f"mount --bind {q(str(rules))} {q(str(RULES_DIR))}")
-        script = "; ".join([*drops, " && ".join([*binds, f"exec {q(str(POLKITD))} --no-debug"])])
-        self.polkitd = await spawn_tied("unshare", "--mount", "--propagation", "private",
-                                        "sh", "-c", script,
-                                        env={"DBUS_SYSTEM_BUS_ADDRESS": self.address,
-                                             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        binds = [(actions, ACTIONS_DIR)] + ([(rules, RULES_DIR)] if rules is not None else [])
+        self.polkitd = await spawn_guarded(
+            str(POLKITD), "--no-debug", runtime_dir=runtime_dir, binds=binds,
+            env={"DBUS_SYSTEM_BUS_ADDRESS": self.address,
+                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         self._forward(self.polkitd, "polkitd")
         return True
 
     async def stop(self) -> None:
-        for proc in (self.polkitd, self.proc):
+        # polkitd's guard gets the time it gives polkitd before its SIGKILL, and more: a
+        # guard killed first would leave polkitd running.
+        for proc, grace in ((self.polkitd, KILL_AFTER + 5), (self.proc, 5)):
             if proc is None or proc.returncode is not None:
                 continue
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), timeout=5)
+                await asyncio.wait_for(proc.wait(), timeout=grace)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
         for task in self._stderr:
             task.cancel()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.bus_dir.remove()

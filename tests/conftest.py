@@ -9,7 +9,9 @@ At the end of the session the suite checks that it left no mount and no loop dev
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,20 @@ from typing import Any
 import pytest
 
 from tests import helpers
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temporary root of this checkout's own, /tmp/overlayd-tests-HASH/pytest-of-USER/...:
+    pytest makes /tmp/pytest-of-USER 0700 at the start of every session, which takes away
+    the search permission that tests running as other uids rely on (helpers.traversable)
+    from any session of another checkout running at the same time. --basetemp or
+    PYTEST_DEBUG_TEMPROOT, when given, win."""
+    if config.option.basetemp is not None or "PYTEST_DEBUG_TEMPROOT" in os.environ:
+        return
+    checkout = hashlib.sha256(str(Path(__file__).resolve().parent).encode()).hexdigest()
+    temproot = Path(tempfile.gettempdir()) / f"overlayd-tests-{checkout[:12]}"
+    temproot.mkdir(mode=0o755, exist_ok=True)
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(temproot)
 
 
 def kernel_unavailable() -> str | None:

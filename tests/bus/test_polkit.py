@@ -161,14 +161,21 @@ def test_without_polkitd_only_root(root: Path, images: dict[str, Path]) -> None:
         assert "Traceback" not in stop_daemon(d)
 
 
-def _child_polkitd(parent: int) -> int:
+def _child_polkitd(daemon: int) -> int:
+    """The daemon's polkitd: a child of its guard (overlayd.host.guard), a child of it."""
+    parents: dict[int, int] = {}
+    polkitds = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if "(polkitd)" in stat and int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            return int(pid)
+        parents[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if "(polkitd)" in stat:
+            polkitds.append(int(pid))
+    for pid in polkitds:
+        if parents.get(parents[pid]) == daemon:
+            return pid
     raise AssertionError("no polkitd under the daemon")
 
 

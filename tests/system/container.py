@@ -37,7 +37,13 @@ Pitfalls:
   what the container needs (``binds=``/``rw_binds=``).  The rest of the host's root file
   system is visible (read-only in effect: writes go to the tmpfs upper layer), e.g. the repo
   and its venv; other host mounts are not.
-* Only the /dev/loopN nodes that exist at boot are bound in.
+* Loop devices: /dev/loop-control is bound in; the /dev/loopN nodes are not binds of the
+  host's but the container's own, made by its systemd-tmpfiles early at boot (before any
+  mount) from a tmpfiles.d file the harness writes (``loop_node_rules``): one for every
+  loop device the host has and LOOP_HEADROOM more, whether the device exists yet or not.
+  So a loop device the kernel adds after boot (LOOP_CTL_GET_FREE on a busy host) has its
+  node in the container, and a host node that vanishes while nspawn starts cannot fail
+  the boot ("Failed to stat /dev/loop415": nspawn stats every --bind= source).
 * ``run()`` processes come from outside: they have the host's full capabilities and are in
   the test runner's cgroup, not the container's.  To test what a unit may do, run it as a
   unit (``systemd-run --wait --pipe``).
@@ -126,6 +132,30 @@ if [ "$go" != go ]; then echo "overlayd-ct: aborted before boot" >&2; exit 99; f
 exec < /dev/null
 exec systemd-nspawn "$@"
 """
+
+
+# Loop nodes the container gets beyond the host's highest loop device: LOOP_CTL_GET_FREE
+# hands out the lowest free index, so a container meets an index above that only if the
+# host adds this many loop devices while it runs.
+LOOP_HEADROOM = 1024
+LOOP_MAJOR = 7
+LOOP_NODES_CONF = "etc/tmpfiles.d/overlayd-ct-loop-nodes.conf"
+
+
+def loop_node_rules(headroom: int = LOOP_HEADROOM) -> str:
+    """tmpfiles.d lines for /dev/loop0 .. /dev/loopN, N the host's highest loop index plus
+    HEADROOM. Listing /sys/block is only a count: nothing breaks if a device goes or comes
+    meanwhile, and a node for a device that does not exist is harmless."""
+    indices = [int(n[4:]) for n in os.listdir("/sys/block")
+               if n.startswith("loop") and n[4:].isdigit()]
+    try:  # with max_part > 0 the driver spaces the minors to leave room for partitions
+        max_part = int(Path("/sys/module/loop/parameters/max_part").read_text())
+    except (OSError, ValueError):
+        max_part = 0
+    shift = max_part.bit_length()
+    last = max(indices, default=-1) + headroom
+    return "".join(f"b /dev/loop{n} 0660 root disk - {LOOP_MAJOR}:{n << shift}\n"
+                   for n in range(last + 1))
 
 
 class ContainerError(RuntimeError):
@@ -365,11 +395,9 @@ class Container:
                   "--link-journal=no"]
         if private_network:
             nspawn.append("--private-network")
-        # The container has no loop nodes unless they are bound in.  Only the nodes that
-        # exist now: one that the kernel adds later is not in the container.
-        loops = sorted(p for p in Path("/dev").glob("loop*")
-                       if p.name == "loop-control" or p.name[4:].isdigit())
-        nspawn += [f"--bind={p}" for p in loops]
+        # loop-control is always there while the loop driver is; the loopN nodes are the
+        # container's own (module docstring, _seed).
+        nspawn.append("--bind=/dev/loop-control")
         nspawn += [f"--bind-ro={b}" for b in binds]
         nspawn += [f"--bind={b}" for b in rw_binds]
         nspawn += list(extra_args)
@@ -382,9 +410,7 @@ class Container:
         ready_r, ready_w = os.pipe()
         env["OVERLAYD_CT_READY_FD"] = str(ready_w)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        shown = [a for a in nspawn if not a.startswith("--bind=/dev/loop")]
-        self._log.write(f"overlayd-ct: systemd-nspawn {' '.join(shown)} (+ --bind= of "
-                        f"{len(loops)} loop nodes)\n".encode())
+        self._log.write(f"overlayd-ct: systemd-nspawn {' '.join(nspawn)}\n".encode())
         self._log.flush()
         try:
             self.proc = subprocess.Popen(
@@ -438,6 +464,9 @@ class Container:
         (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         # systemd sets the hostname from /etc/hostname, which is the host's otherwise.
         (root / "etc/hostname").write_text(machine + "\n")
+        conf = root / LOOP_NODES_CONF  # read by systemd-tmpfiles-setup-dev.service
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(loop_node_rules())
         unitdir = root / "etc/systemd/system"
         for unit in masks:
             link = unitdir / unit

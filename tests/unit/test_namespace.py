@@ -1,0 +1,57 @@
+"""Which mounts polkitd's namespace drops (overlayd.host.namespace.overlayd_mounts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from overlayd.host.namespace import overlayd_mounts
+from overlayd.mountinfo import MountInfo
+
+RUN = Path("/run/overlayd")
+
+
+def mount(n: int, target: str, source: str, fstype: str = "tmpfs") -> MountInfo:
+    return MountInfo(mount_id=n, parent_id=1, device="0:1", root="/", target=target,
+                     options=("rw",), fstype=fstype, source=source, super_options=("rw",))
+
+
+def picked(mounts: list[MountInfo], runtime_dirs: list[Path] | None = None) -> list[str]:
+    return [m.target for m in overlayd_mounts(mounts, runtime_dirs or [RUN])]
+
+
+def test_own_tmpfs_overlay_and_image_mounts_latest_first() -> None:
+    table = [mount(1, "/", "/dev/vda1", "ext4"),
+             mount(2, "/run/overlayd/a/lower", "/dev/loop3", "ext4"),
+             mount(3, "/run/overlayd/a/rw", "overlayd-a"),
+             mount(4, "/run/overlayd/mnt/a", "overlayd-a", "overlay")]
+    assert picked(table) == ["/run/overlayd/mnt/a", "/run/overlayd/a/rw",
+                             "/run/overlayd/a/lower"]
+
+
+def test_never_a_foreign_loop_mount() -> None:
+    table = [mount(1, "/srv/data", "/dev/loop0", "ext4"),
+             mount(2, "/media/x/lower", "/dev/loop1", "ext4"),  # not in a runtime dir
+             mount(3, "/run/overlayd/a/lower/sub", "/dev/loop2", "ext4"),
+             mount(4, "/run/overlayd/lower", "/dev/loop4", "ext4"),
+             mount(5, "/run/overlayd/a/lower2", "/dev/loop5", "ext4")]
+    assert picked(table) == []
+
+
+def test_the_prefix_alone_is_not_enough_for_other_file_systems() -> None:
+    assert picked([mount(1, "/mnt/f", "overlayd-fuse", "fuse.sshfs")]) == []
+
+
+def test_the_image_mounts_of_another_daemon_found_from_its_tmpfs() -> None:
+    table = [mount(1, "/var/other/x/lower", "/dev/loop9", "squashfs"),
+             mount(2, "/var/other/x/rw", "overlayd-x"),
+             mount(3, "/var/other/y/lower", "/dev/loop8", "ext4"),  # same runtime dir
+             mount(4, "/var/third/z/rw", "overlayd-notz"),  # name and source disagree
+             mount(5, "/var/third/z/lower", "/dev/loop7", "ext4")]
+    assert picked(table) == ["/var/third/z/rw", "/var/other/y/lower", "/var/other/x/rw",
+                             "/var/other/x/lower"]
+
+
+def test_the_runtime_dir_passed_in() -> None:
+    table = [mount(1, "/tmp/t/run/p/lower", "/dev/loop1", "ext4"),
+             mount(2, "/run/overlayd/q/lower", "/dev/loop2", "ext4")]
+    assert picked(table, [Path("/tmp/t/run")]) == ["/tmp/t/run/p/lower"]
