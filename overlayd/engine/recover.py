@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from overlayd import adopt
 from overlayd.config import DaemonConfig
 from overlayd.engine import steps, teardown
-from overlayd.errors import CommitFailed, OverlaydError
+from overlayd.errors import MountFailed, OverlaydError
 from overlayd.host.ports import Host, Owned
 from overlayd.layout import Layout
 from overlayd.model import CommitPhase, LowerKind, Overlay, OverlaySpec, OverlayState
@@ -111,7 +111,7 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
         lower is not None and steps.owns_lower(rec, layout)(lower) and "ro" in lower.options)
     if overlay_up:
         if not lower_ok:  # never seen: overlay up over a read-write image. Hands off.
-            raise CommitFailed(f"Overlay '{rec.name}' is mounted but its image is not mounted "
+            raise MountFailed(f"Overlay '{rec.name}' is mounted but its image is not mounted "
                                "read-only; leaving it as it is for an admin to look at.")
         result.adopted.append(_settled(rec, half=False))
         return

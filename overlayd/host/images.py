@@ -143,17 +143,33 @@ class LinuxImages:
 
     @staticmethod
     def _walk_links(path: str, field: str) -> None:
-        real = os.path.realpath(path)
-        current = os.path.abspath(path)
-        while current != real:
-            if os.path.islink(current) and not current.startswith("/dev/"):
+        """Resolve PATH one component at a time, as the kernel does; any symbolic link on
+        the way that is not udev's (under /dev) refuses it: a planted directory link
+        (/x/dirlink/sda with dirlink -> /dev) as much as a link to the device itself."""
+        todo = os.path.abspath(path).split("/")[1:]
+        current, hops = "/", 0
+        while todo:
+            name = todo.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                current = os.path.dirname(current)
+                continue
+            candidate = os.path.join(current, name)
+            if not os.path.islink(candidate):
+                current = candidate
+                continue
+            if not candidate.startswith("/dev/"):
                 raise InvalidSpec(f"The image '{path}' is a symbolic link to the block device "
-                                  f"'{real}'; name the device itself if you mean it.", field)
-            parent = os.path.dirname(current)
-            target = os.readlink(current) if os.path.islink(current) else None
-            if target is None:
-                break
-            current = os.path.normpath(os.path.join(parent, target))
+                                  f"'{os.path.realpath(path)}' (through '{candidate}'); name "
+                                  "the device itself if you mean it.", field)
+            hops += 1
+            if hops > 40:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+            target = os.readlink(candidate)
+            todo = target.split("/") + todo
+            if target.startswith("/"):
+                current = "/"
 
     def _probe(self, ofd: int, real: str, st: os.stat_result, shown: str, field: str) -> ImageInfo:
         kind = LowerKind.BLOCK if stat.S_ISBLK(st.st_mode) else LowerKind.FILE

@@ -6,6 +6,7 @@ Only a tmpfs today. Another backend (zram, say) is a class with the same methods
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -55,7 +56,11 @@ class TmpfsUpper:
             except BaseException:
                 os.close(fd)
                 raise
-        return lambda: os.close(fd)
+
+        def free() -> None:  # after the reply, in the background: nobody to tell
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return free
 
     def usage(self, target: str) -> UpperUsage:
         try:

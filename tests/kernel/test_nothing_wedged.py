@@ -116,3 +116,21 @@ def test_a_record_of_a_newer_overlayd_is_left_untouched(env: Env, image: Path) -
     env.manager = third
     env.run(third.discard("future"))
     assert_nothing_left(env, image)
+
+
+def test_a_block_device_behind_a_directory_link_is_refused(env: Env, root: Path) -> None:
+    """Review D4: only the last component was checked, so /x/dirlink/DEV with
+    dirlink -> /dev was accepted."""
+    loop = helpers.make_image(root / "dev.img", size="16M")
+    info = os.open(loop, os.O_RDONLY)
+    from overlayd.host.loop import attach
+
+    dev = attach(info, read_only=True, name=str(loop))
+    os.close(info)
+    try:
+        (root / "dirlink").symlink_to("/dev")
+        create_fails(env, {"name": "x", "image": str(root / "dirlink" / Path(dev.path).name)},
+                     InvalidSpec, "symbolic link to the block device")
+    finally:
+        dev.release()
+    assert_nothing_left(env)
