@@ -64,13 +64,6 @@ def processes_mentioning(needles: list[str]) -> list[str]:
     return found
 
 
-def log_tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 class Daemon:
     """One ``overlayd --standalone`` over the bench's daemon runtime directory, and one
     OverlaydClient connection to its private bus."""
@@ -122,8 +115,8 @@ class Daemon:
             raise BenchError(f"cannot connect to the daemon's bus: {e}") from None
         return self.client
 
-    def log_tail(self, lines: int = 5) -> str:
-        """The last LINES lines this daemon logged."""
+    def log_tail(self, lines: int = 1) -> str:
+        """The last LINES lines this daemon logged (the last is the one that says why)."""
         try:
             with open(self.paths.daemon_log, errors="replace") as f:
                 f.seek(self.log_offset)

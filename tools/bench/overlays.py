@@ -105,7 +105,7 @@ async def fill(daemon: Daemon, image: Path, wanted: list[str]) -> tuple[list[str
         except BenchError as e:
             if not made or not daemon.running:
                 raise
-            return made, seconds, f"{e} ({daemon.log_tail(2)})"
+            return made, seconds, f"{e} ({daemon.log_tail()})"
         seconds.append(time.perf_counter() - t0)
         made.append(name)
     return made, seconds, ""
@@ -260,8 +260,9 @@ async def restart_once(bench: Bench, old: Daemon, made: list[str], *,
         why = str(e) or f"no answer to ListOverlays within {LIST_AFTER_RESTART_SECONDS:.0f} s"
         status = new.returncode
         if status is not None and "did not start" not in why:
-            why += f" (it exited with status {status}: {new.log_tail(3)})"
+            why += f" (it exited with status {status}: {new.log_tail()})"
         out["error"] = f"the new daemon failed: {why}"
+        out["log_tail"] = new.log_tail(10).split(" | ")
         bench.problems += new.stop(expect_exit=True)
         return out, None
     if sorted(name for name, _ in listed) != made:
@@ -346,7 +347,7 @@ async def burst_once(daemon: Daemon, calls: int) -> dict[str, Any]:
 async def harm(daemon: Daemon) -> str:
     """'' when the daemon runs and a fresh client gets an answer to ListOverlays; else why."""
     if not daemon.running:
-        return f"the daemon exited with status {daemon.returncode}: {daemon.log_tail(2)}"
+        return f"the daemon exited with status {daemon.returncode}: {daemon.log_tail()}"
     try:
         client = await asyncio.wait_for(
             OverlaydClient.connect(interactive=False, address=daemon.address),
