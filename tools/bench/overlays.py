@@ -228,6 +228,8 @@ async def restart(bench: Bench) -> Row:
             result["overlays"] = len(made)
             result["limit_note"] = limit_note(wanted, len(made), error, info)
             result["at_n"], _ = await restart_once(bench, new, made, discard_on_exit=True)
+    except BenchError as e:  # the daemon before the restart failed: a figure, not a crash
+        result["at_n"]["error"] = f"before the restart: {e}"
     finally:
         bench.stop_daemons()  # the last one discards its overlays on exit
     failed = any("error" in result[k] for k in ("at_0", "at_n"))
