@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,33 +198,31 @@ class Daemon:
         return self.client
 
     async def create(self, name: str, image: Path, size: int) -> str:
-        try:
+        with bus_errors(f"Create '{name}'"):
             return await self._client.create(name, {"image": str(image), "size": size})
-        except ClientError as e:
-            raise BenchError(f"Create '{name}' over the bus failed: {e.name}: {e}") from None
 
     async def discard(self, name: str) -> None:
-        try:
+        with bus_errors(f"Discard '{name}'"):
             await self._client.discard(name)
-        except ClientError as e:
-            raise BenchError(f"Discard '{name}' over the bus failed: {e.name}: {e}") from None
 
     async def list_overlays(self) -> list[tuple[str, str]]:
-        try:
+        with bus_errors("ListOverlays"):
             return await self._client.overlays()
-        except ClientError as e:
-            raise BenchError(f"ListOverlays over the bus failed: {e.name}: {e}") from None
 
     async def managed_objects(self) -> dict[str, Any]:
-        try:
+        with bus_errors("GetManagedObjects"):
             (objects,) = await self._client.call(ROOT_PATH, OBJECT_MANAGER_IFACE,
                                                  "GetManagedObjects")
-        except ClientError as e:
-            raise BenchError(f"GetManagedObjects over the bus failed: {e.name}: {e}") from None
         return dict(objects)
 
     async def property(self, path: str, name: str) -> Any:
-        try:
+        with bus_errors(f"GetAll of '{path}'"):
             return (await self._client.properties(path))[name]
-        except ClientError as e:
-            raise BenchError(f"GetAll of '{path}' over the bus failed: {e.name}: {e}") from None
+
+
+@contextlib.contextmanager
+def bus_errors(call: str) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as e:
+        raise BenchError(f"{call} over the bus failed: {e.name}: {e}") from None

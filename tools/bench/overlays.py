@@ -334,8 +334,7 @@ async def burst_once(daemon: Daemon, calls: int) -> dict[str, Any]:
         await asyncio.sleep(0.01)
     seconds = time.perf_counter() - t0
     client_error = next((str(f.exception()) for f in sent if f.done() and f.exception()), "")
-    with contextlib.suppress(Exception):
-        bus.disconnect()
+    await close(bus)
     await asyncio.sleep(0.2)  # let a daemon that is going down go
     step: dict[str, Any] = {"calls": calls, "replies": replies["return"],
                             "errors": replies["error"], "seconds": seconds}
@@ -362,6 +361,14 @@ async def harm(daemon: Daemon) -> str:
         alive = "running" if daemon.running else f"exited with status {daemon.returncode}"
         return f"a fresh client got no answer to ListOverlays ({e or 'timeout'}); it {alive}"
     finally:
-        with contextlib.suppress(Exception):
-            client.close()
+        await close(client.bus)
     return ""
+
+
+async def close(bus: MessageBus) -> None:
+    """Disconnect BUS and collect how its connection ended (an EOF, if the daemon died),
+    so that nothing is left unretrieved."""
+    with contextlib.suppress(Exception):
+        bus.disconnect()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.wait_for_disconnect(), timeout=1)
