@@ -24,6 +24,9 @@ from tools.bench.daemon import processes_mentioning
 from tools.bench.measures import Bench
 from tools.bench.settings import sh
 
+CLEANUP_ATTEMPTS = 3
+CLEANUP_PAUSE_SECONDS = 5.0
+
 
 async def discard_leftovers(config: DaemonConfig) -> list[str]:
     """Discard every overlay still under CONFIG's runtime directory: a fresh manager's
@@ -80,18 +83,18 @@ def cleanup(bench: Bench) -> list[str]:
     """Undo everything; the warnings to print (empty when all is gone)."""
     bench.stop_daemons()  # first: a running daemon owns the overlays of its runtime directory
     warnings = list(bench.problems)
-    for config, whose in ((bench.config, "engine's"), (bench.bus_config, "daemons'")):
-        if config is bench.bus_config and any(d.running for d in bench.daemons):
-            warnings.append("a daemon is still running; left its overlays alone")
-            continue
-        try:
-            warnings += asyncio.run(discard_leftovers(config))
-        except Exception as e:  # keep going: the baseline's mounts must still be undone
-            warnings.append(f"cleaning up the {whose} overlays failed: {e}")
-    warnings += bench.tracker.undo()
     root = bench.paths.root
     bus_dirs = [d.bus_dir for d in bench.daemons if d.bus_dir is not None]
-    left = wait_for_leftovers(root, bus_dirs)
+    for attempt in range(CLEANUP_ATTEMPTS):
+        # A copy of our mounts in another mount namespace (anyone's unshare -m while a
+        # commit had an image mounted read-write) can make a first attempt fail.
+        problems = undo(bench)
+        left = wait_for_leftovers(root, bus_dirs)
+        if not problems or attempt == CLEANUP_ATTEMPTS - 1 \
+                or not any(item.startswith("mount ") for item in left):
+            warnings += problems
+            break
+        time.sleep(CLEANUP_PAUSE_SECONDS)
     if any(item.startswith("mount ") for item in left):
         warnings.append(f"kept '{root}' because something is still mounted in it")
     else:
@@ -101,6 +104,21 @@ def cleanup(bench: Bench) -> list[str]:
             warnings.append(f"could not remove '{root}' entirely")
     warnings += [f"left behind: {item}" for item in left]
     return warnings
+
+
+def undo(bench: Bench) -> list[str]:
+    """Discard the overlays left in the engine's and the daemons' runtime directories, and
+    undo the baseline's mounts and loop devices; the problems met."""
+    problems: list[str] = []
+    for config, whose in ((bench.config, "engine's"), (bench.bus_config, "daemons'")):
+        if config is bench.bus_config and any(d.running for d in bench.daemons):
+            problems.append("a daemon is still running; left its overlays alone")
+            continue
+        try:
+            problems += asyncio.run(discard_leftovers(config))
+        except Exception as e:  # keep going: the baseline's mounts must still be undone
+            problems.append(f"cleaning up the {whose} overlays failed: {e}")
+    return problems + bench.tracker.undo()
 
 
 def ignore_signals() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from overlayd.bus.names import overlay_path
 from overlayd.config import DaemonConfig
+from overlayd.errors import OverlaydError
 from overlayd.manager import OverlayManager
 from overlayd.model import parse_spec
 from tools.bench.baseline import Tracker, cp_commit, util_linux_cycle
@@ -57,6 +58,7 @@ class Bench:
         daemon = self.new_daemon(discard_on_exit=discard_on_exit)
         daemon.start()
         await daemon.connect()
+        await daemon.list_overlays()  # it answers: past its ready line, its handlers are set
         return daemon
 
     def stop_daemons(self) -> None:
@@ -96,39 +98,74 @@ class Bench:
         mib = self.settings.big_mib
         say(f"commit of one {mib} MiB file, {self.settings.repeat} x engine and "
             "cp -a + sync, alternating")
-        engine, cp = await self.commit_pairs(mgr, big_job(mib))
-        return Row(f"commit 1 x {mib} MiB", "MiB/s", mib / engine, mib / cp, (">=", 0.8))
+        engine, cp, note = await self.commit_pairs(mgr, big_job(mib))
+        return Row(f"commit 1 x {mib} MiB", "MiB/s", rate(mib, engine), rate(mib, cp),
+                   (">=", 0.8), note=note)
 
     async def small(self, mgr: OverlayManager) -> Row:
         count = self.settings.small_files
         say(f"commit of {count} files of 4 KiB, {self.settings.repeat} x engine and "
             "cp -a + sync, alternating")
-        engine, cp = await self.commit_pairs(mgr, small_job(count))
-        return Row(f"commit {count} x 4 KiB", "files/s", count / engine, count / cp,
-                   (">=", 1.0))
+        engine, cp, note = await self.commit_pairs(mgr, small_job(count))
+        return Row(f"commit {count} x 4 KiB", "files/s", rate(count, engine), rate(count, cp),
+                   (">=", 1.0), note=note)
 
-    async def commit_pairs(self, mgr: OverlayManager, job: CommitJob) -> tuple[float, float]:
-        """Best seconds of the engine's commit and of cp + sync, each on a fresh image
-        per sample, the order alternating so that warm-up effects hit both sides."""
+    async def commit_pairs(self, mgr: OverlayManager,
+                           job: CommitJob) -> tuple[float | None, float | None, str]:
+        """Best seconds of the engine's commit and of cp + sync (None if every sample of
+        a side failed), each on a fresh image per sample, the order alternating so that
+        warm-up effects hit both sides; and a note on the samples that failed."""
         engine: list[CommitTiming] = []
         cp: list[CommitTiming] = []
+        errors: list[str] = []
         size_mib = image_mib(self.settings)
-        for i in range(self.settings.repeat):
-            for side in ("engine", "cp") if i % 2 == 0 else ("cp", "engine"):
-                image = self.image(f"{job.label}-{side}-{i}", size_mib)
+        order = [(i, side) for i in range(self.settings.repeat)
+                 for side in (("engine", "cp") if i % 2 == 0 else ("cp", "engine"))]
+        for i, side in order:
+            image = self.image(f"{job.label}-{side}-{i}", size_mib)
+            try:
                 if side == "engine":
-                    engine.append(await engine_commit(mgr, image, self.paths.engine_mnt, job))
+                    engine.append(await engine_commit(mgr, image, self.paths.engine_mnt,
+                                                      job))
                 else:
                     cp.append(cp_commit(self.tracker, image, self.paths, job))
+            except (OverlaydError, BenchError) as e:  # a figure, not a crash
+                errors.append(f"{side} sample {i + 1}: {e}")
+                say(f"  {errors[-1]}")
+                problems = self.tracker.undo() if side == "cp" else \
+                    await drop_commit_overlay(mgr)
+                self.problems += problems
+                if problems:  # what is left would spoil every later sample
+                    break
+            else:
                 image.unlink()  # sparse, but up to the data written: keep the disk free
         engine_s, cp_s = [t.seconds for t in engine], [t.seconds for t in cp]
         self.raw[job.label] = {
             "engine_seconds": engine_s,
             "engine_apply_seconds": [t.apply_seconds for t in engine],
             "cp_seconds": cp_s,
-            "median_ratio": statistics.median(cp_s) / statistics.median(engine_s),
+            "errors": errors,
         }
-        return min(engine_s), min(cp_s)
+        if engine_s and cp_s:
+            self.raw[job.label]["median_ratio"] = (statistics.median(cp_s)
+                                                   / statistics.median(engine_s))
+        note = "" if not errors else f"{len(errors)} samples failed; {errors[0]}"
+        return min(engine_s, default=None), min(cp_s, default=None), note
+
+
+def rate(amount: float, seconds: float | None) -> float | None:
+    return None if seconds is None else amount / seconds
+
+
+async def drop_commit_overlay(mgr: OverlayManager) -> list[str]:
+    """After a failed commit sample: discard its overlay, with force (it may be failed)."""
+    if not any(rec.name == COMMIT_NAME for rec in mgr.list()):
+        return []
+    try:
+        await mgr.discard(COMMIT_NAME, force=True)
+    except OverlaydError as e:
+        return [f"discarding '{COMMIT_NAME}' after its failed commit: {e}"]
+    return []
 
 
 async def engine_cycle(mgr: OverlayManager, image: Path, mnt: Path) -> float:

@@ -164,10 +164,11 @@ def table(rows: list[Row], settings: Settings, raw: dict[str, Any]) -> str:
         "it says so",
         "ratio: overlayd / baseline; for ms lower is better, for rates higher is better; "
         "an aim with a unit is on the figure itself, without one on the ratio"]
-    if any(k in raw for k in ("big", "small")):
+    medians = [f"{k} {raw[k]['median_ratio']:.3f}" for k in ("big", "small")
+               if "median_ratio" in raw.get(k, {})]
+    if medians:
         out.append("commits, ratio of the medians instead of the best samples: "
-                   + ", ".join(f"{k} {raw[k]['median_ratio']:.3f}" for k in ("big", "small")
-                               if k in raw))
+                   + ", ".join(medians))
     return "\n".join(out)
 
 
