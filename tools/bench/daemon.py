@@ -65,6 +65,11 @@ def processes_mentioning(needles: list[str]) -> list[str]:
     return found
 
 
+def is_bus_dir(path: Path) -> bool:
+    """A directory --standalone makes for its bus: /run/overlayd-bus-*."""
+    return path.parent == Path("/run") and path.name.startswith("overlayd-bus-")
+
+
 class Daemon:
     """One ``overlayd --standalone`` over the bench's daemon runtime directory, and one
     OverlaydClient connection to its private bus."""
@@ -104,9 +109,8 @@ class Daemon:
         socket = next((kv.removeprefix("path=") for kv in
                        self.address.removeprefix("unix:").split(",") if kv.startswith("path=")),
                       "")
-        bus_dir = Path(socket).parent
-        if bus_dir.parent == Path("/run") and bus_dir.name.startswith("overlayd-bus-"):
-            self.bus_dir = bus_dir
+        if is_bus_dir(Path(socket).parent):
+            self.bus_dir = Path(socket).parent
         return seconds
 
     async def connect(self) -> OverlaydClient:
@@ -142,6 +146,8 @@ class Daemon:
         proc, self.proc = self.proc, None
         if proc is None:
             return problems
+        if self.bus_dir is None:  # it never printed its address; its dbus-daemon says where
+            self.bus_dir = self.find_bus_dir()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -162,6 +168,20 @@ class Daemon:
             problems.append(f"overlayd left its bus directory '{self.bus_dir}'; removed it")
             shutil.rmtree(self.bus_dir, ignore_errors=True)
         return problems
+
+    def find_bus_dir(self) -> Path | None:
+        """The bus directory named on the command line of its dbus-daemon, if it runs."""
+        for pid in children(self.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            for arg in argv:
+                config = Path(arg.removeprefix("--config-file="))
+                if arg.startswith("--config-file=") and is_bus_dir(config.parent):
+                    return config.parent
+        return None
 
     @property
     def running(self) -> bool:
