@@ -26,7 +26,7 @@ install: setup
 	@DESTDIR="$(DESTDIR)" PREFIX="$(or $(PREFIX),/usr)" bash tools/install.sh
 
 bench: setup
-	@$(PY) tools/bench.py $(ARGS)
+	@$(PY) -m tools.bench $(ARGS)
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache build *.egg-info

@@ -1,6 +1,6 @@
 """Micro-benchmark: one mount looked up with statx+statmount against reading mountinfo.
 
-    .venv/bin/python tools/bench_mounttable.py [EXTRA_MOUNTS ...]   (root; default 0 1000)
+    .venv/bin/python -m tools.bench.mounttable [EXTRA_MOUNTS ...]   (root; default 0 1000)
 
 Mounts EXTRA_MOUNTS small tmpfs of its own under a fresh directory in /tmp, times each
 way, and unmounts them (and only them) again in a finally block.
