@@ -16,6 +16,8 @@ import os
 import signal
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -375,6 +377,83 @@ def test_e2fsck_is_clean_after_kills_on_ext4(root: Path) -> None:
             killed_at(upper, mnt, n)
         apply_upper(str(upper), str(mnt))
         assert temporaries(mnt) == []
+    finally:
+        helpers.sh("umount", mnt)
+    r = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- a big new file, the process SIGKILLed from outside ----------------------------------
+
+BIG = 200 << 20
+CHILD = ("import sys\n"
+         "from overlayd.host.merge import apply_upper\n"
+         "print('go', flush=True)\n"
+         "apply_upper(sys.argv[1], sys.argv[2])\n")
+
+
+def partly_written(pid: int, dev: int) -> bool:
+    """Whether process PID has a file of the image open, written in part."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if st.st_dev == dev and stat.S_ISREG(st.st_mode) and 0 < st.st_size < BIG:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("when", ["10 ms in", "at once", "part-written", "50 ms in",
+                                  "200 ms in"])
+def test_a_big_new_file_is_never_truncated_under_its_name(root: Path, when: str) -> None:
+    """kill -9 of a commit writing a 200 MiB file that is new to an ext4 image: the file
+    is absent or whole under its real name, and the next run sweeps what is left."""
+    img = helpers.make_image(root / "disk.img", size="512M")
+    upper, mnt = root / "upper", root / "mnt"
+    upper.mkdir()
+    mnt.mkdir()
+    chunk = os.urandom(1 << 20)
+    with open(upper / "big.bin", "wb") as f:
+        for i in range(BIG >> 20):
+            f.write(i.to_bytes(8, "little") + chunk[8:])
+    want = helpers.sha256(upper / "big.bin")
+    (upper / "small.txt").write_text("small\n")
+    helpers.sh("mount", "-o", "loop", img, mnt)
+    try:
+        (mnt / "small.txt").write_text("old\n")
+        dev = os.stat(mnt).st_dev
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(upper), str(mnt)],
+                                stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+            if when == "part-written":
+                while proc.poll() is None and not partly_written(proc.pid, dev):
+                    pass
+                caught = proc.poll() is None
+            elif when != "at once":
+                time.sleep(int(when.split()[0]) / 1000)
+        finally:
+            proc.kill()
+            proc.wait()
+        if when == "part-written":
+            assert caught, "the copy was not seen half-done"
+        names = [n for n in os.listdir(mnt) if n not in ("lost+found", "small.txt")]
+        assert names in ([], ["big.bin"]), f"left under other names: {names}"
+        if names:
+            size = os.stat(mnt / "big.bin").st_size
+            assert size == BIG, f"big.bin is there with {size >> 20} MiB of {BIG >> 20}"
+            assert helpers.sha256(mnt / "big.bin") == want
+        assert (mnt / "small.txt").read_text() in ("old\n", "small\n")
+
+        apply_upper(str(upper), str(mnt))
+        assert helpers.sha256(mnt / "big.bin") == want
+        assert (mnt / "small.txt").read_text() == "small\n"
+        assert sorted(os.listdir(mnt)) == ["big.bin", "lost+found", "small.txt"]
     finally:
         helpers.sh("umount", mnt)
     r = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
