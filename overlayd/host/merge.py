@@ -13,9 +13,9 @@ undefined). One pass over the upper, depth first:
 - owner, mode (setuid, sticky), xattrs and ACLs (as system.posix_acl_* xattrs), then
   timestamps are set after the content, directories after their children.
 
-What a kill -9 in the middle leaves in the image (the machine keeps running; after a
-power loss the same holds once the journal is replayed, for what reached the disk).
-No entry is ever seen half-made under its real name:
+What a kill -9 in the middle leaves in the image (the kernel keeps running, so all that
+was written stays, in the page cache at least). No entry is ever seen half-made under its
+real name:
 
 - **regular file, new or replaced**: written as an anonymous O_TMPFILE inode in the
   destination directory, completed there (data, owner, xattrs, mode, times), then
@@ -52,6 +52,10 @@ which is why the engine records that the commit was interrupted. Re-running it o
 same upper finishes the job: every step is idempotent (an entry already applied is
 simply applied again), which is why a failed or interrupted commit keeps the upper and
 can be tried again.
+
+A power cut is another matter: nothing here calls fsync per file (that would cost most
+of the throughput), so the file system may persist a name before the data behind it;
+the caller's syncfs at the end of a commit is what makes the whole of it durable.
 
 Temporary names are ``.overlayd-commit-<I>-<token>-<n>``, where I is the inode number of
 the directory they are in: the sweep, which runs in every image directory a commit
