@@ -90,8 +90,10 @@ Progress = Callable[[int, int], None]  # (entries applied, bytes written)
 FaultHook = Callable[[str], None]
 
 ACL_DEFAULT = "system.posix_acl_default"
+ACL_ACCESS = "system.posix_acl_access"
 _AT_FDCWD = -100
 _AT_SYMLINK_FOLLOW = 0x400
+_AT_EMPTY_PATH = 0x1000
 _RENAME_EXCHANGE = 1 << 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _linkat = _libc.linkat
@@ -178,8 +180,9 @@ class _Applier:
         self._token = secrets.token_hex(4)
         self._tmp_counter = 0
         self._euid, self._egid = os.geteuid(), os.getegid()
-        # An O_TMPFILE inode is given a name through its /proc/self/fd link.
-        self._tmpfile = os.path.isdir("/proc/self/fd")
+        self._tmpfile = True  # until the file system says it has no O_TMPFILE
+        self._flink = True  # linkat(fd, "", AT_EMPTY_PATH) works (else /proc/self/fd/N)
+        self._umask = _umask()
         # (real path, temporary path) of the directory being built under a temporary
         # name: hard links to files inside it must go through the temporary path.
         self._staged: tuple[str, str] | None = None
@@ -318,30 +321,58 @@ class _Applier:
             self._tick()
             return
         if into.fresh:
-            nbytes = self._write_new(src, dst, st, into)
+            nbytes = self._write_new(src, dst, st, into, hidden=True)
         else:
             nbytes = self._write_replacing(src, dst, st, dst_st, into)
         if st.st_nlink > 1:
             self.result.links[key] = os.path.join(self.lower, rel)
         self._tick(nbytes)
 
-    def _link_in(self, existing: str, dst: str, dst_st: os.stat_result | None,
+    def _link_in(self, existing: str | int, dst: str, dst_st: os.stat_result | None,
                  into: _Dir) -> None:
+        """Give EXISTING (a path, or the fd of an O_TMPFILE inode) the name DST."""
         self.step("link")
         if dst_st is None:
-            _link(existing, dst)  # atomic: the name is free
+            self._link(existing, dst)  # atomic: the name is free
             return
         tmp = self._tmp_in(os.path.dirname(dst), into)
-        _link(existing, tmp)
+        self._link(existing, tmp)
         self._install(tmp, dst, dst_st, into)
 
-    def _write_new(self, src: str, dst: str, st: os.stat_result, into: _Dir) -> int:
-        """Write the file at DST, a free name nobody sees yet (or a temporary name)."""
+    def _link(self, existing: str | int, new: str) -> None:
+        if isinstance(existing, str):
+            os.link(existing, new)
+        elif not (self._flink and _linkat(existing, b"", _AT_FDCWD, os.fsencode(new),
+                                          _AT_EMPTY_PATH) == 0):
+            if self._flink and ctypes.get_errno() not in (errno.EPERM, errno.ENOENT):
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), None, None, new)
+            # Not allowed without CAP_DAC_READ_SEARCH before Linux 6.10: the magic link.
+            self._flink = False
+            if _linkat(_AT_FDCWD, os.fsencode(f"/proc/self/fd/{existing}"), _AT_FDCWD,
+                       os.fsencode(new), _AT_SYMLINK_FOLLOW) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), None, None, new)
+
+    def _create_mode(self, st: os.stat_result, into: _Dir) -> int | None:
+        """The mode to create a file with so that it needs no chmod afterwards, if any:
+        the umask (or a default ACL) must leave it alone, and open() sets no setuid,
+        setgid or sticky bit."""
+        mode = stat.S_IMODE(st.st_mode)
+        if self._umask is None or into.default_acl or mode & ~0o777 or mode & self._umask:
+            return None
+        return mode
+
+    def _write_new(self, src: str, dst: str, st: os.stat_result, into: _Dir, *,
+                   hidden: bool) -> int:
+        """Write the file at DST, a free name: one nobody sees yet (HIDDEN, in a directory
+        being built), or a temporary name."""
+        mode = self._create_mode(st, into) if hidden else None
         self.step("create")
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
+                     0o600 if mode is None else mode)
         try:
-            nbytes = self._fill(src, dst, st, fd, into)
+            nbytes = self._fill(src, dst, st, fd, into, mode_ok=mode is not None)
         except BaseException:
             os.close(fd)
             _unlink_quietly(dst)  # ours (O_EXCL): no half-written file stays behind
@@ -354,27 +385,30 @@ class _Applier:
         """Write the file as an anonymous inode beside DST, then give it DST's name."""
         directory = os.path.dirname(dst)
         fd = -1
+        mode = self._create_mode(st, into)
         if self._tmpfile:
             self.step("create")
             try:
-                fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+                fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC,
+                             0o600 if mode is None else mode)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
                 self._tmpfile = False  # this file system has no O_TMPFILE
         if fd < 0:
             tmp = self._tmp_in(directory, into)
-            nbytes = self._write_new(src, tmp, st, into)
+            nbytes = self._write_new(src, tmp, st, into, hidden=False)
             self._install(tmp, dst, dst_st, into)
             return nbytes
         try:
-            nbytes = self._fill(src, dst, st, fd, into)
-            self._link_in(f"/proc/self/fd/{fd}", dst, dst_st, into)
+            nbytes = self._fill(src, dst, st, fd, into, mode_ok=mode is not None)
+            self._link_in(fd, dst, dst_st, into)
         finally:
             os.close(fd)  # if it was never linked, this frees the inode
         return nbytes
 
-    def _fill(self, src: str, dst: str, st: os.stat_result, fd: int, into: _Dir) -> int:
+    def _fill(self, src: str, dst: str, st: os.stat_result, fd: int, into: _Dir, *,
+              mode_ok: bool) -> int:
         self.step("write")
         sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
@@ -382,7 +416,7 @@ class _Applier:
         finally:
             os.close(sfd)
         self.step("meta")
-        self.set_meta(src, dst, st, fd, into)
+        self.set_meta(src, dst, st, fd, into, mode_ok=mode_ok)
         return nbytes
 
     def _apply_special(self, src: str, dst: str, st: os.stat_result,
@@ -404,14 +438,15 @@ class _Applier:
         self._tick()
 
     def set_meta(self, src: str, dst: str, st: os.stat_result, fd: int | None,
-                 created_in: _Dir | None) -> None:
+                 created_in: _Dir | None, *, mode_ok: bool = False) -> None:
         """Owner, then xattrs (ACLs, capabilities), then mode, then times: chown clears
         setuid bits and security.capability, and the mode must win over the ACL mask.
 
         CREATED_IN is the directory DST was just created in (None for an existing DST):
         a new entry already has our uid, and our gid unless that directory is setgid,
-        and has no xattrs unless that directory has a default ACL. Skipping what is
-        already right saves two syscalls per small file."""
+        and has no xattrs unless that directory has a default ACL. MODE_OK: it was
+        created with its mode (an access ACL set here would still change it). Skipping
+        what is already right saves three syscalls per small file."""
         is_link = stat.S_ISLNK(st.st_mode)
         ref: str | int = fd if fd is not None else dst
         owner_ok = created_in is not None and not created_in.setgid and \
@@ -422,8 +457,9 @@ class _Applier:
             os.fchown(fd, st.st_uid, st.st_gid)
         else:
             os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-        self._sync_xattrs(src, ref, may_have_extra=created_in is None or created_in.default_acl)
-        if not is_link:
+        acl = self._sync_xattrs(src, ref,
+                                may_have_extra=created_in is None or created_in.default_acl)
+        if not is_link and (acl or not mode_ok):
             if fd is not None:
                 os.fchmod(fd, stat.S_IMODE(st.st_mode))
             else:
@@ -434,7 +470,8 @@ class _Applier:
         else:
             os.utime(dst, ns=times, follow_symlinks=False)
 
-    def _sync_xattrs(self, src: str, ref: str | int, *, may_have_extra: bool) -> None:
+    def _sync_xattrs(self, src: str, ref: str | int, *, may_have_extra: bool) -> bool:
+        """Make REF's xattrs SRC's; whether an access ACL was among them."""
         wanted = [n for n in list_xattrs(src) if user_xattr(n)]
         if may_have_extra:
             for name in list_xattrs(ref):  # e.g. an ACL inherited from the parent's default
@@ -446,6 +483,7 @@ class _Applier:
                 os.setxattr(ref, name, value)
             else:
                 os.setxattr(ref, name, value, follow_symlinks=False)
+        return ACL_ACCESS in wanted
 
 
 def copy_data(sfd: int, dfd: int, st: os.stat_result) -> int:
@@ -502,13 +540,16 @@ def _sweep_temporaries(directory: str, directory_ino: int, step: FaultHook) -> N
         remove_any(path)
 
 
-def _link(existing: str, new: str) -> None:
-    """linkat(2) following EXISTING if it is a symlink, as /proc/self/fd/N is (os.link
-    calls link(2) unless given directory fds, which never follows)."""
-    if _linkat(_AT_FDCWD, os.fsencode(existing), _AT_FDCWD, os.fsencode(new),
-               _AT_SYMLINK_FOLLOW) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), existing, None, new)
+def _umask() -> int | None:
+    """This process's umask, read without changing it (os.umask would, for all threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _exchange(a: str, b: str) -> bool:
