@@ -34,7 +34,8 @@ def flooding(d: Daemon, count: int, clients: int = 1, *args: str) -> Iterator[No
     try:
         for p in procs:
             assert p.stdout is not None
-            assert p.stdout.readline().strip() == "sent", "the flooder could not send"
+            state = "running" if d.proc.poll() is None else f"exited with {d.proc.returncode}"
+            assert p.stdout.readline().strip() == "sent", f"no flood sent; overlayd {state}"
         yield
     finally:
         for p in procs:
@@ -188,3 +189,66 @@ def test_no_reply_repeats_a_megabyte_of_input(daemon: Daemon, run: Any) -> None:
         assert len(reply.body[0]) < 400, (member, reply.error_name, reply.body[0][:400])
         assert "nnnn..." in reply.body[0] or member == "Explode", reply.body[0]
     assert daemon.call("ListOverlays").returncode == 0
+
+
+DENY_OWN = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+    <allow own="*"/>
+    <deny own="org.overlayd.Overlayd1"/>
+  </policy>
+</busconfig>
+"""
+
+
+def test_a_failed_start_leaves_nothing_behind(root: Path) -> None:
+    """A bus that will not let overlayd own its name: the start fails with a sentence, and
+    once that bus is gone, dbus-next has no unread exception to complain about."""
+    import asyncio
+    import gc
+
+    from overlayd.bus.auth import RootOnly
+    from overlayd.bus.server import BusServer
+    from overlayd.errors import OverlaydError
+
+    socket_path = root / "bus.sock"
+    (root / "bus.conf").write_text(DENY_OWN.format(socket=socket_path))
+    bus = subprocess.Popen(["dbus-daemon", f"--config-file={root / 'bus.conf'}", "--nofork",
+                            "--nopidfile", "--print-address=1"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    complaints: list[str] = []
+
+    async def attempt() -> str:
+        manager = OverlayManager(DaemonConfig(runtime_dir=root / "run"), LinuxHost())
+        try:
+            await asyncio.wait_for(
+                BusServer.start(manager, f"unix:path={socket_path}", RootOnly()), 30)
+        except OverlaydError as e:
+            return str(e)
+        return "started"
+
+    async def start() -> str:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: complaints.append(str(context.get("message"))))
+        failure = await attempt()
+        bus.terminate()  # the bus goes away, as --standalone's does after a failed start
+        await asyncio.to_thread(bus.wait)
+        await asyncio.sleep(0.2)  # the reader of a connection left open sees EOF now
+        gc.collect()  # and a future with an exception nobody read complains when collected
+        return failure
+
+    try:
+        assert bus.stdout is not None and bus.stdout.readline()
+        failure = asyncio.run(start())
+    finally:
+        bus.kill()
+        bus.wait()
+    assert "Cannot own org.overlayd.Overlayd1" in failure, failure
+    assert complaints == []
