@@ -10,12 +10,13 @@
 
 Exit codes (for scripts):
     0  success
-    1  the operation failed (MountFailed, CommitFailed, NoSpace, LimitExceeded, Failed)
+    1  the operation failed (MountFailed, CommitFailed, NoSpace, LimitExceeded, Failed,
+       LimitsExceeded, UnknownMethod)
     2  bad usage or invalid arguments (InvalidArgs, InvalidSpec)
-    3  no such overlay
+    3  no such overlay (NoSuchOverlay)
     4  not authorized (AccessDenied, InteractiveAuthorizationRequired)
     5  busy (OverlayBusy)
-    6  an overlay of that name exists already
+    6  an overlay of that name exists already (OverlayExists)
     7  overlayd cannot be reached
 """
 
@@ -34,25 +35,33 @@ from typing import Any
 
 from overlayd import overlayfile
 from overlayd.bus.client import ClientError, OverlaydClient
+from overlayd.bus.errors import AccessDenied, InvalidArgs
 from overlayd.config import DEFAULT_CONFIG, load_config
-from overlayd.errors import NoSuchOverlay, OverlaydError
+from overlayd.errors import (
+    InvalidSpec,
+    NoSuchOverlay,
+    OverlayBusy,
+    OverlaydError,
+    OverlayExists,
+)
 from overlayd.model import format_size, parse_size
 from overlayd.render import render
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH, EXIT_DENIED, EXIT_BUSY, EXIT_EXISTS, EXIT_UNREACHABLE = \
     1, 2, 3, 4, 5, 6, 7
-_EXIT_BY_ERROR = {
-    "org.freedesktop.DBus.Error.InvalidArgs": EXIT_USAGE,
-    "org.overlayd.Overlayd1.Error.InvalidSpec": EXIT_USAGE,
-    "org.overlayd.Overlayd1.Error.NoSuchOverlay": EXIT_NO_SUCH,
-    "org.freedesktop.DBus.Error.AccessDenied": EXIT_DENIED,
-    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": EXIT_DENIED,
-    "org.overlayd.Overlayd1.Error.OverlayBusy": EXIT_BUSY,
-    "org.overlayd.Overlayd1.Error.OverlayExists": EXIT_EXISTS,
-    "org.freedesktop.DBus.Error.ServiceUnknown": EXIT_UNREACHABLE,
-    "org.freedesktop.DBus.Error.NoReply": EXIT_UNREACHABLE,
-    "Connect": EXIT_UNREACHABLE,
+# The exit code of each class of the error table (bus/errors.py ERRORS) that is not
+# EXIT_FAILED; a subclass has its base's (InteractiveAuthorizationRequired: AccessDenied's).
+EXIT_CODES: dict[type[Exception], int] = {
+    InvalidArgs: EXIT_USAGE, InvalidSpec: EXIT_USAGE, NoSuchOverlay: EXIT_NO_SUCH,
+    AccessDenied: EXIT_DENIED, OverlayBusy: EXIT_BUSY, OverlayExists: EXIT_EXISTS,
 }
+
+
+def exit_code(error: type[Exception]) -> int:
+    """The exit code for a reply naming ERROR, a class of the error table."""
+    return next((EXIT_CODES[c] for c in error.__mro__ if c in EXIT_CODES), EXIT_FAILED)
+
+
 PROGRESS_AFTER = 1.0  # seconds before a commit shows that it is still working
 
 
@@ -240,7 +249,7 @@ async def cmd_start(client: OverlaydClient, args: argparse.Namespace) -> int:
     try:
         obj = await client.create(args.name, spec)
     except ClientError as e:
-        if e.name != "org.overlayd.Overlayd1.Error.OverlayExists":
+        if not e.is_a(OverlayExists):
             raise
         obj = await client.path_of(args.name)
         p = await client.properties(obj)
@@ -263,7 +272,7 @@ async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
     try:
         await client.path_of(args.name)
     except ClientError as e:
-        if e.name != "org.overlayd.Overlayd1.Error.NoSuchOverlay":
+        if not e.is_a(NoSuchOverlay):
             raise
         print(f"Overlay '{args.name}' is not up; nothing to do.")
         return 0
@@ -321,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except ClientError as e:
         print(f"overlayctl: {e}", file=sys.stderr)
-        return _EXIT_BY_ERROR.get(e.name, EXIT_FAILED)
+        if e.unreachable:
+            return EXIT_UNREACHABLE
+        return EXIT_FAILED if e.error is None else exit_code(e.error)
     except ValueError as e:  # a size that does not parse
         print(f"overlayctl: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -59,11 +59,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    # First of all, so that a SIGTERM at any point, the moment after the ready line
+    # included, stops the daemon cleanly instead of killing it.
+    stop = stop_on_signals()
     overrides = {"runtime_dir": args.runtime_dir} if args.runtime_dir else {}
     config = load_config(args.config, **overrides)
     manager = OverlayManager(config, LinuxHost())
     await manager.start(boot_overlays())
 
+    lost: str | None = None
     standalone = await StandaloneBus.start() if args.standalone else None
     try:
         address = standalone.address if standalone else args.bus_address
@@ -79,7 +83,9 @@ async def serve(args: argparse.Namespace) -> int:
                 print(f"DBUS_SYSTEM_BUS_ADDRESS={standalone.address}", flush=True)
             notifier.ready(status_line(manager))
             manager.subscribe(lambda _name, _rec: notifier.status(status_line(manager)))
-            await until_stopped(server)
+            lost = await until_stopped(server, stop)
+            if lost is not None:
+                log.error("Lost the connection to the bus (%s); stopping.", lost)
             notifier.stopping(f"Stopping; {status_line(manager).lower()}")
             if args.discard_on_exit:
                 for rec in manager.list():
@@ -96,7 +102,9 @@ async def serve(args: argparse.Namespace) -> int:
             await standalone.stop()
     log.info("Stopped; %d overlays stay as they are.", len(manager.list()),
              extra={"OVERLAYD_EVENT": Event.STOPPED})
-    return 0
+    # Not 0 after losing the bus: the service did not stop because it was asked to, and
+    # Restart=on-failure must bring it back.
+    return 0 if lost is None else 1
 
 
 def boot_overlays() -> dict[str, OverlaySpec]:
@@ -116,16 +124,23 @@ def status_line(manager: OverlayManager) -> str:
     return f"{len(names)} overlay{'s' if len(names) != 1 else ''} live: {shown}"
 
 
-async def until_stopped(server: BusServer) -> None:
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM and SIGINT set."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gone = asyncio.ensure_future(server.wait_disconnected())
+    return stop
+
+
+async def until_stopped(server: BusServer, stop: asyncio.Event) -> str | None:
+    """Serve until STOP is set (None) or the bus connection is lost (why)."""
+    lost = asyncio.ensure_future(server.wait_lost())
     stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    for t in (gone, stopped):
+    await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for t in (lost, stopped):
         t.cancel()
+    return lost.result() if lost.done() and not lost.cancelled() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """The errors overlayd reports, one class per D-Bus error name.
 
 The class name *is* the suffix of the D-Bus error ``org.overlayd.Overlayd1.Error.<Name>``
-(see DESIGN.md), so the bus adapter maps them by name and nothing else::
+(see DESIGN.md): ``dbus_name`` is derived from it, once per class, and the bus adapter
+(``overlayd/bus/errors.py``) maps by it and nothing else::
 
     OverlaydError            base; also the generic ``Failed``
     +-- NoSuchOverlay        no overlay of that name
@@ -19,11 +20,19 @@ never a Python traceback.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 
 class OverlaydError(Exception):
     """Base class; on the bus it is ``Failed``."""
 
-    dbus_name = "Failed"
+    # The suffix of the D-Bus error name: the class name, except for this base class. Set
+    # by __init_subclass__ so that a new error class cannot get a name that is not its own.
+    dbus_name: ClassVar[str] = "Failed"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.dbus_name = cls.__name__
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -34,55 +43,45 @@ class OverlaydError(Exception):
 
 
 class NoSuchOverlay(OverlaydError):
-    dbus_name = "NoSuchOverlay"
-
     def __init__(self, name: str, message: str | None = None) -> None:
         super().__init__(message or f"There is no overlay named '{name}'.")
         self.name = name
 
 
 class OverlayExists(OverlaydError):
-    dbus_name = "OverlayExists"
-
     def __init__(self, name: str) -> None:
         super().__init__(f"An overlay named '{name}' already exists.")
         self.name = name
 
 
 class OverlayBusy(OverlaydError):
-    dbus_name = "OverlayBusy"
-
     def __init__(self, message: str, holders: list[tuple[int, str]] | None = None) -> None:
         super().__init__(message)
         self.holders = holders or []
 
 
 class InvalidSpec(OverlaydError):
-    dbus_name = "InvalidSpec"
-
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field  # the spec key at fault, when there is one
 
 
 class NoSpace(OverlaydError):
-    dbus_name = "NoSpace"
+    """The image has no room for the changes."""
 
 
 class LimitExceeded(OverlaydError):
-    dbus_name = "LimitExceeded"
+    """Beyond a configured or physical limit."""
 
 
 class MountFailed(OverlaydError):
-    dbus_name = "MountFailed"
-
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
 
 
 class CommitFailed(OverlaydError):
-    dbus_name = "CommitFailed"
+    """The commit stopped; the writes are still in RAM."""
 
 
 ALL_ERRORS: tuple[type[OverlaydError], ...] = (

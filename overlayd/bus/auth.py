@@ -15,8 +15,8 @@ from typing import Protocol
 from dbus_next import Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 
-from overlayd.bus.errors import AccessDenied
-from overlayd.bus.names import ACTION_PREFIX, INTERACTIVE_AUTH_REQUIRED
+from overlayd.bus.errors import AccessDenied, InteractiveAuthorizationRequired
+from overlayd.bus.names import ACTION_PREFIX
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ async def _credentials(bus: MessageBus, sender: str) -> tuple[int, int]:
 class Authorizer(Protocol):
     async def require(self, action: str, caller: Caller, details: dict[str, str]) -> None:
         """Return if CALLER may do ACTION (on the overlay DETAILS name); raise AccessDenied
-        or an InteractiveAuthorizationRequired AccessDenied otherwise."""
+        (or its subclass InteractiveAuthorizationRequired) otherwise."""
 
 
 VERBS = {"create": "create overlays", "commit": "commit overlays",
@@ -156,9 +156,8 @@ class PolkitAuthorizer:
             raise AccessDenied(f"Authentication is required to {verb} ({action}) as uid "
                                f"{caller.uid}, and no polkit authentication agent answered.")
         if is_challenge:
-            raise AccessDenied(
+            raise InteractiveAuthorizationRequired(
                 f"Authentication is required to {verb} ({action}) as uid {caller.uid}; the call "
                 "did not allow interactive authorization (overlayctl asks unless "
-                "--no-ask-password).",
-                INTERACTIVE_AUTH_REQUIRED)
+                "--no-ask-password).")
         raise AccessDenied(f"Not authorized to {verb} ({action}) as uid {caller.uid}.")

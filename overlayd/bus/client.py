@@ -9,15 +9,35 @@ from dbus_next import Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 from dbus_next.constants import BusType
 
-from overlayd.bus.names import BUS_NAME, MANAGER_IFACE, OVERLAY_IFACE, ROOT_PATH
+from overlayd.bus.errors import BY_NAME
+from overlayd.bus.names import (
+    BUS_NAME,
+    DBUS_ERROR_PREFIX,
+    MANAGER_IFACE,
+    OVERLAY_IFACE,
+    ROOT_PATH,
+)
+
+CONNECT = "Connect"  # the name of a ClientError for a bus that cannot be reached
+# What the bus daemon answers when overlayd is not there or does not answer.
+UNREACHABLE = {CONNECT, DBUS_ERROR_PREFIX + "ServiceUnknown", DBUS_ERROR_PREFIX + "NoReply"}
 
 
 class ClientError(Exception):
-    """An error reply: ``name`` is the D-Bus error name, str() its message."""
+    """An error reply: ``name`` is the D-Bus error name, str() its message, ``error`` the
+    class of overlayd's error table it names (None for an error that is not overlayd's)."""
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name = name
+        self.error = BY_NAME.get(name)
+
+    def is_a(self, cls: type[Exception]) -> bool:
+        return self.error is not None and issubclass(self.error, cls)
+
+    @property
+    def unreachable(self) -> bool:
+        return self.name in UNREACHABLE
 
 
 def _spec_variants(spec: dict[str, Any]) -> tuple[dict[str, Variant], list[int]]:
@@ -47,9 +67,9 @@ class OverlaydClient:
         try:
             bus = await MessageBus(bus_type=BusType.SYSTEM, bus_address=address,
                                    negotiate_unix_fd=True).connect()
-        except (OSError, Exception) as e:
+        except Exception as e:  # dbus-next raises several types for one cause
             where = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
-            raise ClientError("Connect", f"Cannot connect to {where}: {e}") from None
+            raise ClientError(CONNECT, f"Cannot connect to {where}: {e}") from None
         return cls(bus, interactive)
 
     def close(self) -> None:

@@ -6,13 +6,11 @@ BUS_NAME = "org.overlayd.Overlayd1"
 ROOT_PATH = "/org/overlayd/Overlayd1"
 MANAGER_IFACE = "org.overlayd.Overlayd1.Manager"
 OVERLAY_IFACE = "org.overlayd.Overlayd1.Overlay"
-ERROR_PREFIX = "org.overlayd.Overlayd1.Error."
 OVERLAY_PREFIX = ROOT_PATH + "/overlay/"
 
-INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
-ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-INTERACTIVE_AUTH_REQUIRED = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
-FAILED = ERROR_PREFIX + "Failed"
+# Error names are these prefixes plus a class name: see errors.py.
+ERROR_PREFIX = "org.overlayd.Overlayd1.Error."
+DBUS_ERROR_PREFIX = "org.freedesktop.DBus.Error."
 
 ACTION_PREFIX = "org.overlayd.overlayd1."
 ACTION_CREATE = ACTION_PREFIX + "create"

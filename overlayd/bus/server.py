@@ -1,14 +1,15 @@
 """Put an OverlayManager on a bus: connect, export the objects, then own the name.
 
 The name is requested last, so once it is owned the service is ready (what systemd's
-Type=dbus waits for, and what --standalone announces).
+Type=dbus waits for, and what --standalone announces). A start that fails after
+connecting disconnects again, so nothing of it outlives the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from dbus_next import Message, MessageType
+from dbus_next import DBusError, Message, MessageType
 from dbus_next.constants import BusType, NameFlag, RequestNameReply
 
 from overlayd.bus.auth import POLKIT_NAME, Authorizer, PolkitAuthorizer
@@ -26,8 +27,8 @@ class BusServer:
 
     @classmethod
     async def start(cls, manager: OverlayManager, address: str | None,
-                    auth: Authorizer | None = None, *, wait_for_polkit: bool = False
-                    ) -> BusServer:
+                    auth: Authorizer | None = None, *, wait_for_polkit: bool = False,
+                    polkit_timeout: float = 15.0) -> BusServer:
         """Serve on ADDRESS (None: the system bus). With WAIT_FOR_POLKIT, the name is not
         requested before polkitd is on the bus (for --standalone, which starts it)."""
         try:
@@ -36,18 +37,30 @@ class BusServer:
         except Exception as e:  # dbus-next raises several types for one cause
             raise OverlaydError(f"Cannot connect to the bus {address or '(system)'}: {e}.") \
                 from None
-        if wait_for_polkit:
-            await _wait_for_name(bus, POLKIT_NAME)
-        service = Service(bus, manager, auth or PolkitAuthorizer(bus))
-        service.export_all()
-        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
-        if reply is not RequestNameReply.PRIMARY_OWNER:
+        try:
+            if wait_for_polkit:
+                await _wait_for_name(bus, POLKIT_NAME, polkit_timeout)
+            service = Service(bus, manager, auth or PolkitAuthorizer(bus))
+            service.export_all()
+            try:
+                reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            except DBusError as e:  # the bus policy does not let us own it
+                raise OverlaydError(f"Cannot own {BUS_NAME} on this bus: {e.text}") from None
+            if reply is not RequestNameReply.PRIMARY_OWNER:
+                raise OverlaydError(f"Another process owns {BUS_NAME} on this bus "
+                                    f"({reply.name}).")
+        except BaseException:
             bus.disconnect()
-            raise OverlaydError(f"Another process owns {BUS_NAME} on this bus ({reply.name}).")
+            raise
         return cls(bus, service)
 
-    async def wait_disconnected(self) -> None:
-        await self.bus.wait_for_disconnect()
+    async def wait_lost(self) -> str:
+        """Wait until the connection to the bus is gone without our asking; say why."""
+        try:
+            await self.bus.wait_for_disconnect()
+        except Exception as e:
+            return str(e) or type(e).__name__
+        return "the connection was closed"
 
     def stop(self) -> None:
         self.bus.disconnect()

@@ -127,26 +127,28 @@ def V(sig: str, value: object) -> Variant:  # reads like the D-Bus type it build
     return Variant(sig, value)
 
 
+# The error names follow one rule (README, "Errors"): a call of the wrong shape is
+# InvalidArgs; a well-formed spec with a bad value is InvalidSpec, as when the engine finds it.
 BAD_CALLS: dict[str, tuple[str, str, list[Any], str, str]] = {
     "wrong argument types": ("Create", "ss", ["x", "y"], "InvalidArgs", "takes arguments"),
     "unknown spec key": ("Create", "sa{sv}", ["x", {"colour": V("s", "red")}], "InvalidArgs",
                          "Unknown spec key 'colour'"),
     "spec key of the wrong type": ("Create", "sa{sv}", ["x", {"size": V("b", True)}],
                                    "InvalidArgs", "must be of type 't'"),
-    "empty name": ("Create", "sa{sv}", ["", {"image": V("s", "/x")}], "InvalidArgs",
+    "empty name": ("Create", "sa{sv}", ["", {"image": V("s", "/x")}], "InvalidSpec",
                    "a name is 1 to 64"),
     "10,000-character name": ("Create", "sa{sv}", ["n" * 10_000, {"image": V("s", "/x")}],
-                              "InvalidArgs", "a name is 1 to 64"),
-    "name with a slash": ("Create", "sa{sv}", ["a/b", {"image": V("s", "/x")}], "InvalidArgs",
+                              "InvalidSpec", "a name is 1 to 64"),
+    "name with a slash": ("Create", "sa{sv}", ["a/b", {"image": V("s", "/x")}], "InvalidSpec",
                           "'a/b'"),
-    "name ..": ("Create", "sa{sv}", ["..", {"image": V("s", "/x")}], "InvalidArgs", "'..'"),
+    "name ..": ("Create", "sa{sv}", ["..", {"image": V("s", "/x")}], "InvalidSpec", "'..'"),
     "name with a newline": ("Create", "sa{sv}", ["a\nb", {"image": V("s", "/x")}],
-                            "InvalidArgs", "a name is 1 to 64"),
+                            "InvalidSpec", "a name is 1 to 64"),
     "relative image path": ("Create", "sa{sv}", ["x", {"image": V("s", "disk.img")}],
-                            "InvalidArgs", "absolute path"),
-    "no image": ("Create", "sa{sv}", ["x", {}], "InvalidArgs", "exactly one of 'image'"),
+                            "InvalidSpec", "absolute path"),
+    "no image": ("Create", "sa{sv}", ["x", {}], "InvalidSpec", "exactly one of 'image'"),
     "size 0": ("Create", "sa{sv}", ["x", {"image": V("s", "/x"), "size": V("t", 0)}],
-               "InvalidArgs", "more than 0 bytes"),
+               "InvalidSpec", "more than 0 bytes"),
     "image fd index with no fd": ("Create", "sa{sv}", ["x", {"image_fd": V("h", 0)}],
                                   "InvalidArgs", "image_fd"),
     "unknown Commit option": ("Commit", "sa{sv}", ["x", {"now": V("b", True)}], "InvalidArgs",

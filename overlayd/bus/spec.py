@@ -1,0 +1,61 @@
+"""Decoding the a{sv} arguments: Create's spec, and the options of Commit and Discard.
+
+Here the *shape* of a call is checked: known keys, the variant type of each. A wrong shape
+is ``InvalidArgs``. The values are the model's business (``parse_spec``): a bad value is
+``InvalidSpec``, as it is when the engine finds it later (see errors.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbus_next import Variant
+
+from overlayd.bus.errors import InvalidArgs, shown
+from overlayd.model import OverlaySpec, parse_spec
+
+# Variant types accepted for each spec key ('size' may also be a string like "1G"); the
+# first is the one an error message asks for.
+SPEC_TYPES: dict[str, tuple[str, ...]] = {
+    "image": ("s",), "image_fd": ("h",), "fstype": ("s",), "mountpoint": ("s",),
+    "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",),
+}
+COMMIT_OPTIONS: dict[str, str] = {}
+DISCARD_OPTIONS: dict[str, str] = {"force": "b"}
+
+
+def decode_options(options: dict[str, Variant], allowed: dict[str, str],
+                   what: str) -> dict[str, Any]:
+    """The values of OPTIONS, each a known option of WHAT with its type."""
+    out = {}
+    for key, variant in options.items():
+        if key not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise InvalidArgs(f"Unknown {what} option '{shown(key)}'; known options: {known}.")
+        if variant.signature != allowed[key]:
+            raise InvalidArgs(f"The {what} option '{key}' must be of type "
+                              f"'{allowed[key]}', not '{shown(variant.signature)}'.")
+        out[key] = variant.value
+    return out
+
+
+def decode_spec(name: str, spec: dict[str, Variant]) -> OverlaySpec:
+    """Create's NAME and SPEC as an OverlaySpec: InvalidArgs for a wrong shape, InvalidSpec
+    (from the model) for a bad value."""
+    data: dict[str, Any] = {"name": name}
+    for key, variant in spec.items():
+        if key == "name":
+            raise InvalidArgs("The name is Create's first argument, not a key of the spec.")
+        types = SPEC_TYPES.get(key)
+        if types is None:
+            known = ", ".join(SPEC_TYPES)
+            raise InvalidArgs(f"Unknown spec key '{shown(key)}'; the known keys are {known}.")
+        if variant.signature not in types:
+            raise InvalidArgs(f"The spec key '{key}' must be of type '{types[0]}', "
+                              f"not '{shown(variant.signature)}'.")
+        if key == "image_fd" and variant.value is None:
+            # dbus-next gives None for an index past the fds that came with the message.
+            raise InvalidArgs("The spec key 'image_fd' names no file descriptor that came "
+                              "with the call.")
+        data[key] = variant.value
+    return parse_spec(data)
