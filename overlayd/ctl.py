@@ -149,8 +149,10 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(p | {"ObjectPath": path}, indent=2))
         return 0
+    state = p["State"] + (" (half-committed: commit again to finish)"
+                          if p.get("HalfCommitted") else "")
     fields = [
-        ("State", p["State"]),
+        ("State", state),
         ("Image", f"{p['Image']} ({p['FsType'] or 'directory'})"),
         ("Mount point", p["MountPoint"]),
         ("Loop device", p["LoopDevice"] or "-"),
@@ -160,6 +162,8 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
         ("Owner", f"uid {p['OwnerUID']}"),
         ("Created", _since(p["CreatedUSec"])),
     ]
+    if p.get("LastError"):
+        fields.append(("Last error", p["LastError"]))
     print(p["Name"])
     for label, value in fields:
         print(f"{label:>12}: {value}")

@@ -60,7 +60,9 @@ class OverlayProperty:
 PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("CreatedUSec", "t", CONST, lambda r: r.rec.created_usec),
     OverlayProperty("FsType", "s", CONST, lambda r: r.rec.fstype),
+    OverlayProperty("HalfCommitted", "b", SIGNALLED, lambda r: r.rec.half_committed),
     OverlayProperty("Image", "s", CONST, lambda r: r.rec.image),
+    OverlayProperty("LastError", "s", SIGNALLED, lambda r: r.rec.error),
     OverlayProperty("LoopDevice", "s", SIGNALLED, lambda r: r.rec.loop_device),
     OverlayProperty("MountOptions", "as", CONST, lambda r: list(r.rec.mount_options)),
     OverlayProperty("MountPoint", "s", CONST, lambda r: r.rec.mountpoint),

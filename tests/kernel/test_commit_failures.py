@@ -34,11 +34,14 @@ def test_image_full_keeps_the_writes_and_a_retry_finishes(env: Env, root: Path) 
     assert (mp / "z-big.bin").read_bytes() == big, "the writes are still there"
     assert not (mp / "old.txt").exists() and (mp / "a-small.txt").exists()
     assert "z-big.bin" in os.listdir(env.paths(rec).upper_dir), "the upper was kept"
+    assert env.manager.get("full").half_committed, "the image holds part of the writes"
+    assert "image is full" in env.manager.get("full").error
 
     (mp / "z-big.bin").unlink()
     (mp / "z-small.bin").write_bytes(b"ok")
     env.run(env.manager.commit("full"))
     assert os.listdir(env.paths(rec).upper_dir) == []
+    assert not env.manager.get("full").half_committed and not env.manager.get("full").error
     env.run(env.manager.discard("full"))
     assert subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True).returncode == 0
     rec2 = env.create("check", img)

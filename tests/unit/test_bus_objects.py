@@ -41,6 +41,8 @@ class Record:
     owner_uid: int = 1000
     created_usec: int = 1_700_000_000_000_000
     mount_options: tuple[str, ...] = ("nosuid", "nodev")
+    half_committed: bool = False
+    error: str = ""
 
 
 class StubManager:
@@ -137,7 +139,7 @@ def test_getters_values_and_signalled_values_agree() -> None:
     assert values["UpperUsed"].value == 12288 and values["UpperInodesUsed"].value == 3
     signalled = signalled_values(manager, rec)  # type: ignore[arg-type]
     assert set(signalled) == {p.name for p in PROPERTIES if p.changes == SIGNALLED} \
-        == {"State", "LoopDevice"}
+        == {"State", "LoopDevice", "HalfCommitted", "LastError"}
     assert all(signalled[k] == values[k] for k in signalled)
 
 
