@@ -16,6 +16,9 @@ PIP=${PIP:-.venv/bin/pip}
 DBUSDIR=${DBUSDIR:-/usr/share/dbus-1}
 POLKITDIR=${POLKITDIR:-/usr/share/polkit-1}
 CATALOGDIR=${CATALOGDIR:-/usr/lib/systemd/catalog}
+# ...and so do initramfs-tools and dracut, for the root on an overlay.
+INITRAMFSDIR=${INITRAMFSDIR:-/usr/share/initramfs-tools}
+DRACUTDIR=${DRACUTDIR:-/usr/lib/dracut/modules.d}
 
 D=$DESTDIR
 SITE=$PREFIX/lib/overlayd/site
@@ -27,13 +30,14 @@ say() { echo "install: $*"; }
 put() {  # put MODE SRC DEST: copy, rewriting /usr/bin and /usr/libexec for another PREFIX
     install -D -m "$1" "$2" "$D$3"
     if [ "$PREFIX" != /usr ]; then
-        sed -i "s|/usr/bin/overlay|$PREFIX/bin/overlay|g; s|/usr/libexec/overlayd/|$LIBEXEC/|g" "$D$3"
+        sed -i "s|/usr/bin/overlay|$PREFIX/bin/overlay|g; s|/usr/libexec/overlayd/|$LIBEXEC/|g;
+                s|/usr/share/overlayd/|$PREFIX/share/overlayd/|g" "$D$3"
     fi
 }
-wrapper() {  # wrapper DEST MODULE FUNCTION
+wrapper() {  # wrapper DEST MODULE FUNCTION [PYTHON-FLAGS]
     install -d "$D$(dirname "$1")"
     cat > "$D$1" <<PY
-#!$PYTHON -I
+#!$PYTHON ${4:--I}
 # overlayd's $(basename "$1"), installed by make install.
 import sys
 sys.path.insert(0, "$SITE")
@@ -60,6 +64,18 @@ wrapper "$PREFIX/bin/overlayd" overlayd.daemon main
 wrapper "$PREFIX/bin/overlayctl" overlayd.ctl main
 wrapper "$LIBEXEC/overlayd-prepare" overlayd.boot prepare_main
 wrapper "$GENDIR/overlayd-generator" overlayd.boot generator_main
+# -S as well: the exitrd that runs it carries only the modules it loads (no site)
+wrapper "$LIBEXEC/overlayd-merge" overlayd.offline main -IS
+
+say "the root on an overlay -> $D$INITRAMFSDIR, $D$DRACUTDIR, $D$PREFIX/share/overlayd/root"
+put 0644 packaging/root/lib.sh "$PREFIX/share/overlayd/root/lib.sh"
+put 0755 packaging/root/shutdown "$PREFIX/share/overlayd/root/shutdown"
+put 0755 packaging/root/initramfs-tools/hooks/overlayd "$INITRAMFSDIR/hooks/overlayd"
+put 0755 packaging/root/initramfs-tools/scripts/local-bottom/overlayd \
+    "$INITRAMFSDIR/scripts/local-bottom/overlayd"
+for f in packaging/root/dracut/90overlayd/*; do
+    put 0755 "$f" "$DRACUTDIR/90overlayd/$(basename "$f")"
+done
 
 say "units, bus, polkit, tmpfiles, catalog, schema, docs"
 for u in overlayd.service overlayd@.service overlayd-prepare@.service; do

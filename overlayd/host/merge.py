@@ -73,7 +73,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import shutil
 import stat
 import time
@@ -180,7 +179,8 @@ class _Applier:
         self.fault = fault
         self.result = ApplyResult()
         self.current = ""
-        self._token = secrets.token_hex(4)
+        # no `secrets`: it loads hashlib and libcrypto, which the exitrd would carry
+        self._token = os.urandom(4).hex()
         self._tmp_counter = 0
         self._euid, self._egid = os.geteuid(), os.getegid()
         self._tmpfile = True  # until the file system says it has no O_TMPFILE
