@@ -2,15 +2,19 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test test-unit test-kernel lint bench install clean
+.PHONY: setup setup-vm demo test test-unit test-kernel lint bench install clean
 
 setup:
 	@bash tools/setup.sh
 
+# also qemu, mmdebstrap and the cached Debian guest of the root-on-overlay VM tests
+setup-vm:
+	@bash tools/setup.sh --vm
+
 demo: setup
 	@$(PY) -m overlayd.demo
 
-test: setup lint
+test: setup-vm lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup

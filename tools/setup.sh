@@ -38,3 +38,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+
+# --vm (make test, .ci/run): what the root-on-overlay VM tests need: qemu, mmdebstrap, and the
+# Debian 12 guest tree, cached per machine under /var/cache/overlayd-tests/ (tools/vm-root.sh).
+if [ "${1:-}" = --vm ]; then
+    bash tools/vm-root.sh > /dev/null
+fi
