@@ -24,6 +24,9 @@ from overlayd.layout import Layout
 from overlayd.render import render
 
 BOOT_RUNTIME_DIR = Path("/run/overlayd")  # overlayd-prepare@.service names it
+# Written by the initramfs when it put the root file system on an overlay (the path is
+# host.rootfs.STATE_DIR's; the generator must not import the host layer for it).
+ROOT_OVERLAY_MARK = Path("/run/overlayd-root/mode")
 
 
 def _say(msg: str) -> None:
@@ -73,7 +76,22 @@ def generator_main(argv: list[str] | None = None) -> int:
         _say(f"{e}; no boot overlays")
         return 0
     generate(Path(args[0]), cfg)
+    want_daemon_for_root(Path(args[0]))
     return 0  # a generator that fails only makes systemd complain; files are skipped instead
+
+
+def want_daemon_for_root(out_dir: Path, mark: Path = ROOT_OVERLAY_MARK) -> bool:
+    """On a protected root, start overlayd at boot (not only when a bus call activates it):
+    it adopts the root overlay and says so in the journal, with what the writes use, and
+    reports a commit at the last shutdown that did not finish."""
+    if not mark.exists():
+        return False
+    wants = out_dir / "multi-user.target.wants"
+    wants.mkdir(exist_ok=True)
+    link = wants / "overlayd.service"
+    if not link.is_symlink():
+        link.symlink_to("/usr/lib/systemd/system/overlayd.service")
+    return True
 
 
 def prepare(name: str, cfg: DaemonConfig) -> str:

@@ -2,8 +2,9 @@
 
     overlayctl list | status NAME | diff NAME          [--json]
     overlayctl create NAME IMAGE [--mountpoint P] [--size S] [--option O]... [--fstype T]
-    overlayctl commit NAME
-    overlayctl discard NAME [--force]
+    overlayctl commit NAME                    for "root": at shutdown
+    overlayctl discard NAME [--force]         for "root": at the next reboot
+    overlayctl root enable [--size S] | disable   the root on an overlay from the next boot
     overlayctl start NAME | stop NAME         NAME.overlay, for overlayd@NAME.service
     overlayctl render NAME [--directory DIR]  the mount units of a boot overlay
     overlayctl schema                         JSON Schema of .overlay files
@@ -96,6 +97,10 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("discard", parents=[common], help="throw the writes away and unmount")
     x.add_argument("name")
     x.add_argument("--force", action="store_true", help="detach even if files are open in it")
+    rt = sub.add_parser("root", parents=[common],
+                        help="put the root file system on an overlay from the next boot on")
+    rt.add_argument("action", choices=("enable", "disable"))
+    rt.add_argument("--size", help="RAM for the writes: 50%% (the default) or e.g. 2G")
     st = sub.add_parser("start", parents=[common],
                         help="create overlay NAME from its NAME.overlay file")
     st.add_argument("name")
@@ -164,6 +169,11 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
     ]
     if p.get("LastError"):
         fields.append(("Last error", p["LastError"]))
+    if path == await client.root_overlay():
+        fate = f"written to {p['Image']} at shutdown" if p.get("CommitAtShutdown") else \
+            "thrown away at the next reboot"
+        fields.insert(0, ("Root", f"protected root file system: its writes use "
+                                  f"{format_size(p['UpperUsed'])} of RAM, {fate}"))
     print(p["Name"])
     for label, value in fields:
         print(f"{label:>12}: {value}")
@@ -215,7 +225,15 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
-    used = (await client.properties(await client.path_of(args.name)))["UpperUsed"]
+    path = await client.path_of(args.name)
+    p = await client.properties(path)
+    used = p["UpperUsed"]
+    if path == await client.root_overlay():  # / cannot be unmounted while it runs
+        await client.commit(args.name, at_shutdown=True)
+        print(f"The changes to the root file system ({format_size(used)} in RAM now) will be "
+              f"written to {p['Image']} when the system shuts down or reboots. Until then "
+              "they are in RAM only; 'overlayctl discard root' cancels.")
+        return 0
     task = asyncio.ensure_future(client.commit(args.name))
     waited, tty = 0.0, sys.stderr.isatty()
     while not task.done():
@@ -233,8 +251,42 @@ async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_discard(client: OverlaydClient, args: argparse.Namespace) -> int:
+    path = await client.path_of(args.name)
+    if path == await client.root_overlay():
+        await client.discard(args.name, force=args.force)
+        print("The writes to the root file system will be thrown away at the next reboot "
+              "(nothing is unmounted now); no commit at shutdown is pending.")
+        return 0
     await client.discard(args.name, force=args.force)
     print(f"Discarded overlay '{args.name}'.")
+    return 0
+
+
+def _kernel_root_setting() -> str | None:
+    """overlayd.root= on this boot's kernel command line, which wins over the file."""
+    try:
+        with open("/proc/cmdline") as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    found = [w.partition("=")[2] for w in words if w.startswith("overlayd.root=")]
+    return found[-1] if found else None
+
+
+async def cmd_root(client: OverlaydClient, args: argparse.Namespace) -> int:
+    enabled = args.action == "enable"
+    if args.size and not enabled:
+        raise ValueError("--size goes with 'enable'")
+    await client.set_root_at_boot(enabled, args.size)
+    protected = await client.root_overlay() != "/"
+    what = "on an overlay (its writes in RAM)" if enabled else "mounted as it is"
+    where = "the setting is written into the real root file system at shutdown" \
+        if protected else "set in /etc/overlayd/root.overlay"
+    print(f"From the next boot on, the root file system will be {what}; {where}.")
+    cmdline = _kernel_root_setting()
+    if cmdline is not None:
+        print(f"Note: this boot's kernel command line has overlayd.root={cmdline}, which "
+              "wins over the setting while it is there.")
     return 0
 
 
@@ -307,7 +359,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 LOCAL_COMMANDS = {"render": cmd_render, "schema": cmd_schema}  # no bus needed
 COMMANDS = {"list": cmd_list, "status": cmd_status, "diff": cmd_diff, "create": cmd_create,
-            "commit": cmd_commit, "discard": cmd_discard, "start": cmd_start, "stop": cmd_stop}
+            "commit": cmd_commit, "discard": cmd_discard, "start": cmd_start, "stop": cmd_stop,
+            "root": cmd_root}
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import OverlaydError
 from overlayd.events import Event
 from overlayd.host.linux import LinuxHost
+from overlayd.host.rootfs import RootFs
 from overlayd.log import setup_logging
 from overlayd.manager import OverlayManager
 from overlayd.model import OverlaySpec
@@ -64,7 +65,11 @@ async def serve(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     overrides = {"runtime_dir": args.runtime_dir} if args.runtime_dir else {}
     config = load_config(args.config, **overrides)
-    manager = OverlayManager(config, LinuxHost())
+    # The root file system on an overlay is the system's daemon's to adopt (the one with
+    # the default runtime directory), not a test's or a second daemon's.
+    default_runtime = type(config).model_fields["runtime_dir"].default
+    root = RootFs() if config.runtime_dir == default_runtime else None
+    manager = OverlayManager(config, LinuxHost(), root=root)
     await manager.start(boot_overlays())
 
     lost: str | None = None

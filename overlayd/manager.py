@@ -27,6 +27,7 @@ from overlayd.engine import teardown as teardown_proc
 from overlayd.engine.recover import Recovery, recover
 from overlayd.errors import (
     CommitFailed,
+    InvalidSpec,
     LimitExceeded,
     MountFailed,
     NoSuchOverlay,
@@ -35,15 +36,21 @@ from overlayd.errors import (
 )
 from overlayd.events import NOTICE, Event
 from overlayd.host.ports import Host, Progress
+from overlayd.host.rootfs import ROOT_NAME, SIZE_RE, RootFs, RootInfo
 from overlayd.layout import Layout, hide_internal_paths
 from overlayd.model import (
     CommitPhase,
     CommitStats,
     DiffEntry,
+    Lower,
+    LowerKind,
+    Merged,
     Overlay,
     OverlaySpec,
     OverlayState,
+    Upper,
     UpperUsage,
+    format_size,
 )
 from overlayd.store import StateStore
 from overlayd.transitions import after_discard_failed, transition
@@ -71,9 +78,13 @@ def _fields(rec: Overlay, event: Event, *, uid: int | None = None, **more: Any
 
 
 class OverlayManager:
-    def __init__(self, config: DaemonConfig, host: Host) -> None:
+    def __init__(self, config: DaemonConfig, host: Host, root: RootFs | None = None) -> None:
+        """ROOT: where to look for the root file system on an overlay (the daemon passes
+        one; None: never adopt one)."""
         self.config = config
         self.host = host
+        self.root = root
+        self.root_info: RootInfo | None = None  # the root overlay, once adopted
         self.store = StateStore(host.files, config.runtime_dir, config.mount_root_dir)
         self._overlays: dict[str, Overlay] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -108,6 +119,9 @@ class OverlayManager:
         return self._locks.setdefault(name, asyncio.Lock())
 
     def _layout(self, name: str) -> Layout:
+        if self.is_root(name):
+            assert self.root is not None
+            return self.root.layout
         return self.store.layout(name)
 
     def _move(self, rec: Overlay, to: OverlayState, **changes: Any) -> Overlay:
@@ -176,7 +190,109 @@ class OverlayManager:
                             "OVERLAYD_RECOVERY": "removed"})
         for problem in result.problems:
             log.warning("Recovery: %s", hide_internal_paths(problem, self.config.runtime_dir))
+        await self._adopt_root()
         return result
+
+    # -- the root file system on an overlay ----------------------------------------------
+
+    def is_root(self, name: str) -> bool:
+        """Whether NAME is the root file system's overlay (made by the initramfs)."""
+        return name == ROOT_NAME and self.root_info is not None
+
+    async def _adopt_root(self) -> None:
+        """Adopt the root overlay the initramfs made, as the overlay 'root'. It has no
+        state record: the initramfs' state files and the mount table say it all, at every
+        start."""
+        if self.root is None:
+            return
+        try:
+            info = await self._blocking(self.root.read)
+        except OverlaydError as e:
+            log.warning("Cannot read the state of the root overlay: %s", e)
+            return
+        if info is None:
+            return
+        if ROOT_NAME in self._overlays:
+            log.warning("The root file system is on an overlay, but an overlay named '%s' "
+                        "exists already; it is not adopted.", ROOT_NAME)
+            return
+        rec = Overlay(name=ROOT_NAME, state=S.ACTIVE,
+                      lowers=(Lower(kind=LowerKind.BLOCK, image=info.device,
+                                    fstype=info.fstype),),
+                      upper=Upper(size=info.size),
+                      merged=Merged(mountpoint=self.root.mountpoint),
+                      owner_uid=0, created_usec=info.created_usec)
+        self.root_info = info
+        self._overlays[ROOT_NAME] = rec
+        used = self.usage_now(ROOT_NAME).used
+        log.info("The root file system is protected: it is on an overlay of '%s' (read-only), "
+                 "its writes go to RAM (%s, %s of at most %s used) and are thrown away at "
+                 "the next reboot unless committed at shutdown. Set by %s.",
+                 info.device, info.upper, format_size(used), format_size(info.size),
+                 info.source or "the initramfs",
+                 extra=_fields(rec, Event.RECOVERED, OVERLAYD_RECOVERY="adopted root"))
+        if info.last_failure:
+            log.warning("The commit at the last shutdown into '%s' did not finish: %s",
+                        info.device, info.last_failure,
+                        extra=_fields(rec, Event.FAILED, OVERLAYD_ACTION="commit",
+                                      OVERLAYD_ERROR="CommitFailed"))
+
+    def root_overlay(self) -> Overlay | None:
+        return self._overlays.get(ROOT_NAME) if self.root_info is not None else None
+
+    def commit_at_shutdown(self, name: str) -> bool:
+        """Whether the writes of NAME (the root) are to be committed at shutdown."""
+        if not self.is_root(name):
+            return False
+        assert self.root is not None
+        try:
+            return self.root.commit_requested()
+        except OSError:
+            return False
+
+    async def request_commit_at_shutdown(self, name: str, on: bool, *,
+                                         caller_uid: int = 0) -> None:
+        """Commit the root overlay's writes at shutdown (ON), or no longer."""
+        rec = self.get(name)
+        if not self.is_root(name):
+            raise InvalidSpec(f"Overlay '{name}' is not the root file system: only the root "
+                              "overlay commits at shutdown; commit without at_shutdown.")
+        assert self.root is not None
+        async with self._lock(name):
+            await self._blocking(self.root.request_commit, on)
+        self._changed(name, rec)
+        if on:
+            log.info("The writes to the root file system will be committed into '%s' at "
+                     "shutdown.", rec.image,
+                     extra=_fields(rec, Event.COMMITTED, uid=caller_uid,
+                                   OVERLAYD_AT_SHUTDOWN=1))
+        else:
+            log.info("The writes to the root file system will be thrown away at the next "
+                     "reboot.", extra=_fields(rec, Event.DISCARDED, uid=caller_uid,
+                                              OVERLAYD_AT_SHUTDOWN=1))
+
+    async def set_root_at_boot(self, enabled: bool, size: str | None = None, *,
+                               caller_uid: int = 0) -> str:
+        """Write the setting the initramfs reads at the next boot: the root on an overlay
+        (ENABLED, with the tmpfs limited to SIZE) or not. Returns where it went."""
+        if self.root is None:
+            raise InvalidSpec("This daemon does not manage the root file system.")
+        if size is not None and not SIZE_RE.match(size):
+            raise InvalidSpec(f"The size '{size[:64]}' is not a number of bytes with k, M, G "
+                              "or % after it.")
+        text = ("# The root file system on an overlay at boot, written by 'overlayctl root'.\n"
+                "# The kernel command line's overlayd.root= wins over this file.\n"
+                + (f'mode = "tmpfs"\nsize = "{size}"\n' if enabled and size else
+                   'mode = "tmpfs"\n' if enabled else 'mode = "off"\n'))
+        root = self.root
+        where = await self._blocking(root.set_next_boot, text,
+                                     protected=self.root_info is not None)
+        log.info("The root file system will %s at the next boot.",
+                 "be on an overlay" if enabled else "not be on an overlay",
+                 extra={"OVERLAYD_NAME": ROOT_NAME, "OVERLAYD_UID": caller_uid,
+                        "OVERLAYD_EVENT": Event.CREATED if enabled else Event.DISCARDED,
+                        "OVERLAYD_ROOT_AT_BOOT": "tmpfs" if enabled else "off"})
+        return where
 
     # -- reading --------------------------------------------------------------------------
 
@@ -288,6 +404,15 @@ class OverlayManager:
                      caller_uid: int = 0, created_usec: int | None = None) -> CommitStats:
         """CREATED_USEC, if given, must match: the caller was authorized for that overlay,
         not for another one of the same name made since."""
+        if self.is_root(name):
+            rec = self.get(name)
+            e: OverlaydError = CommitFailed(
+                f"Overlay '{name}' is the root file system, which cannot be unmounted while "
+                "the system runs. Commit it with the option at_shutdown to write its changes "
+                f"into '{rec.image}' when the system shuts down or reboots "
+                "('overlayctl commit root' does).")
+            self._log_failure(rec, "commit", e, caller_uid)
+            raise e
         async with self._lock(name):
             rec = self._current(name, created_usec)
             commit_proc.refuse_early(rec, caller_uid)
@@ -345,6 +470,9 @@ class OverlayManager:
 
     async def discard(self, name: str, *, force: bool = False, caller_uid: int = 0,
                       created_usec: int | None = None) -> None:
+        if self.is_root(name):  # cannot unmount /: its writes go at the next reboot
+            await self.request_commit_at_shutdown(name, False, caller_uid=caller_uid)
+            return
         async with self._lock(name):
             rec = self._current(name, created_usec)
             if rec.half_committed and not force:

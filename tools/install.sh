@@ -76,6 +76,8 @@ put 0755 packaging/root/initramfs-tools/scripts/local-bottom/overlayd \
 for f in packaging/root/dracut/90overlayd/*; do
     put 0755 "$f" "$DRACUTDIR/90overlayd/$(basename "$f")"
 done
+# the login message on a protected root (pam_motd runs /etc/update-motd.d/*)
+put 0755 packaging/root/update-motd.d/50-overlayd-root "$SYSCONFDIR/update-motd.d/50-overlayd-root"
 
 say "units, bus, polkit, tmpfiles, catalog, schema, docs"
 for u in overlayd.service overlayd@.service overlayd-prepare@.service; do

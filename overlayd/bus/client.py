@@ -109,8 +109,19 @@ class OverlaydClient:
         (path,) = await self._manager("Create", "sa{sv}", [name, variants], fds)
         return str(path)
 
-    async def commit(self, name: str) -> None:
-        await self._manager("Commit", "sa{sv}", [name, {}])
+    async def commit(self, name: str, *, at_shutdown: bool = False) -> None:
+        options = {"at_shutdown": Variant("b", True)} if at_shutdown else {}
+        await self._manager("Commit", "sa{sv}", [name, options])
+
+    async def root_overlay(self) -> str:
+        """The root overlay's object path, or "/" when the root is not on an overlay."""
+        (value,) = await self.call(ROOT_PATH, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                   [MANAGER_IFACE, "RootOverlay"])
+        return str(value.value)
+
+    async def set_root_at_boot(self, enabled: bool, size: str | None = None) -> None:
+        options = {"size": Variant("s", size)} if size else {}
+        await self._manager("SetRootOverlayAtBoot", "ba{sv}", [enabled, options])
 
     async def discard(self, name: str, *, force: bool = False) -> None:
         options = {"force": Variant("b", True)} if force else {}

@@ -17,6 +17,7 @@ ACTION_CREATE = ACTION_PREFIX + "create"
 ACTION_COMMIT = ACTION_PREFIX + "commit"
 ACTION_DISCARD = ACTION_PREFIX + "discard"
 ACTION_MANAGE_OTHERS = ACTION_PREFIX + "manage-others"
+ACTION_ROOT = ACTION_PREFIX + "root"  # the root file system on an overlay at the next boot
 
 
 def bus_label(name: str) -> str:

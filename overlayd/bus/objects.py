@@ -58,6 +58,8 @@ class OverlayProperty:
 
 
 PROPERTIES: tuple[OverlayProperty, ...] = (
+    OverlayProperty("CommitAtShutdown", "b", SIGNALLED,
+                    lambda r: r.manager.commit_at_shutdown(r.rec.name)),
     OverlayProperty("CreatedUSec", "t", CONST, lambda r: r.rec.created_usec),
     OverlayProperty("FsType", "s", CONST, lambda r: r.rec.fstype),
     OverlayProperty("HalfCommitted", "b", SIGNALLED, lambda r: r.rec.half_committed),
@@ -74,6 +76,8 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("UpperUsed", "t", LIVE, lambda r: r.usage.used),
 )
 SIGNALLED_PROPERTIES = tuple(p for p in PROPERTIES if p.changes == SIGNALLED)
+# The Manager's one property: the root overlay's object when / is on an overlay, else "/".
+MANAGER_ROOT_OVERLAY = OverlayProperty("RootOverlay", "o", CONST, lambda r: None)
 
 
 def property_values(reading: Reading) -> dict[str, Variant]:
@@ -117,10 +121,20 @@ class ManagerInterface(CheapInterface):
         self.svc = svc
 
     def describe(self, iface: intr.Interface) -> intr.Interface:
+        # fixed for the daemon's life: the root overlay is adopted at start or never
+        iface.properties = [AnnotatedProperty(MANAGER_ROOT_OVERLAY)]
         return name_out_args(iface)
 
+    def root_overlay(self) -> str:
+        rec = self.svc.manager.root_overlay()
+        return overlay_path(rec.name) if rec is not None else "/"
+
     def property_values(self) -> dict[str, Variant]:
-        return {}  # none; for GetManagedObjects
+        return {"RootOverlay": Variant("o", self.root_overlay())}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def RootOverlay(self) -> "o":
+        return self.root_overlay()
 
     @method()
     async def Create(self, name: "s", spec: "a{sv}") -> "o":
@@ -133,6 +147,10 @@ class ManagerInterface(CheapInterface):
     @method()
     async def Discard(self, name: "s", options: "a{sv}"):
         await self.svc.discard(name, options)
+
+    @method()
+    async def SetRootOverlayAtBoot(self, enabled: "b", options: "a{sv}"):
+        await self.svc.set_root_at_boot(enabled, options)
 
     @method()
     async def GetOverlay(self, name: "s") -> "o":

@@ -21,12 +21,19 @@ from overlayd.bus.names import (
     ACTION_CREATE,
     ACTION_DISCARD,
     ACTION_MANAGE_OTHERS,
+    ACTION_ROOT,
     OVERLAY_IFACE,
     ROOT_PATH,
     overlay_path,
 )
 from overlayd.bus.objects import ManagerInterface, OverlayInterface, signalled_values
-from overlayd.bus.spec import COMMIT_OPTIONS, DISCARD_OPTIONS, decode_options, decode_spec
+from overlayd.bus.spec import (
+    COMMIT_OPTIONS,
+    DISCARD_OPTIONS,
+    ROOT_AT_BOOT_OPTIONS,
+    decode_options,
+    decode_spec,
+)
 from overlayd.errors import NoSuchOverlay
 from overlayd.events import NOTICE, Event
 from overlayd.manager import OverlayManager
@@ -116,10 +123,13 @@ class Service:
         return overlay_path(parsed.name)
 
     async def commit(self, name: str, options: dict[str, Variant]) -> None:
-        decode_options(options, COMMIT_OPTIONS, "Commit")
+        opts = decode_options(options, COMMIT_OPTIONS, "Commit")
         rec = self.lookup(name)
         caller = await self.caller()
         await self.authorize(ACTION_COMMIT, rec, caller)
+        if opts.get("at_shutdown"):
+            await self.manager.request_commit_at_shutdown(name, True, caller_uid=caller.uid)
+            return
         await self.manager.commit(name, caller_uid=caller.uid, created_usec=rec.created_usec)
 
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
@@ -127,8 +137,17 @@ class Service:
         rec = self.lookup(name)
         caller = await self.caller()
         await self.authorize(ACTION_DISCARD, rec, caller)
+        if opts.get("at_shutdown") and not self.manager.is_root(name):
+            await self.manager.request_commit_at_shutdown(name, False, caller_uid=caller.uid)
         await self.manager.discard(name, force=bool(opts.get("force", False)),
                                    caller_uid=caller.uid, created_usec=rec.created_usec)
+
+    async def set_root_at_boot(self, enabled: bool, options: dict[str, Variant]) -> None:
+        opts = decode_options(options, ROOT_AT_BOOT_OPTIONS, "SetRootOverlayAtBoot")
+        caller = await self.caller()
+        await self.require(ACTION_ROOT, caller, {"overlay": "root",
+                                                 "enabled": "true" if enabled else "false"})
+        await self.manager.set_root_at_boot(enabled, opts.get("size"), caller_uid=caller.uid)
 
     async def diff(self, name: str) -> list[list[str]]:
         rec = self.lookup(name)

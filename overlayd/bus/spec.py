@@ -20,8 +20,11 @@ SPEC_TYPES: dict[str, tuple[str, ...]] = {
     "image": ("s",), "image_fd": ("h",), "fstype": ("s",), "mountpoint": ("s",),
     "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",),
 }
-COMMIT_OPTIONS: dict[str, str] = {}
-DISCARD_OPTIONS: dict[str, str] = {"force": "b"}
+# at_shutdown: the root overlay's writes are committed (Commit) or thrown away (Discard,
+# also the default for it) when the system shuts down; only the root overlay has it.
+COMMIT_OPTIONS: dict[str, str] = {"at_shutdown": "b"}
+DISCARD_OPTIONS: dict[str, str] = {"force": "b", "at_shutdown": "b"}
+ROOT_AT_BOOT_OPTIONS: dict[str, str] = {"size": "s"}
 
 
 def decode_options(options: dict[str, Variant], allowed: dict[str, str],

@@ -31,7 +31,8 @@ trap cleanup EXIT
 mount -o ro "$LOOP" lower
 mount -t tmpfs overlayd-root upperfs
 mkdir upperfs/upper upperfs/work
-mount -t overlay -o lowerdir=lower,upperdir=upperfs/upper,workdir=upperfs/work,redirect_dir=off,index=off,metacopy=off,xino=off overlayd-root merged
+mount -t overlay -o lowerdir=lower,upperdir=upperfs/upper,workdir=upperfs/work \
+    -o redirect_dir=off,index=off,metacopy=off,xino=off overlayd-root merged
 # a user's writes: new files and trees, a change, deletions, an opaque directory
 echo new >merged/etc/new
 mkdir -p merged/var/lib/app/sub && echo deep >merged/var/lib/app/sub/file
@@ -120,17 +121,22 @@ def test_a_full_disk_leaves_a_clean_file_system_and_a_report(tmp_path: Path) -> 
     assert fsck_clean(img)
 
 
-def test_usage(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r});"
-                        "from overlayd.offline import main; sys.exit(main(['x']))"],
-                       text=True, capture_output=True, check=False)
+def offline(*args: str) -> subprocess.CompletedProcess[str]:
+    """overlayd.offline.main(ARGS) as the exitrd runs it: python3 -IS."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+            f"from overlayd.offline import main; sys.exit(main({list(args)!r}))")
+    return subprocess.run([sys.executable, "-IS", "-c", code], text=True,
+                          capture_output=True, check=False)
+
+
+def test_usage() -> None:
+    r = offline("x")
     assert r.returncode == 2 and "usage: overlayd-merge" in r.stderr
 
 
 def test_lists_only_the_standard_library_and_its_own_modules() -> None:
-    r = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r});"
-                        "from overlayd.offline import main; sys.exit(main(['--list-files']))"],
-                       text=True, capture_output=True, check=True)
+    r = offline("--list-files")
+    assert r.returncode == 0, r.stderr
     files = r.stdout.split()
     ours = {Path(f).relative_to(REPO).as_posix() for f in files if f.startswith(str(REPO) + "/")
             and "__pycache__" not in f}

@@ -10,6 +10,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
+from dbus_next import Variant
 
 from overlayd.bus.names import bus_label, overlay_path
 from overlayd.bus.objects import (
@@ -69,6 +70,12 @@ class StubManager:
     def fd_path(self, fd: int) -> str:
         return f"/proc/self/fd/{fd}"
 
+    def commit_at_shutdown(self, name: str) -> bool:
+        return False
+
+    def root_overlay(self) -> Record | None:
+        return self.records.get("root")
+
     def subscribe(self, listener: Callable[[str, Any], None]) -> None:
         self.listeners.append(listener)
 
@@ -99,10 +106,10 @@ def test_bus_label_escapes_like_systemd(name: str, label: str) -> None:
     assert overlay_path(name) == "/org/overlayd/Overlayd1/overlay/" + label
 
 
-def xml_properties(xml: str) -> dict[str, tuple[str | None, str | None, str]]:
-    """name -> (type, access, EmitsChangedSignal) of the Overlay interface in XML."""
-    iface = next(i for i in ET.fromstring(xml).iter("interface")
-                 if i.get("name") == "org.overlayd.Overlayd1.Overlay")
+def xml_properties(xml: str, name: str = "org.overlayd.Overlayd1.Overlay"
+                   ) -> dict[str, tuple[str | None, str | None, str]]:
+    """name -> (type, access, EmitsChangedSignal) of the interface NAME in XML."""
+    iface = next(i for i in ET.fromstring(xml).iter("interface") if i.get("name") == name)
     out = {}
     for p in iface.findall("property"):
         emits = {a.get("name"): a.get("value") for a in p.findall("annotation")}
@@ -139,7 +146,7 @@ def test_getters_values_and_signalled_values_agree() -> None:
     assert values["UpperUsed"].value == 12288 and values["UpperInodesUsed"].value == 3
     signalled = signalled_values(manager, rec)  # type: ignore[arg-type]
     assert set(signalled) == {p.name for p in PROPERTIES if p.changes == SIGNALLED} \
-        == {"State", "LoopDevice", "HalfCommitted", "LastError"}
+        == {"State", "LoopDevice", "HalfCommitted", "LastError", "CommitAtShutdown"}
     assert all(signalled[k] == values[k] for k in signalled)
 
 
@@ -171,4 +178,21 @@ def test_the_manager_names_what_it_returns() -> None:
     iface = ManagerInterface(StubService(StubManager())).introspect()  # type: ignore[arg-type]
     outs = {m.name: [a.name for a in m.out_args] for m in iface.methods}
     assert outs == {"Create": ["overlay"], "GetOverlay": ["overlay"],
-                    "ListOverlays": ["overlays"], "Commit": [], "Discard": []}
+                    "ListOverlays": ["overlays"], "Commit": [], "Discard": [],
+                    "SetRootOverlayAtBoot": []}
+
+
+def test_the_manager_says_whether_the_root_is_on_an_overlay() -> None:
+    manager = StubManager(Record())
+    iface = ManagerInterface(StubService(manager))  # type: ignore[arg-type]
+    assert iface.property_values() == {"RootOverlay": Variant("o", "/")}
+    manager.records["root"] = Record(name="root")
+    assert iface.property_values() == {
+        "RootOverlay": Variant("o", "/org/overlayd/Overlayd1/overlay/root")}
+    assert iface.RootOverlay == "/org/overlayd/Overlayd1/overlay/root"
+    xml = ET.tostring(iface.introspect().to_xml(), encoding="unicode")
+    assert xml_properties(f"<node>{xml}</node>", "org.overlayd.Overlayd1.Manager") == {
+        "RootOverlay": ("o", "read", "const")}
+    written = (DBUS_DIR / "org.overlayd.Overlayd1.Manager.xml").read_text()
+    assert xml_properties(written, "org.overlayd.Overlayd1.Manager") == {
+        "RootOverlay": ("o", "read", "const")}

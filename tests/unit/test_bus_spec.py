@@ -95,7 +95,8 @@ def test_a_megabyte_key_is_not_repeated_whole() -> None:
 def test_options() -> None:
     assert decode_options({}, COMMIT_OPTIONS, "Commit") == {}
     assert decode_options({"force": V("b", True)}, DISCARD_OPTIONS, "Discard") == {"force": True}
-    with pytest.raises(InvalidArgs, match="Unknown Commit option 'now'; known options: none"):
+    with pytest.raises(InvalidArgs,
+                       match="Unknown Commit option 'now'; known options: at_shutdown"):
         decode_options({"now": V("b", True)}, COMMIT_OPTIONS, "Commit")
     with pytest.raises(InvalidArgs, match="option 'force' must be of type 'b', not 's'"):
         decode_options({"force": V("s", "yes")}, DISCARD_OPTIONS, "Discard")

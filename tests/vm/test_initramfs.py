@@ -50,7 +50,8 @@ echo written >"$X/root/etc/new"
 rm "$X/root/etc/issue"
 mkdir -p "$X/root/var/lib/new/sub" && echo d >"$X/root/var/lib/new/sub/d"
 [ -f "$X/run/initramfs/overlayd-root/upper/etc/new" ] && echo in-upper=yes
-[ -f "$X/run/overlayd-root/lower/etc/issue" ] && [ ! -e "$X/run/overlayd-root/lower/etc/new" ] && echo lower-untouched=yes
+L=$X/run/overlayd-root/lower
+[ -f "$L/etc/issue" ] && [ ! -e "$L/etc/new" ] && echo lower-untouched=yes
 echo "sha-before=$(sha256sum "$W/root.img" | cut -d' ' -f1)"
 # the exitrd, as /shutdown does it: a copy of the state, the upper bound out, the old root
 # unmounted, then the shared shutdown step with the exitrd's own tools
@@ -63,8 +64,9 @@ mount --bind "$X/run/initramfs/overlayd-root" "$E/layers"
 umount "$X/root" && umount "$X/run/overlayd-root/lower"
 mount -t proc proc "$E/proc"
 mount --rbind /dev "$E/dev"
-chroot "$E" /usr/bin/busybox sh -c '/usr/bin/busybox --install -s /usr/bin; export PATH=/usr/bin
-    . /usr/share/overlayd/root/lib.sh; overlayd_root_shutdown /state /layers' 2>&1 | sed 's/^/exitrd: /'
+chroot "$E" /usr/bin/busybox sh -c '/usr/bin/busybox --install -s /usr/bin
+    export PATH=/usr/bin; . /usr/share/overlayd/root/lib.sh
+    overlayd_root_shutdown /state /layers' 2>&1 | sed 's/^/exitrd: /'
 echo "shutdown-rc=${PIPESTATUS[0]}"
 """
 
