@@ -324,3 +324,16 @@ def test_instance_unit_does_not_stop_with_the_daemon() -> None:
 def test_bus_activation_points_at_the_unit() -> None:
     text = (REPO / "dbus/org.overlayd.Overlayd1.service").read_text()
     assert "SystemdService=overlayd.service\n" in text
+
+
+def test_the_generator_starts_the_daemon_on_a_protected_root(tmp_path: Path) -> None:
+    from overlayd.boot import want_daemon_for_root
+
+    out = tmp_path / "gen"
+    out.mkdir()
+    mark = tmp_path / "mode"
+    assert not want_daemon_for_root(out, mark)
+    assert not (out / "multi-user.target.wants").exists()
+    mark.write_text("tmpfs\n")
+    assert want_daemon_for_root(out, mark) and want_daemon_for_root(out, mark)  # idempotent
+    assert (out / "multi-user.target.wants/overlayd.service").is_symlink()

@@ -6,6 +6,9 @@ call() { # one line of output per call, prefixed
     out=$("$@" 2>&1); say "$(echo "$1" | tr a-z A-Z)-RC=$? $(echo "$out" | tr '\n' ' ')"
 }
 say "UP uptime=$(cut -d' ' -f1 /proc/uptime) state=$(systemctl is-system-running 2>/dev/null)"
+# before any bus call: on a protected root the generator has the daemon started at boot
+say "DAEMON-AT-BOOT $(systemctl is-active overlayd.service)"
+say "MOTD $(/etc/update-motd.d/50-overlayd-root 2>&1 | tr '\n' ' ')"
 say "ROOT-FSTYPE=$(awk '$2 == "/" { t = $3 } END { print t }' /proc/mounts)"
 # a user's writes: a new file, a new tree, a changed file, a deleted file
 echo "boot $(cat /proc/sys/kernel/random/boot_id) mode $mode" >/etc/overlayd-probe
@@ -21,6 +24,8 @@ if [ "$mode" != off ]; then
     say "STATUS $(overlayctl status root 2>&1 | tr '\n' '|')"
     say "PLAIN-COMMIT $(busctl --system call org.overlayd.Overlayd1 /org/overlayd/Overlayd1 org.overlayd.Overlayd1.Manager Commit 'sa{sv}' root 0 2>&1)"
 fi
+say "JOURNAL $(journalctl -b -o cat SYSLOG_IDENTIFIER=overlayd 2>&1 | grep -m1 'root file system is protected')"
+say "FAILED-UNITS $(systemctl --failed --plain --no-legend 2>&1 | awk '{ print $1 }' | tr '\n' ' ')"
 case "$mode" in
 commit)
     say "COMMIT $(busctl --system call org.overlayd.Overlayd1 /org/overlayd/Overlayd1 org.overlayd.Overlayd1.Manager Commit 'sa{sv}' root 1 at_shutdown b true 2>&1)"

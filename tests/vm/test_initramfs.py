@@ -177,3 +177,70 @@ def test_an_unknown_upper_boots_without_an_overlay_and_says_so(initramfs: Path,
     out = boot_script(initramfs, tmp_path, "overlayd.root=zram")
     assert out["root"].startswith("ext4 "), out["log"]
     assert "unknown upper 'zram'" in out["log"]
+
+
+# The dracut module's two hooks, run the same way: dracut's own initramfs is not built here
+# (the guest uses initramfs-tools), so the hooks run with the unpacked initramfs' busybox and
+# a stub of the two dracut-lib functions they call; the shutdown hook runs in the exitrd tree
+# (its python3 and overlayd-merge) with the old system's /run at /oldsys/run, as dracut's
+# /shutdown leaves it once systemd has unmounted the old root and what was under /run.
+DRACUT = r"""
+set -uo pipefail
+W=$1 HOOKS=$2 X=$W/initramfs
+LOOP=$(losetup -f --show "$W/root.img")
+trap 'losetup -d "$LOOP"' EXIT
+mkdir -p "$X/proc" "$X/sys" "$X/dev" "$X/run" "$X/sysroot" "$X/hooks" "$X/usr/share/overlayd/root"
+cp "$HOOKS"/*.sh "$X/hooks/"
+cp "$X/overlayd-root/lib.sh" "$X/usr/share/overlayd/root/lib.sh"
+cat >"$X/lib/dracut-lib.sh" <<'STUB'
+getarg() { :; }
+need_shutdown() { : >/run/need-shutdown; }
+STUB
+mount -t proc proc "$X/proc"
+echo "root=$LOOP ro overlayd.root=tmpfs overlayd.root.size=32M" >"$W/cmdline"
+mount --bind "$W/cmdline" "$X/proc/cmdline"
+mount -t sysfs sys "$X/sys"
+mount --rbind /dev "$X/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$X/run"
+mkdir -m 0700 "$X/run/initramfs"
+mount -o ro "$LOOP" "$X/sysroot"
+chroot "$X" /bin/sh -c 'export PATH=/sbin:/usr/sbin:/bin:/usr/bin NEWROOT=/sysroot
+    . /hooks/overlayd-pre-pivot.sh' 2>&1 | sed 's/^/pre-pivot: /'
+echo "root=$(findmnt -rno FSTYPE,SOURCE "$X/sysroot" | head -1)"
+[ -e "$X/run/need-shutdown" ] && echo need-shutdown=yes
+echo dracut >"$X/sysroot/etc/dracut-was-here"
+touch "$X/run/overlayd-root/commit"
+# dracut's exitrd: here the initramfs-tools hook's tree, which has python3 and overlayd-merge
+E=$W/exitrd
+cp -a "$X/overlayd-root/exitrd" "$E"
+mkdir -p "$E/proc" "$E/dev" "$E/hooks" "$E/oldsys/run/overlayd-root" "$E/oldsys/run/initramfs/overlayd-root"
+cp "$HOOKS"/*.sh "$E/hooks/"
+umount "$X/sysroot" && umount "$X/run/overlayd-root/lower"
+mount --bind "$X/run/overlayd-root" "$E/oldsys/run/overlayd-root"
+mount --bind "$X/run/initramfs/overlayd-root" "$E/oldsys/run/initramfs/overlayd-root"
+mount -t proc proc "$E/proc"
+mount --rbind /dev "$E/dev"
+chroot "$E" /usr/bin/busybox sh -c '/usr/bin/busybox --install -s /usr/bin; export PATH=/usr/bin
+    . /hooks/overlayd-shutdown.sh; . /hooks/overlayd-shutdown.sh; echo hook-rc=$?' 2>&1 |
+    sed 's/^/shutdown: /'
+"""
+
+
+def test_the_dracut_hooks(initramfs: Path, tmp_path: Path) -> None:
+    (tmp_path / "seed/etc").mkdir(parents=True)
+    (tmp_path / "seed/etc/issue").write_text("Debian\n")
+    make_image(tmp_path / "root.img", tmp_path / "seed", size="64M")
+    subprocess.run(["cp", "-a", str(initramfs), str(tmp_path / "initramfs")], check=True)
+    hooks = Path(__file__).resolve().parents[2] / "packaging/root/dracut/90overlayd"
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+                        "bash", "-c", DRACUT, "dracut", str(tmp_path), str(hooks)],
+                       text=True, capture_output=True, check=False)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log
+    assert "root=overlay overlayd-root" in log
+    assert "need-shutdown=yes" in log
+    assert "shutdown: overlayd-root: commit done" in log
+    assert log.count("overlayd-root: writing the changes") == 1, "the hook ran twice"
+    assert "shutdown: hook-rc=0" in log
+    assert debugfs_cat(tmp_path / "root.img", "/etc/dracut-was-here") == "dracut\n"
+    assert subprocess.run(["bash", "-n", str(hooks / "module-setup.sh")]).returncode == 0

@@ -46,7 +46,13 @@ def test_writes_are_gone_after_a_reboot(guest: Guest, image: Path) -> None:
     usage = b.probe("USAGE")
     assert usage.startswith('s "active" s "/" t '), usage
     assert int(usage.split(" t ")[1].split()[0]) > 0
-    assert "protected root" in b.probe("STATUS")
+    assert "protected root file system" in b.probe("STATUS")
+    assert b.probe("DAEMON-AT-BOOT") == "active", "the generator did not start overlayd"
+    assert "This system runs on a protected root file system" in b.probe("MOTD")
+    assert "thrown away at the next reboot" in b.probe("MOTD")
+    assert "The root file system is protected: it is on an overlay of '/dev/vda'" in \
+        b.probe("JOURNAL")
+    assert b.probe("FAILED-UNITS") == ""
     assert "at_shutdown" in b.probe("PLAIN-COMMIT")
     assert sha256(image) == before, "a discarded boot changed the image"
 
@@ -71,4 +77,7 @@ def test_off_boots_once_without_the_overlay(guest: Guest, image: Path) -> None:
     assert b.probe("ROOT-FSTYPE=") == "ext4"
     assert b.probe("ROOT-WRITABLE=") == "yes"
     assert b.probe("ROOTOVERLAY") == 'o "/"'
+    assert b.probe("DAEMON-AT-BOOT") == "inactive"
+    assert b.probe("MOTD") == ""
+    assert b.probe("FAILED-UNITS") == ""
     assert image_cat(image, "/probe-writable") is not None
