@@ -23,15 +23,25 @@ if [ "$mode" != off ]; then
     say "USAGE $(busctl --system get-property org.overlayd.Overlayd1 /org/overlayd/Overlayd1/overlay/root org.overlayd.Overlayd1.Overlay State MountPoint UpperUsed 2>&1 | tr '\n' ' ')"
     say "STATUS $(overlayctl status root 2>&1 | tr '\n' '|')"
     say "PLAIN-COMMIT $(busctl --system call org.overlayd.Overlayd1 /org/overlayd/Overlayd1 org.overlayd.Overlayd1.Manager Commit 'sa{sv}' root 0 2>&1)"
+    say "DIFF $(busctl --system call org.overlayd.Overlayd1 /org/overlayd/Overlayd1/overlay/root org.overlayd.Overlayd1.Overlay Diff 2>&1 | tr '\n' ' ')"
 fi
 say "JOURNAL $(journalctl -b -o cat SYSLOG_IDENTIFIER=overlayd 2>&1 | grep -m1 'root file system is protected')"
 say "FAILED-UNITS $(systemctl --failed --plain --no-legend 2>&1 | awk '{ print $1 }' | tr '\n' ' ')"
 case "$mode" in
+discard)
+    # asked for and then cancelled: nothing may reach the image
+    say "CTL-COMMIT $(overlayctl --no-ask-password commit root 2>&1 | tr '\n' ' ')"
+    say "CTL-DISCARD $(overlayctl --no-ask-password discard root 2>&1 | tr '\n' ' ')"
+    say "AT-SHUTDOWN $(busctl --system get-property org.overlayd.Overlayd1 /org/overlayd/Overlayd1/overlay/root org.overlayd.Overlayd1.Overlay CommitAtShutdown 2>&1)"
+    action=reboot ;;
 commit)
+    say "CTL-ROOT $(overlayctl --no-ask-password root disable 2>&1 | tr '\n' ' ')"
     say "COMMIT $(busctl --system call org.overlayd.Overlayd1 /org/overlayd/Overlayd1 org.overlayd.Overlayd1.Manager Commit 'sa{sv}' root 1 at_shutdown b true 2>&1)"
     say "AT-SHUTDOWN $(busctl --system get-property org.overlayd.Overlayd1 /org/overlayd/Overlayd1/overlay/root org.overlayd.Overlayd1.Overlay CommitAtShutdown 2>&1)"
     action=poweroff ;;
-off) action=poweroff ;;
+off)
+    say "CTL-ROOT $(overlayctl --no-ask-password root enable --size 40% 2>&1 | tr '\n' ' ')"
+    action=poweroff ;;
 *) action=reboot ;;
 esac
 say "LEAVING $action"

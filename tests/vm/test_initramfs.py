@@ -213,7 +213,8 @@ touch "$X/run/overlayd-root/commit"
 # dracut's exitrd: here the initramfs-tools hook's tree, which has python3 and overlayd-merge
 E=$W/exitrd
 cp -a "$X/overlayd-root/exitrd" "$E"
-mkdir -p "$E/proc" "$E/dev" "$E/hooks" "$E/oldsys/run/overlayd-root" "$E/oldsys/run/initramfs/overlayd-root"
+mkdir -p "$E/proc" "$E/dev" "$E/hooks" "$E/oldsys/run/overlayd-root" \
+    "$E/oldsys/run/initramfs/overlayd-root"
 cp "$HOOKS"/*.sh "$E/hooks/"
 umount "$X/sysroot" && umount "$X/run/overlayd-root/lower"
 mount --bind "$X/run/overlayd-root" "$E/oldsys/run/overlayd-root"

@@ -54,6 +54,12 @@ def test_writes_are_gone_after_a_reboot(guest: Guest, image: Path) -> None:
         b.probe("JOURNAL")
     assert b.probe("FAILED-UNITS") == ""
     assert "at_shutdown" in b.probe("PLAIN-COMMIT")
+    assert '"/etc/overlayd-probe" "added"' in b.probe("DIFF")
+    assert '"/etc/issue" "deleted"' in b.probe("DIFF")
+    # overlayctl commit root asks for the commit at shutdown and says so; discard cancels
+    assert "will be written to /dev/vda when the system shuts down" in b.probe("CTL-COMMIT")
+    assert "thrown away at the next reboot" in b.probe("CTL-DISCARD")
+    assert b.probe("AT-SHUTDOWN") == "b false"
     assert sha256(image) == before, "a discarded boot changed the image"
 
 
@@ -67,6 +73,9 @@ def test_commit_at_shutdown_writes_the_image(guest: Guest, image: Path) -> None:
     assert image_cat(image, "/var/lib/overlayd-probe/sub/file") == "deep\n"
     assert image_cat(image, "/etc/hostname") == "probe-host\n"
     assert image_cat(image, "/etc/issue") is None
+    # overlayctl root disable on a protected root: written into the real root at shutdown
+    assert "written into the real root file system at shutdown" in b.probe("CTL-ROOT")
+    assert 'mode = "off"' in (image_cat(image, "/etc/overlayd/root.overlay") or "")
     fsck = subprocess.run(["e2fsck", "-fn", str(image)], text=True, capture_output=True,
                           check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -81,3 +90,7 @@ def test_off_boots_once_without_the_overlay(guest: Guest, image: Path) -> None:
     assert b.probe("MOTD") == ""
     assert b.probe("FAILED-UNITS") == ""
     assert image_cat(image, "/probe-writable") is not None
+    assert "set in /etc/overlayd/root.overlay" in b.probe("CTL-ROOT")
+    assert "overlayd.root=off, which wins" in b.probe("CTL-ROOT")
+    setting = image_cat(image, "/etc/overlayd/root.overlay") or ""
+    assert 'mode = "tmpfs"\nsize = "40%"' in setting
