@@ -15,7 +15,7 @@ Exit codes (for scripts):
     2  bad usage or invalid arguments (InvalidArgs, InvalidSpec)
     3  no such overlay (NoSuchOverlay)
     4  not authorized (AccessDenied, InteractiveAuthorizationRequired)
-    5  busy (OverlayBusy)
+    5  busy: the overlay or its image is in use (OverlayBusy, ImageInUse)
     6  an overlay of that name exists already (OverlayExists)
     7  overlayd cannot be reached
 """
@@ -38,6 +38,7 @@ from overlayd.bus.client import ClientError, OverlaydClient
 from overlayd.bus.errors import AccessDenied, InvalidArgs
 from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import (
+    ImageInUse,
     InvalidSpec,
     NoSuchOverlay,
     OverlayBusy,
@@ -54,6 +55,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH, EXIT_DENIED, EXIT_BUSY, EXIT_EXISTS, EXIT
 EXIT_CODES: dict[type[Exception], int] = {
     InvalidArgs: EXIT_USAGE, InvalidSpec: EXIT_USAGE, NoSuchOverlay: EXIT_NO_SUCH,
     AccessDenied: EXIT_DENIED, OverlayBusy: EXIT_BUSY, OverlayExists: EXIT_EXISTS,
+    ImageInUse: EXIT_BUSY,
 }
 
 

@@ -56,6 +56,10 @@ class FakeHost:
     image_data: dict[str, set[str]] = field(default_factory=dict)
     dead: bool = False
     detached_fds: set[str] = field(default_factory=set)  # sources of detached mounts
+    # Users of the image outside overlayd (what Images.users reports), and locks.
+    outside_users: list[str] = field(default_factory=list)
+    locked: set[tuple[int, int]] = field(default_factory=set)
+    write_locked: set[tuple[int, int]] = field(default_factory=set)
     _next_id: int = 100
 
     kind = UpperKind.TMPFS  # as an UpperBackend
@@ -66,6 +70,7 @@ class FakeHost:
         return self
 
     images = system
+    locks = system
     mounts = system
     files = system
     layers = system
@@ -93,6 +98,8 @@ class FakeHost:
         self.fail, self.fail_nth = {}, {}
         self.loop_fds.clear()
         self.detached_fds.clear()
+        self.locked.clear()  # a dead process holds no lock
+        self.write_locked.clear()
         self.open_fds = 0
         self._autoclear()
         return self
@@ -159,6 +166,28 @@ class FakeHost:
     def loop_backing(self, device: str) -> str | None:
         self._call("loop_backing")
         return self.loops.get(device)
+
+    def users(self, image: str, dev: int, ino: int, *, own_devices: set[str],
+              own_mounts: set[str], writers_only: bool = False) -> list[str]:
+        self._call("users")
+        return list(self.outside_users)
+
+    # -- ImageLocks ---------------------------------------------------------------------
+
+    def hold(self, path: str, dev: int, ino: int, fd: int | None = None) -> None:
+        self._call("hold")
+        self.locked.add((dev, ino))
+
+    def release(self, dev: int, ino: int) -> None:
+        self.locked.discard((dev, ino))
+        self.write_locked.discard((dev, ino))
+
+    def lock_write(self, path: str, dev: int, ino: int) -> None:
+        self._call("lock_write")
+        self.write_locked.add((dev, ino))
+
+    def unlock_write(self, dev: int, ino: int) -> None:
+        self.write_locked.discard((dev, ino))
 
     # -- Mounts -------------------------------------------------------------------------
 

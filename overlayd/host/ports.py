@@ -8,6 +8,7 @@ and the manager runs them off the event loop.
 The two seams for what comes next:
 - ``UpperBackend``: where the writes live (a tmpfs today; zram later);
 - ``MergeMount``: what merges the layers (kernel overlayfs today; FUSE later).
+``ImageLocks`` holds QEMU-style locks on the images in use.
 A new backend implements one of these and the engine does not change.
 """
 
@@ -68,6 +69,23 @@ class Images(Protocol):
     def close_fd(self, fd: int) -> None: ...
     def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str) -> Loop: ...
     def loop_backing(self, device: str) -> str | None: ...
+    # Who else uses the image (sentences naming each: loop devices and their mounts,
+    # mounts of its block device, processes writing it or holding a lock on it), leaving
+    # out overlayd's own OWN_DEVICES and mounts at OWN_MOUNTS. Its cost grows with the
+    # host's loop devices and processes: Commit only (and a failed Create, to say why).
+    def users(self, image: str, dev: int, ino: int, *, own_devices: set[str],
+              own_mounts: set[str], writers_only: bool = False) -> list[str]: ...
+
+
+class ImageLocks(Protocol):
+    """QEMU-style image locks (OFD locks on QEMU's bytes), held by the daemon while an
+    overlay reads the image, and for writing while a commit writes it. ImageInUse when
+    someone else's lock is in the way."""
+
+    def hold(self, path: str, dev: int, ino: int, fd: int | None = None) -> None: ...
+    def release(self, dev: int, ino: int) -> None: ...
+    def lock_write(self, path: str, dev: int, ino: int) -> None: ...
+    def unlock_write(self, dev: int, ino: int) -> None: ...
 
 
 class Mounts(Protocol):
@@ -134,6 +152,8 @@ class Host(Protocol):
     def system(self) -> System: ...
     @property
     def images(self) -> Images: ...
+    @property
+    def locks(self) -> ImageLocks: ...
     @property
     def mounts(self) -> Mounts: ...
     @property

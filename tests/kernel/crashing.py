@@ -58,7 +58,7 @@ class Counting:
 class CrashingHost:
     def __init__(self, counter: Counter) -> None:
         real = LinuxHost()
-        for port in ("system", "images", "mounts", "files", "layers", "upper", "merge"):
+        for port in ("system", "images", "locks", "mounts", "files", "layers", "upper", "merge"):
             setattr(self, port, Counting(getattr(real, port), counter))
 
 
