@@ -27,6 +27,7 @@ from overlayd.engine import teardown as teardown_proc
 from overlayd.engine.recover import Recovery, recover
 from overlayd.errors import (
     CommitFailed,
+    ImageInUse,
     LimitExceeded,
     MountFailed,
     NoSuchOverlay,
@@ -45,6 +46,7 @@ from overlayd.model import (
     OverlayState,
     UpperUsage,
 )
+from overlayd.sharing import SharedLowers, image_key
 from overlayd.store import StateStore
 from overlayd.transitions import after_discard_failed, transition
 
@@ -81,6 +83,7 @@ class OverlayManager:
         self._claims = MountpointClaims()  # mount points: Creates never share or nest them
         self._listeners: list[Listener] = []
         self._background: set[asyncio.Future[Any]] = set()
+        self._shared = SharedLowers()  # which overlays use which image; its locks
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -155,6 +158,7 @@ class OverlayManager:
         result, settled = await self._blocking(prepare)
         for rec in settled:
             self._overlays[rec.name] = rec
+            self._shared.add(rec)
             try:
                 self._claims.claim(rec.name, rec.mountpoint)
             except OverlaydError as e:  # two records, one mount point: keep both, say so
@@ -263,9 +267,7 @@ class OverlayManager:
         try:
             self.store.begin(prepared.record)
             try:
-                built = create_proc.build(
-                    self.host, self.config, prepared,
-                    finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)))
+                built = self._build_shared(prepared)
             except BaseException:
                 try:
                     self.store.remove(spec.name)
@@ -276,6 +278,18 @@ class OverlayManager:
                 raise
         finally:
             create_proc.release(self.host, prepared)
+        return built
+
+    def _build_shared(self, prepared: create_proc.Prepared) -> Overlay:
+        """Build under the image's lock: the first overlay of an image mounts it (and
+        locks it), the others reuse that mount; a discard never takes it down meanwhile."""
+        key = image_key(prepared.record)
+        with self._shared.locked(key):
+            built = create_proc.build(
+                self.host, self.config, prepared,
+                finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)),
+                first_user=not self._shared.users(key))
+            self._shared.add(built)
         return built
 
     def _current(self, name: str, created_usec: int | None) -> Overlay:
@@ -291,6 +305,7 @@ class OverlayManager:
         async with self._lock(name):
             rec = self._current(name, created_usec)
             commit_proc.refuse_early(rec, caller_uid)
+            self._refuse_shared_commit(rec, caller_uid)
             before = rec
             rec = self._move(rec, S.COMMITTING, error="")
             try:
@@ -328,15 +343,40 @@ class OverlayManager:
                                OVERLAYD_BYTES=stats.bytes, OVERLAYD_SECONDS=f"{stats.seconds:.6f}"))
         return stats
 
+    def _refuse_shared_commit(self, rec: Overlay, caller_uid: int) -> None:
+        """Before anything changes (the state included): a commit into an image other
+        overlays of ours read is ImageInUse naming them. The kernel's other users are
+        asked in the worker, under the image's lock (``_commit_blocking``)."""
+        others = self._shared.users(image_key(rec), but=rec.name)
+        if others:
+            shown = ", ".join(f"'{n}'" for n in others[:8])
+            e = ImageInUse(f"Cannot commit overlay '{rec.name}': its image '{rec.image}' is "
+                           f"read by the overlays {shown} too; writing it would corrupt what "
+                           "they read. Nothing was changed and the writes stay in RAM; "
+                           "commit once they are discarded.",
+                           [f"overlay '{n}'" for n in others])
+            self._log_failure(rec, "commit", e, caller_uid)
+            raise e
+
     def _commit_blocking(self, rec: Overlay, progress: Progress | None,
                          caller_uid: int) -> commit_proc.Committed:
-        self.store.save(rec)
+        # Under the image's lock: commits of overlays of one image never overlap, and no
+        # create of it starts meanwhile. Nobody else may read it (claim_image).
+        key = image_key(rec)
+        layout = self._layout(rec.name)
+        with self._shared.locked(key):
+            commit_proc.claim_image(self.host, rec, layout,
+                                    self._shared.users(key, but=rec.name))
+            try:
+                self.store.save(rec)
 
-        def checkpoint(phase: CommitPhase) -> None:
-            self._save_quietly(rec.evolve(commit_phase=phase))
+                def checkpoint(phase: CommitPhase) -> None:
+                    self._save_quietly(rec.evolve(commit_phase=phase))
 
-        return commit_proc.run(self.host, rec, self._layout(rec.name), progress, checkpoint,
-                               as_uid=caller_uid)
+                return commit_proc.run(self.host, rec, layout, progress, checkpoint,
+                                       as_uid=caller_uid)
+            finally:
+                commit_proc.release_image(self.host, rec)
 
     def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:
         log.log(_failure_level(e), "Failed to %s overlay '%s': %s", action, rec.name, e,
@@ -377,7 +417,7 @@ class OverlayManager:
         # Quietly: a record that cannot be written must not keep anyone from discarding
         # (a Commit, by contrast, is refused without its record: see _commit_blocking).
         self._save_quietly(rec)
-        stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force)
+        stopped = self._teardown_shared(rec, force)
         if stopped is None:
             try:
                 self.store.remove(rec.name)
@@ -385,6 +425,21 @@ class OverlayManager:
                 log.warning("Cannot remove the state of overlay '%s': %s, ignoring.",
                             rec.name, hide_internal_paths(str(e), self.config.runtime_dir))
         return stopped
+
+    def _teardown_shared(self, rec: Overlay, force: bool) -> teardown_proc.Stopped | None:
+        """Tear down under the image's lock; the last overlay of an image unmounts it and
+        drops its lock."""
+        key = image_key(rec)
+        with self._shared.locked(key):
+            stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force,
+                                        drop_lower=not self._shared.users(key, but=rec.name))
+            if stopped is None:
+                self._shared.remove(rec)
+        return stopped
+
+    def image_users(self) -> dict[tuple[int, int], int]:
+        """How many overlays use each image (for tests and status)."""
+        return self._shared.counts()
 
     def _in_background(self, fn: Callable[[], None]) -> None:
         """Run FN in a worker thread without making the caller wait; ``aclose`` waits."""

@@ -129,7 +129,9 @@ class FakeHost:
         self.open_fds += 1
         if path in self.dirs:
             return ImageInfo(path, LowerKind.DIRECTORY, 1, 2, 0, None, -1)
-        return ImageInfo(path, LowerKind.FILE, 1, 3, 1 << 20, self.image_fstypes[path] or None, 3)
+        ino = 3 + sorted(self.image_fstypes).index(path)  # one inode per image file
+        return ImageInfo(path, LowerKind.FILE, 1, ino, 1 << 20,
+                         self.image_fstypes[path] or None, 3)
 
     def fd_path(self, fd: int) -> str:
         return f"fd {fd}"

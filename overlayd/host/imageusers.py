@@ -32,7 +32,7 @@ def _decode_dev(dev: int) -> tuple[int, int]:
 def loop_backed_by(dev: int, ino: int) -> list[str]:
     """Every loop device whose backing file is inode (DEV, INO)."""
     want = (os.major(dev), os.minor(dev), ino)
-    found = []
+    found: list[str] = []
     try:
         names = os.listdir("/sys/block")
     except OSError:
@@ -134,10 +134,10 @@ def find_users(path: str, dev: int, ino: int, *, own_devices: set[str],
                        for m in where)
         users.append(f"loop device {device}" + (f" (mounted at {at})" if at else ""))
     for m in by_source.get("", []):
-        rw = "rw" in m.super_options
-        if writers_only and not rw:
+        writable = "rw" in m.super_options
+        if writers_only and not writable:
             continue
         users.append(f"a mount of {m.source} at '{m.target}' "
-                     f"({'read-write' if rw else 'read-only'})")
+                     f"({'read-write' if writable else 'read-only'})")
     users += _processes(dev, ino, blk)
     return users

@@ -17,6 +17,7 @@ from overlayd.manager import OverlayManager
 from overlayd.model import OverlayState, parse_spec
 
 IMG = "/srv/disk.img"
+IMG2 = "/srv/other.img"
 RUN = "/run/overlayd"
 WRITES = {"a.txt", "b.txt", "c.txt"}
 
@@ -36,7 +37,7 @@ def daemon(host: FakeHost) -> OverlayManager:
 
 
 def new_host() -> FakeHost:
-    host = FakeHost(image_fstypes={IMG: "ext4"})
+    host = FakeHost(image_fstypes={IMG: "ext4", IMG2: "ext4"})
     host.dirs.add(RUN)
     return host
 
@@ -71,15 +72,31 @@ def steps_of(proc: str) -> int:
 CASES = [(p, k) for p in PROCEDURES for k in range(1, steps_of(p) + 1)]
 
 
+def shared_lowers_in_use(mgr: OverlayManager) -> set[str]:
+    return {f"{RUN}/.lowers/{r.lowers[0].dev}-{r.lowers[0].ino}" for r in mgr.list()
+            if r.lowers[0].shared}
+
+
 def check_nothing_leaked(host: FakeHost, mgr: OverlayManager) -> None:
     live = {r.name for r in mgr.list()}
+    lowers = shared_lowers_in_use(mgr)
     for m in host.mount_table:
+        if m.target.startswith(f"{RUN}/.lowers/"):
+            assert m.target in lowers, f"{m.target} is left mounted with no overlay"
+            continue
         owner = m.source.removeprefix("overlayd-") if m.source.startswith("overlayd-") else \
             m.target.removeprefix(RUN + "/").split("/")[0]
         assert owner in live, f"{m.target} ({m.source}) is left mounted with no overlay"
     in_use = {m.source for m in host.mount_table}
     assert set(host.loops) <= in_use, "a loop device is left attached"
+    held = {(r.lowers[0].dev, r.lowers[0].ino) for r in mgr.list()}
+    assert host.locked == held, "an image lock is left (or missing)"
     for d in host.dirs:
+        if d.startswith(f"{RUN}/.lowers/"):
+            assert d in lowers, f"{d} is left"
+            continue
+        if d == f"{RUN}/.lowers":
+            continue  # shared, like the mount root
         if d.startswith(RUN + "/") and not d.startswith(RUN + "/mnt"):
             assert d.removeprefix(RUN + "/").split("/")[0] in live, f"{d} is left"
         if d.startswith(RUN + "/mnt/"):
@@ -152,10 +169,10 @@ def _calls_of_commit() -> list[str]:
 
 
 def _interrupted_host() -> FakeHost:
-    """Two live overlays and a third whose commit died while writing the image."""
+    """A live overlay (of another image) and one whose commit died while writing."""
     host = new_host()
     mgr = with_writes(host)
-    run(mgr.create(parse_spec({"name": "other", "image": IMG})))
+    run(mgr.create(parse_spec({"name": "other", "image": IMG2})))
     host.calls.clear()
     host.crash_at = 1 + _calls_of_commit().index("apply_entry") + 1
     with pytest.raises(Crashed):

@@ -79,7 +79,8 @@ def create_calls() -> list[tuple[str, int]]:
 def settled(host: FakeHost) -> dict[str, Any]:
     return {"mounts": host.mount_table, "loops": host.loops, "loop_fds": host.loop_fds,
             "files": host.file_data, "fds": host.open_fds,
-            "dirs": host.dirs - {"/run/overlayd", "/run/overlayd/mnt"}}
+            "dirs": host.dirs - {"/run/overlayd", "/run/overlayd/mnt", "/run/overlayd/.lowers"},
+            "locks": host.locked}
 
 
 def test_successful_create_makes_every_layer() -> None:
