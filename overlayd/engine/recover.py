@@ -61,7 +61,10 @@ def recover(host: Host, cfg: DaemonConfig, store: StateStore,
         except OverlaydError as e:
             result.problems.append(f"{name}: {e}")
     if not result.problems:  # else a record not adopted may use one: the next start
-        sweep_shared_lowers(host, cfg, result)
+        try:
+            sweep_shared_lowers(host, cfg, result)
+        except OverlaydError as e:
+            result.problems.append(f"the shared image mounts: {e}")
     for rec in result.adopted:
         lower = rec.lowers[0]
         if lower.kind is LowerKind.DIRECTORY:
