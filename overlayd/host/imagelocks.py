@@ -65,10 +65,16 @@ def describe(byte: int) -> str:
             f"a process does not share '{what}' (lock byte {byte}, as QEMU takes it)")
 
 
+# Per process, as the locks themselves are: a second LinuxHost in the same process (a
+# test's restarted manager) finds the locks held, not in its way.
+_FDS: dict[tuple[int, int], int] = {}
+_MUTEX = threading.Lock()
+
+
 class LinuxImageLocks:
     def __init__(self) -> None:
-        self._fds: dict[tuple[int, int], int] = {}
-        self._mutex = threading.Lock()
+        self._fds = _FDS
+        self._mutex = _MUTEX
 
     def hold(self, path: str, dev: int, ino: int, fd: int | None = None) -> None:
         """Take the reader's locks on image (DEV, INO) unless held already. FD: an open fd
