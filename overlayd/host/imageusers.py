@@ -122,9 +122,17 @@ def find_users(path: str, dev: int, ino: int, *, own_devices: set[str],
         if stat.S_ISBLK(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
             blk = st.st_rdev
             rdev = (os.major(blk), os.minor(blk))
-    loops = [d for d in loop_backed_by(dev, ino) if d not in own_devices]
+    every = loop_backed_by(dev, ino)
+    loops = [d for d in every if d not in own_devices]
     mounts = [m for m in read_mounts() if m.target not in own_mounts]
-    by_source = _mounts_of(set(loops), rdev, mounts)
+    by_source = _mounts_of(set(every), rdev, mounts)
+    # mount(8) -o loop,ro reuses a read-only loop device of the same file: ours too.
+    for device in sorted(own_devices & set(every)):
+        for m in by_source.get(device, []):
+            writable = "rw" in m.super_options
+            if not writers_only or writable:
+                users.append(f"a mount of {device} at '{m.target}' "
+                             f"({'read-write' if writable else 'read-only'})")
     for device in loops:
         where = by_source.get(device, [])
         rw = [m for m in where if "rw" in m.super_options]
