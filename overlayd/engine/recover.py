@@ -76,6 +76,24 @@ def recover(host: Host, cfg: DaemonConfig, store: StateStore,
     return result
 
 
+def adopt_late(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec,
+               now_usec: int = 0) -> Overlay | None:
+    """A boot overlay whose mount units came up after the daemon started: adopted from its
+    three mounts (asked one by one, not the whole table), its image locked. None if its
+    overlay is not mounted (yet); MountFailed if only some layers are."""
+    layout = Layout.for_overlay(cfg.runtime_dir, name)
+    mountpoint = spec.mountpoint or cfg.default_mountpoint(name)
+    tops = host.mounts.at_each([str(layout.lower), str(layout.upper_mount), mountpoint])
+    merged = tops[mountpoint]
+    if merged is None or not host.merge.owns(name)(merged):
+        return None
+    rec = adopt.adopt_unrecorded(host, cfg, name, spec,
+                                 [m for m in tops.values() if m is not None], now_usec)
+    if rec is not None and rec.image_kind is not LowerKind.DIRECTORY:
+        host.locks.hold(rec.image, rec.lowers[0].dev, rec.lowers[0].ino)
+    return rec
+
+
 def sweep_shared_lowers(host: Host, cfg: DaemonConfig, result: Recovery) -> None:
     """The shared image mounts no adopted overlay uses (the last discard was killed before
     it unmounted one, or a create before its overlay was recorded up): unmounted and

@@ -12,6 +12,7 @@ It never touches the real system; tests that show a feature works use LinuxHost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,32 @@ class FakeLoop:
     def release(self) -> None:
         self.host.loop_fds.discard(self.path)
         self.host._autoclear()
+
+
+class FakeWatch:
+    """A mount watch whose events a test makes (``changed()``), through a real pipe so the
+    event loop wakes up as it would for the kernel's."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+
+    def changed(self) -> None:
+        os.write(self._w, b"x")
+
+    def fileno(self) -> int:
+        return self._r
+
+    def drain(self) -> bool:
+        os.set_blocking(self._r, False)
+        try:
+            return bool(os.read(self._r, 4096))
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @dataclass
@@ -61,6 +88,7 @@ class FakeHost:
     locked: set[tuple[int, int]] = field(default_factory=set)
     write_locked: set[tuple[int, int]] = field(default_factory=set)
     _next_id: int = 100
+    watcher: FakeWatch | None = None
 
     kind = UpperKind.TMPFS  # as an UpperBackend
 
@@ -244,6 +272,15 @@ class FakeHost:
         self._call("at")
         found = [m for m in self.mount_table if m.target == path]
         return found[-1] if found else None
+
+    def at_each(self, paths: list[str]) -> dict[str, MountInfo | None]:
+        self._call("at_each")
+        tops = {m.target: m for m in self.mount_table}
+        return {p: tops.get(p) for p in paths}
+
+    def watch(self) -> FakeWatch:
+        self.watcher = FakeWatch()
+        return self.watcher
 
     def containing(self, path: str) -> list[MountInfo]:
         self._call("containing")
