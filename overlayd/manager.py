@@ -471,8 +471,11 @@ class OverlayManager:
             self._follower.cancel()
 
     def _on_mount_event(self) -> None:
-        if self._watch is None or not self._watch.drain():
+        if self._watch is None:
             return
+        # The event loop's own wait has consumed the change already (mountinfo reports
+        # each change to one poll); draining takes what is left.
+        self._watch.drain()
         self._mounts_dirty = True
         if self._follower is None or self._follower.done():
             self._follower = asyncio.ensure_future(self._follow_mounts())

@@ -25,7 +25,9 @@ class MountWatch:
         return self._ep.fileno()
 
     def drain(self) -> bool:
-        """Consume what happened since the last call; True if the table changed."""
+        """Consume what happened since the last call; True if the table changed. When
+        the event loop waits on this epoll set, its wait consumes the change (mountinfo
+        reports each to one poll): then its waking up is the event, and this says False."""
         return bool(self._ep.poll(0))
 
     def close(self) -> None:
