@@ -293,8 +293,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     path, spec_file = _overlay_file(args)
     units = render(args.name, spec_file, path, load_config(args.config),
                    LinuxHost().system.memory_total())
-    for unit, text in units.all():
+    for unit, text in units.all() + ([units.on_stop] if units.on_stop else []):
         if args.directory is not None:
+            (args.directory / unit).parent.mkdir(exist_ok=True)
             (args.directory / unit).write_text(text)
             print(args.directory / unit)
         else:
