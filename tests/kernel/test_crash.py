@@ -16,7 +16,7 @@ from tests.kernel.conftest import Env
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = {"a.txt": "first\n", "sub/b.txt": "second\n", "hello.txt": "changed\n"}
-ACTIONS = ["create", "commit", "discard", "discard-force"]
+ACTIONS = ["create", "commit", "discard", "discard-force", "create-shared", "discard-shared"]
 
 
 def child(env: Env, image: Path, action: str, kill_at: int) -> subprocess.CompletedProcess[str]:
@@ -27,8 +27,11 @@ def child(env: Env, image: Path, action: str, kill_at: int) -> subprocess.Comple
 
 
 def prepare(env: Env, image: Path, action: str) -> None:
-    """Before the action: an overlay with writes (but for create)."""
-    if action == "create":
+    """Before the action: an overlay with writes (but for create); for the -shared ones,
+    another overlay of the image first, sharing its lower."""
+    if action.endswith("-shared"):
+        env.create("other", image)
+    if action.startswith("create"):
         return
     rec = env.create("demo", image)
     for rel, text in WRITES.items():
@@ -79,6 +82,10 @@ def test_kill_after_every_step(env: Env, image: Path, action: str) -> None:
             assert rec.state.value == "active"
             seen = {rel: (Path(rec.mountpoint) / rel).read_text() for rel in WRITES}
             assert seen == WRITES, f"step {k}: a write was lost"
+        if action.endswith("-shared"):  # the kill cost the sharer nothing
+            other = env.manager.get("other")
+            assert other.state.value == "active", f"step {k}"
+            assert (Path(other.mountpoint) / "hello.txt").exists(), f"step {k}"
         for rec in live:
             env.run(env.manager.discard(rec.name, force=True))
         assert helpers.mounts_under(str(env.root)) == [], f"step {k}: mounts left"

@@ -49,6 +49,19 @@ def with_writes(host: FakeHost) -> OverlayManager:
     return mgr
 
 
+def with_sharer(host: FakeHost) -> OverlayManager:
+    """Another overlay of the same image is live: the lower is shared."""
+    mgr = daemon(host)
+    run(mgr.create(parse_spec({"name": "other", "image": IMG})))
+    return mgr
+
+
+def with_writes_and_sharer(host: FakeHost) -> OverlayManager:
+    mgr = with_writes(host)
+    run(mgr.create(parse_spec({"name": "other", "image": IMG})))
+    return mgr
+
+
 Setup = Callable[[FakeHost], OverlayManager]
 Act = Callable[[OverlayManager], Coroutine[Any, Any, Any]]
 
@@ -57,7 +70,18 @@ PROCEDURES: dict[str, tuple[Setup, Act]] = {
     "commit": (with_writes, lambda m: m.commit("demo")),
     "discard": (with_writes, lambda m: m.discard("demo")),
     "discard-force": (with_writes, lambda m: m.discard("demo", force=True)),
+    # Issue 11: the shared lower's reference count under a kill at every step.
+    "create-shared": (with_sharer,
+                      lambda m: m.create(parse_spec({"name": "demo", "image": IMG}))),
+    "discard-shared": (with_writes_and_sharer, lambda m: m.discard("demo")),
+    "commit-after-sharer": (with_writes_and_sharer, lambda m: _commit_alone(m)),
 }
+
+
+async def _commit_alone(m: OverlayManager) -> None:
+    """The other overlay of the image goes, then the commit runs."""
+    await m.discard("other")
+    await m.commit("demo")
 
 
 def steps_of(proc: str) -> int:
@@ -128,13 +152,18 @@ def test_kill_after_every_step(proc: str, step: int) -> None:
         run(act(mgr))
     after = daemon(host.restarted())
     check_nothing_leaked(host, after)
-    if proc == "commit":
+    if proc.startswith("commit"):
         assert writes_kept(host, after) >= WRITES, "a write was lost"
-    elif proc.startswith("discard") and after.list():
+    elif proc.startswith("discard") and "demo" in {r.name for r in after.list()}:
         assert writes_kept(host, after) >= WRITES, "a kept overlay lost its writes"
+    if "other" in {r.name for r in after.list()}:  # the sharer lost nothing to the kill
+        assert after.get("other").state is OverlayState.ACTIVE
+        assert [m for m in host.mount_table if m.target == after.get("other").mountpoint]
     # No name is wedged: it can be discarded (if it came back) and created again.
-    if after.list():
-        run(after.discard("demo", force=True))
+    for rec in after.list():
+        run(after.discard(rec.name, force=True))
+    check_nothing_leaked(host, after)
+    assert host.mount_table == [] and not host.loops and not host.locked
     run(after.create(parse_spec({"name": "demo", "image": IMG})))
     run(after.discard("demo"))
     check_nothing_leaked(host, after)
