@@ -297,7 +297,7 @@ class OverlayManager:
             built = create_proc.build(
                 self.host, self.config, prepared,
                 finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)),
-                first_user=not self._shared.users(key))
+                first_user=not self._shared.in_use(key))
             self._shared.add(built)
         return built
 
@@ -356,6 +356,8 @@ class OverlayManager:
         """Before anything changes (the state included): a commit into an image other
         overlays of ours read is ImageInUse naming them. The kernel's other users are
         asked in the worker, under the image's lock (``_commit_blocking``)."""
+        if not self._shared.in_use(image_key(rec), but=rec.name):
+            return
         others = self._shared.users(image_key(rec), but=rec.name)
         if others:
             shown = ", ".join(f"'{n}'" for n in others[:8])
@@ -441,7 +443,7 @@ class OverlayManager:
         key = image_key(rec)
         with self._shared.locked(key):
             stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force,
-                                        drop_lower=not self._shared.users(key, but=rec.name))
+                                        drop_lower=not self._shared.in_use(key, but=rec.name))
             if stopped is None:
                 self._shared.remove(rec)
         return stopped

@@ -67,12 +67,14 @@ class SharedLowers:
         with self._mutex:
             return sorted(n for n in self._users.get(key, {}) if n != but)
 
-    def shares_lower(self, key: Key | None, *, but: str = "") -> bool:
-        """Whether another overlay (not BUT) uses the shared lower of KEY."""
+    def in_use(self, key: Key | None, *, but: str = "") -> bool:
+        """Whether an overlay (not BUT) uses image KEY: O(1), for Create and Discard,
+        whose cost must not grow with the number of overlays."""
         if key is None:
             return False
         with self._mutex:
-            return any(shared for n, shared in self._users.get(key, {}).items() if n != but)
+            users = self._users.get(key, {})
+            return len(users) - (but in users) > 0
 
     def counts(self) -> dict[Key, int]:
         with self._mutex:

@@ -141,3 +141,25 @@ def test_unmounted_is_a_state_of_the_table() -> None:
     assert OverlayState.UNMOUNTED in ALLOWED[OverlayState.ACTIVE]
     assert ALLOWED[OverlayState.UNMOUNTED] == {OverlayState.COMMITTING,
                                                OverlayState.DISCARDING, OverlayState.ACTIVE}
+
+
+def test_shared_lowers_count_without_a_scan() -> None:
+    from overlayd.model import Lower, LowerKind, Merged, Upper
+    from overlayd.sharing import SharedLowers
+
+    def rec(name: str, ino: int) -> Overlay:
+        return Overlay(name=name, state=OverlayState.ACTIVE,
+                       lowers=(Lower(kind=LowerKind.FILE, image="/i", dev=1, ino=ino,
+                                     shared=True),),
+                       upper=Upper(size=1), merged=Merged(mountpoint=f"/m/{name}"))
+
+    s = SharedLowers()
+    for n in ("a", "b"):
+        s.add(rec(n, 5))
+    s.add(rec("c", 6))
+    assert s.in_use((1, 5), but="a") and not s.in_use((1, 6), but="c")
+    assert s.users((1, 5), but="b") == ["a"] and s.counts() == {(1, 5): 2, (1, 6): 1}
+    s.remove(rec("c", 6))
+    assert not s.in_use((1, 6)) and s.counts() == {(1, 5): 2}
+    with s.locked((1, 5)), s.locked(None):
+        pass
