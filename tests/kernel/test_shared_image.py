@@ -245,3 +245,23 @@ def test_restart_with_shared_lowers_adopts_every_overlay(env: Env, image: Path,
     assert loops_of(image) == [] and loops_of(other) == []
     assert os.listdir(env.config.runtime_dir / ".lowers") == []
     assert env.manager.image_users() == {}
+
+
+def test_a_mount_of_the_block_device_refuses_commit(env: Env, image: Path, root: Path) -> None:
+    """The image is a block device (a loop device the test attached): another mount of the
+    device is named."""
+    dev = helpers.sh("losetup", "--find", "--show", image).stdout.strip()
+    where = root / "elsewhere"
+    where.mkdir()
+    try:
+        rec = env.create("demo", dev)
+        assert rec.image_kind.value == "block" and rec.lowers[0].shared
+        helpers.sh("mount", "-o", "ro", dev, where)
+        try:
+            refused(env, f"a mount of {dev} at '{where}'")
+        finally:
+            helpers.sh("umount", where)
+        env.run(env.manager.commit("demo"))
+        env.run(env.manager.discard("demo"))
+    finally:
+        helpers.sh("losetup", "-d", dev)
