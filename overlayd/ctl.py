@@ -16,7 +16,7 @@ Exit codes (for scripts):
     2  bad usage or invalid arguments (InvalidArgs, InvalidSpec)
     3  no such overlay (NoSuchOverlay)
     4  not authorized (AccessDenied, InteractiveAuthorizationRequired)
-    5  busy (OverlayBusy)
+    5  busy: the overlay or its image is in use (OverlayBusy, ImageInUse)
     6  an overlay of that name exists already (OverlayExists)
     7  overlayd cannot be reached
 """
@@ -39,6 +39,7 @@ from overlayd.bus.client import ClientError, OverlaydClient
 from overlayd.bus.errors import AccessDenied, InvalidArgs
 from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import (
+    ImageInUse,
     InvalidSpec,
     NoSuchOverlay,
     OverlayBusy,
@@ -55,6 +56,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH, EXIT_DENIED, EXIT_BUSY, EXIT_EXISTS, EXIT
 EXIT_CODES: dict[type[Exception], int] = {
     InvalidArgs: EXIT_USAGE, InvalidSpec: EXIT_USAGE, NoSuchOverlay: EXIT_NO_SUCH,
     AccessDenied: EXIT_DENIED, OverlayBusy: EXIT_BUSY, OverlayExists: EXIT_EXISTS,
+    ImageInUse: EXIT_BUSY,
 }
 
 
@@ -343,8 +345,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     path, spec_file = _overlay_file(args)
     units = render(args.name, spec_file, path, load_config(args.config),
                    LinuxHost().system.memory_total())
-    for unit, text in units.all():
+    for unit, text in units.all() + ([units.on_stop] if units.on_stop else []):
         if args.directory is not None:
+            (args.directory / unit).parent.mkdir(exist_ok=True)
             (args.directory / unit).write_text(text)
             print(args.directory / unit)
         else:

@@ -71,6 +71,10 @@ async def serve(args: argparse.Namespace) -> int:
     root = RootFs() if config.runtime_dir == default_runtime else None
     manager = OverlayManager(config, LinuxHost(), root=root)
     await manager.start(boot_overlays())
+    # From here the state follows the mount table: an overlay unmounted from outside is
+    # "unmounted", a boot overlay whose mount units come up later is adopted at once.
+    manager.watch_mounts()
+    await manager.check_mounts()
 
     lost: str | None = None
     standalone = await StandaloneBus.start() if args.standalone else None

@@ -369,6 +369,7 @@ def test_spec_full() -> None:
 DESIGN_ERROR_NAMES = {
     "NoSuchOverlay", "OverlayExists", "OverlayBusy", "InvalidSpec", "NoSpace", "LimitExceeded",
     "MountFailed", "CommitFailed", "Failed",
+    "ImageInUse",  # issue 11: a commit into an image others read, a create over one written
 }
 
 
