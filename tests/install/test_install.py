@@ -32,7 +32,9 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("install")
     pre = root / "usr"
     fixed = {"DBUSDIR": pre / "share/dbus-1", "POLKITDIR": pre / "share/polkit-1",
-             "CATALOGDIR": pre / "lib/systemd/catalog"}  # elsewhere fixed system places
+             "CATALOGDIR": pre / "lib/systemd/catalog",
+             "INITRAMFSDIR": pre / "share/initramfs-tools",
+             "DRACUTDIR": pre / "lib/dracut/modules.d"}  # elsewhere fixed system places
     r = sh("bash", REPO / "tools/install.sh", env={**os.environ, "PREFIX": str(pre),
                                                     "SYSCONFDIR": str(root / "etc"),
                                                     "PIP": str(REPO / ".venv/bin/pip"),
@@ -68,6 +70,28 @@ def test_installed_commands_run_from_their_private_site(prefix: Path) -> None:
     assert json.loads(r.stdout) == overlayfile.json_schema()
     assert sh(prefix / "bin/overlayd", "--version").stdout.startswith("overlayd ")
     assert sh(prefix / "libexec/overlayd/overlayd-prepare").returncode == 2  # usage
+
+
+def test_the_root_on_an_overlay_lands_in_its_place(prefix: Path) -> None:
+    for rel in ("share/initramfs-tools/hooks/overlayd",
+                "share/initramfs-tools/scripts/local-bottom/overlayd",
+                "lib/dracut/modules.d/90overlayd/module-setup.sh",
+                "lib/dracut/modules.d/90overlayd/overlayd-pre-pivot.sh",
+                "lib/dracut/modules.d/90overlayd/overlayd-shutdown.sh",
+                "share/overlayd/root/lib.sh", "share/overlayd/root/shutdown",
+                "libexec/overlayd/overlayd-merge"):
+        assert os.access(prefix / rel, os.R_OK), rel
+    assert (prefix.parent / "etc/update-motd.d/50-overlayd-root").is_file()
+    # PREFIX rewrites where the hook finds the library and the merge program
+    hook = (prefix / "share/initramfs-tools/hooks/overlayd").read_text()
+    assert f"LIB={prefix}/share/overlayd/root/lib.sh" in hook
+    assert f"MERGE={prefix}/libexec/overlayd/overlayd-merge" in hook
+    merge = prefix / "libexec/overlayd/overlayd-merge"
+    assert merge.read_text().splitlines()[0].endswith(" -IS")  # no site: the exitrd has none
+    assert sh(merge).returncode == 2  # usage
+    listed = sh(merge, "--list-files").stdout.split()
+    assert f"{prefix}/lib/overlayd/site/overlayd/offline.py" in listed
+    assert not [f for f in listed if "pydantic" in f or "dbus_next" in f]
 
 
 def _verify(*units: Path) -> None:
