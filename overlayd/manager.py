@@ -274,15 +274,17 @@ class OverlayManager:
         async with self._lock(name):
             await self._blocking(self.root.request_commit, on)
         self._changed(name, rec)
+        # No event (MESSAGE_ID) of its own: nothing was committed or discarded yet; the
+        # exitrd's result is on the console, and a failure in the next boot's journal.
+        fields = {"OVERLAYD_NAME": rec.name, "OVERLAYD_IMAGE": rec.image,
+                  "OVERLAYD_MOUNTPOINT": rec.mountpoint, "OVERLAYD_UID": caller_uid,
+                  "OVERLAYD_AT_SHUTDOWN": int(on)}
         if on:
             log.info("The writes to the root file system will be committed into '%s' at "
-                     "shutdown.", rec.image,
-                     extra=_fields(rec, Event.COMMITTED, uid=caller_uid,
-                                   OVERLAYD_AT_SHUTDOWN=1))
+                     "shutdown.", rec.image, extra=fields)
         else:
             log.info("The writes to the root file system will be thrown away at the next "
-                     "reboot.", extra=_fields(rec, Event.DISCARDED, uid=caller_uid,
-                                              OVERLAYD_AT_SHUTDOWN=1))
+                     "reboot.", extra=fields)
 
     async def set_root_at_boot(self, enabled: bool, size: str | None = None, *,
                                caller_uid: int = 0) -> str:
@@ -303,7 +305,6 @@ class OverlayManager:
         log.info("The root file system will %s at the next boot.",
                  "be on an overlay" if enabled else "not be on an overlay",
                  extra={"OVERLAYD_NAME": ROOT_NAME, "OVERLAYD_UID": caller_uid,
-                        "OVERLAYD_EVENT": Event.CREATED if enabled else Event.DISCARDED,
                         "OVERLAYD_ROOT_AT_BOOT": "tmpfs" if enabled else "off"})
         return where
 

@@ -301,3 +301,24 @@ def test_a_broken_socket_is_a_lost_connection(
     writer.schedule_write(message(1), fut)
     assert len(bus.failures) == 1 and isinstance(bus.failures[0], OSError)
     assert fut.cancelled() and not writer.queue
+
+
+class RootStub(StubManager):
+    """A manager whose overlay 'root' may have a commit at shutdown asked for."""
+
+    at_shutdown = False
+
+    def commit_at_shutdown(self, name: str) -> bool:
+        return name == "root" and self.at_shutdown
+
+
+def test_a_commit_at_shutdown_is_signalled(harness: Harness) -> None:
+    manager = RootStub(Record(name="root"))
+    served(harness, manager)
+    (root_overlay,) = harness.call(ROOT, "Get", "org.freedesktop.DBus.Properties", "ss",
+                                   ["org.overlayd.Overlayd1.Manager", "RootOverlay"]).body
+    assert root_overlay == Variant("o", ROOT + "/overlay/root")
+    manager.at_shutdown = True
+    manager.change("root", Record(name="root"))  # what the manager does when asked
+    assert harness.signals() == [(ROOT + "/overlay/root", "PropertiesChanged", [
+        "org.overlayd.Overlayd1.Overlay", {"CommitAtShutdown": Variant("b", True)}, []])]
