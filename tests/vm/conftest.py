@@ -22,14 +22,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "mmdebstrap are missing unless OVERLAYD_REQUIRE_VM=1")
 
 
-def gate() -> None:
-    reason = unavailable()
+def gate(*, boot: bool = False) -> None:
+    """Skip (or fail, under OVERLAYD_REQUIRE_VM=1) where the guest cannot be built, or with
+    BOOT booted."""
+    reason = unavailable(boot=boot)
     if reason is None:
         return
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"the root-on-overlay tests cannot run here ({reason}), and "
                     f"{REQUIRE_ENV}=1 forbids skipping them", pytrace=False)
     pytest.skip(f"root-on-overlay guest: {reason}")
+
+
+@pytest.fixture(scope="session")
+def qemu() -> None:
+    gate(boot=True)
 
 
 @pytest.fixture(scope="session")

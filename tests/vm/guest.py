@@ -36,11 +36,13 @@ WantedBy=multi-user.target
 """
 
 
-def unavailable() -> str | None:
-    """Why the guest cannot be built or booted here, or None."""
+def unavailable(*, boot: bool) -> str | None:
+    """Why the guest cannot be built (or, BOOT, booted) here, or None."""
     if os.geteuid() != 0:
         return "needs root"
-    for tool in ("qemu-system-x86_64", "mmdebstrap", "debugfs", "e2fsck", "unshare"):
+    tools = ("mmdebstrap", "debugfs", "e2fsck", "unshare") + (("qemu-system-x86_64",) if boot
+                                                              else ())
+    for tool in tools:
         if shutil.which(tool) is None:
             return f"needs {tool} (tools/setup.sh --vm installs it)"
     return None

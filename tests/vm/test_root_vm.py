@@ -21,11 +21,12 @@ import pytest
 from tests.helpers import sha256
 from tests.vm.guest import Boot, Guest, boot, image_cat
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("qemu")]  # the gate first
 
 
 @pytest.fixture(scope="module")
-def image(guest: Guest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def image(qemu: None, guest: Guest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Path]:
     yield guest.make_image(tmp_path_factory.mktemp("vm") / "root.img")
 
 
