@@ -13,6 +13,7 @@ The class name *is* the suffix of the D-Bus error ``org.overlayd.Overlayd1.Error
     +-- LimitExceeded        beyond a configured or physical limit
     +-- MountFailed          the kernel refused a mount or a loop device
     +-- CommitFailed         the commit stopped; the writes are still in RAM
+    +-- Cancelled            a job was cancelled (Job.Cancel); nothing was lost
 
 Messages are sentences a person can act on: they name the overlay and the path,
 never a Python traceback.
@@ -84,6 +85,11 @@ class CommitFailed(OverlaydError):
     """The commit stopped; the writes are still in RAM."""
 
 
+class Cancelled(OverlaydError):
+    """A job was cancelled at its caller's or another's request (Job.Cancel). Like udisks2's
+    ``Error.Cancelled``: the operation stopped at a safe point and nothing was lost."""
+
+
 ALL_ERRORS: tuple[type[OverlaydError], ...] = (
     OverlaydError,
     NoSuchOverlay,
@@ -94,6 +100,7 @@ ALL_ERRORS: tuple[type[OverlaydError], ...] = (
     LimitExceeded,
     MountFailed,
     CommitFailed,
+    Cancelled,
 )
 
 

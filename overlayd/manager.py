@@ -35,6 +35,7 @@ from overlayd.errors import (
 )
 from overlayd.events import NOTICE, Event
 from overlayd.host.ports import Host, Progress
+from overlayd.jobs import CancelToken
 from overlayd.layout import Layout, hide_internal_paths
 from overlayd.model import (
     CommitPhase,
@@ -285,16 +286,22 @@ class OverlayManager:
         return rec
 
     async def commit(self, name: str, *, progress: Progress | None = None,
+                     cancel: CancelToken | None = None,
+                     started: Callable[[], None] | None = None,
                      caller_uid: int = 0, created_usec: int | None = None) -> CommitStats:
         """CREATED_USEC, if given, must match: the caller was authorized for that overlay,
-        not for another one of the same name made since."""
+        not for another one of the same name made since. PROGRESS and CANCEL: see
+        engine/commit.py (a job's); STARTED is called once the commit's turn has come."""
         async with self._lock(name):
             rec = self._current(name, created_usec)
             commit_proc.refuse_early(rec, caller_uid)
+            if started is not None:
+                started()
             before = rec
             rec = self._move(rec, S.COMMITTING, error="")
             try:
-                done = await self._blocking(self._commit_blocking, rec, progress, caller_uid)
+                done = await self._blocking(self._commit_blocking, rec, progress, caller_uid,
+                                            cancel)
             except OverlaydError as e:  # nothing was unmounted: back as it was
                 self._move(rec, before.state, error=str(e))
                 self._log_failure(rec, "commit", e, caller_uid)
@@ -329,14 +336,15 @@ class OverlayManager:
         return stats
 
     def _commit_blocking(self, rec: Overlay, progress: Progress | None,
-                         caller_uid: int) -> commit_proc.Committed:
+                         caller_uid: int, cancel: CancelToken | None = None
+                         ) -> commit_proc.Committed:
         self.store.save(rec)
 
         def checkpoint(phase: CommitPhase) -> None:
             self._save_quietly(rec.evolve(commit_phase=phase))
 
         return commit_proc.run(self.host, rec, self._layout(rec.name), progress, checkpoint,
-                               as_uid=caller_uid)
+                               as_uid=caller_uid, cancel=cancel)
 
     def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:
         log.log(_failure_level(e), "Failed to %s overlay '%s': %s", action, rec.name, e,

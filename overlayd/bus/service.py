@@ -9,6 +9,7 @@ changes), then hand over to the OverlayManager. Errors become D-Bus errors in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from dbus_next import Variant
@@ -16,6 +17,7 @@ from dbus_next import Variant
 from overlayd.bus.auth import Authorizer, Caller, CallerCache
 from overlayd.bus.connection import OverlaydBus, current_message
 from overlayd.bus.errors import ECHO_LIMIT, AccessDenied, shown
+from overlayd.bus.jobs import JobRunner
 from overlayd.bus.names import (
     ACTION_COMMIT,
     ACTION_CREATE,
@@ -27,6 +29,7 @@ from overlayd.bus.names import (
 )
 from overlayd.bus.objects import ManagerInterface, OverlayInterface, signalled_values
 from overlayd.bus.spec import COMMIT_OPTIONS, DISCARD_OPTIONS, decode_options, decode_spec
+from overlayd.bus.usage import UsageWatch
 from overlayd.errors import NoSuchOverlay
 from overlayd.events import NOTICE, Event
 from overlayd.manager import OverlayManager
@@ -45,24 +48,33 @@ class Service:
         self.manager_iface = ManagerInterface(self)
         self.objects: dict[str, OverlayInterface] = {}
         self.callers = CallerCache()
+        self.jobs = JobRunner(self)
+        self.usage = UsageWatch(manager, manager.config, self._announce)
         manager.subscribe(self._on_change)
 
     def export_all(self) -> None:
         """The manager and every overlay there is, before the name is owned: without
         InterfacesAdded, since nobody can be subscribed to a name nobody owns (clients
-        call GetManagedObjects), and a burst of them is what made restarts fail."""
+        call GetManagedObjects), and a burst of them is what made restarts fail. Then
+        the usage of every overlay is watched."""
         self.bus.export_object(ROOT_PATH, self.manager_iface, announce=False)
         for rec in self.manager.list():
             self._export(rec, announce=False)
+        self.usage.start()
+
+    def close(self) -> None:
+        self.usage.stop()
 
     def _export(self, rec: Overlay, *, announce: bool) -> None:
+        self.usage.look(rec, announce=False)
         obj = self.objects[rec.name] = OverlayInterface(self, rec.name)
-        obj.announced = signalled_values(self.manager, rec)
+        obj.announced = signalled_values(self.manager, rec, self.usage.level(rec.name))
         self.bus.export_object(overlay_path(rec.name), obj, announce=announce)
 
     def _on_change(self, name: str, rec: Overlay | None) -> None:
         obj = self.objects.get(name)
         if rec is None:
+            self.usage.forget(name)
             if obj is not None:
                 del self.objects[name]
                 self.bus.unexport_object(overlay_path(name), obj)
@@ -70,7 +82,15 @@ class Service:
         if obj is None:
             self._export(rec, announce=True)
             return
-        now = signalled_values(self.manager, rec)
+        self._announce(name, rec)
+
+    def _announce(self, name: str, rec: Overlay | None = None) -> None:
+        """PropertiesChanged of what changed in NAME's signalled properties."""
+        obj = self.objects.get(name)
+        if obj is None:
+            return
+        rec = rec if rec is not None else self.manager.get(name)
+        now = signalled_values(self.manager, rec, self.usage.level(name))
         changed = {k: v for k, v in now.items() if obj.announced.get(k) != v}
         obj.announced = now
         if changed:
@@ -115,11 +135,25 @@ class Service:
         return overlay_path(parsed.name)
 
     async def commit(self, name: str, options: dict[str, Variant]) -> None:
+        """As a job others can watch; the caller waits for its end."""
         decode_options(options, COMMIT_OPTIONS, "Commit")
         rec = self.lookup(name)
         caller = await self.caller()
         await self.authorize(ACTION_COMMIT, rec, caller)
-        await self.manager.commit(name, caller_uid=caller.uid, created_usec=rec.created_usec)
+        job = self.jobs.start_commit(rec, caller)
+        assert job.task is not None
+        # Shielded: a caller gone (or the daemon stopping) does not stop the commit.
+        error = await asyncio.shield(job.task)
+        if error is not None:
+            raise error
+
+    async def start_commit(self, name: str, options: dict[str, Variant]) -> str:
+        """As commit, answering at once with the job's object path."""
+        decode_options(options, COMMIT_OPTIONS, "StartCommit")
+        rec = self.lookup(name)
+        caller = await self.caller()
+        await self.authorize(ACTION_COMMIT, rec, caller)
+        return self.jobs.start_commit(rec, caller).path
 
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
         opts = decode_options(options, DISCARD_OPTIONS, "Discard")

@@ -366,9 +366,10 @@ def test_spec_full() -> None:
 
 # --- errors ------------------------------------------------------------------------------------
 
+# DESIGN.md's list, plus Cancelled (issue 12: a cancelled job, udisks2's Error.Cancelled).
 DESIGN_ERROR_NAMES = {
     "NoSuchOverlay", "OverlayExists", "OverlayBusy", "InvalidSpec", "NoSpace", "LimitExceeded",
-    "MountFailed", "CommitFailed", "Failed",
+    "MountFailed", "CommitFailed", "Failed", "Cancelled",
 }
 
 
