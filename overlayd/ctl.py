@@ -349,7 +349,8 @@ async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
         view.close()
     if not view.tty:
         view.announce()
-    done = f": {view.message[0].lower()}{view.message[1:].rstrip('.')}" if view.message else ""
+    summary = view.message.removeprefix("Committed ").rstrip(".")
+    done = f": {summary}" if summary else ""
     print(f"Committed overlay '{args.name}'{done}.")
     return 0
 
@@ -370,17 +371,17 @@ def interrupted(args: argparse.Namespace) -> None:
 
 async def cmd_jobs(client: OverlaydClient, args: argparse.Namespace) -> int:
     jobs = await client.jobs()
+    names = {p: n for n, p in await client.overlays()}
     for j in jobs:
-        j["Overlays"] = [o.rsplit("/", 1)[1] for o in j.get("Objects", [])]
+        j["Overlays"] = [names.get(o, o.rsplit("/", 1)[1]) for o in j.get("Objects", [])]
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
-    names = {p: n for n, p in await client.overlays()}
     if jobs:
         header = ("JOB", "OPERATION", "OVERLAY", "PROGRESS", "BYTES", "RATE", "LEFT", "UID")
         table = []
         for j in jobs:
-            overlays = ",".join(names.get(o, o) for o in j.get("Objects", []))
+            overlays = ",".join(j["Overlays"])
             progress = f"{j['Progress'] * 100:.1f}%" if j.get("ProgressValid") else "-"
             table.append((str(j["Id"]), j["Operation"], overlays, progress,
                           human(j["Bytes"]) if j.get("Bytes") else "-",
@@ -428,14 +429,16 @@ async def cmd_cancel(client: OverlaydClient, args: argparse.Namespace) -> int:
             ended.setdefault(j["ObjectPath"], (True, "it had finished"))
     if set(ended) < paths:
         await done.wait()
+    names = {p: n for n, p in await client.overlays()}
     for j in chosen:
         success, message = ended[j["ObjectPath"]]
-        target = ",".join(o.rsplit("/", 1)[1] for o in j.get("Objects", []))
+        target = ",".join(f"'{names.get(o, o.rsplit('/', 1)[1])}'" for o in j.get("Objects", []))
         if success:
-            print(f"Job {j['Id']} ({j['Operation']} of {target}) ended before it could be "
-                  "cancelled.")
+            print(f"Job {j['Id']} ({j['Operation']} of overlay {target}) ended before it "
+                  "could be cancelled.")
         else:
-            print(f"Cancelled job {j['Id']} ({j['Operation']} of {target}). {message}".rstrip())
+            print(f"Cancelled job {j['Id']} ({j['Operation']} of overlay {target}). "
+                  f"{message}".rstrip())
     return 0
 
 
