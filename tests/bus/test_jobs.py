@@ -211,7 +211,7 @@ def test_cancel_half_way(clean: Daemon, root: Path) -> None:
         assert r.returncode == 0, r.stderr
         r = clean.busctl("call", BUS, job, JOB_IFACE, "Cancel", "a{sv}", "0")
         assert r.returncode == 0, "cancelling twice is fine"
-    out, err = caller.communicate(timeout=120)
+    _out, err = caller.communicate(timeout=120)
     assert caller.returncode != 0
     assert "org.overlayd.Overlayd1.Error.Cancelled" in err and "Nothing was lost" in err, err
     # Every write still visible, the image clean and holding a part.
