@@ -3,7 +3,7 @@
 While a job runs, the daemon holds ``Inhibit("shutdown:sleep", "overlayd", WHY, "block")``
 of ``org.freedesktop.login1.Manager``: the lock is the fd in the reply, held until it is
 closed. Where logind is not running (``--standalone``'s private bus, a system without
-systemd) there is no lock, quietly: the call does not start logind (NO_AUTO_START), and
+systemd) there is no lock, quietly: the call does not start logind (NO_AUTOSTART), and
 the job never waits for it (``take`` runs beside the job, and a lock that arrives after
 the job ended is closed at once).
 """
@@ -52,9 +52,13 @@ class Inhibitor:
     async def take(self, why: str) -> InhibitorLock:
         """A lock with WHY shown to whoever tries to power off; an empty one when logind
         is not there or refuses (logged once)."""
-        reply = await self.bus.call(Message(
-            destination=LOGIND, path=LOGIND_PATH, interface=LOGIND_IFACE, member="Inhibit",
-            signature="ssss", body=[WHAT, WHO, why, MODE], flags=MessageFlag.NO_AUTO_START))
+        try:
+            reply = await self.bus.call(Message(
+                destination=LOGIND, path=LOGIND_PATH, interface=LOGIND_IFACE, member="Inhibit",
+                signature="ssss", body=[WHAT, WHO, why, MODE], flags=MessageFlag.NO_AUTOSTART))
+        except Exception as e:  # the bus connection is gone (the daemon stops with it)
+            log.debug("No inhibitor lock: %s", e)
+            return InhibitorLock(None)
         fds, reply.unix_fds = list(reply.unix_fds), []
         keep: int | None = None
         if reply.message_type is MessageType.METHOD_RETURN and reply.signature == "h" \

@@ -273,6 +273,6 @@ def _release(task: "asyncio.Future[InhibitorLock]") -> None:
         return
     if task.exception() is None:
         task.result().release()
-    else:  # the bus went away: there is no lock
-        log.debug("No inhibitor lock: %s", task.exception())
+    else:  # take() answers every failure with an empty lock: this is a bug
+        log.warning("No inhibitor lock: %r", task.exception())
 
