@@ -133,7 +133,7 @@ def test_usage_thresholds_are_settings(tmp_path: Path) -> None:
     assert level(UpperUsage(size=100, used=55, inodes_used=1), cfg) is UsageLevel.HIGH
     assert cfg.usage_interval == 0.5
     conf.write_text("usage_high = 90\nusage_critical = 80\n")
-    with pytest.raises(InvalidSpec, match="usage_high .90. must not be above usage_critical"):
+    with pytest.raises(InvalidSpec, match=r"usage_high .90. must not be above usage_critical"):
         load_config(conf)
     conf.write_text("usage_critical = 101\n")
     with pytest.raises(InvalidSpec, match="usage_critical"):
