@@ -22,6 +22,7 @@ import pytest
 
 from tests import helpers
 from tests.bus.conftest import MANAGER, OVERLAY_IFACE, VENV_BIN, Daemon
+from tests.bus.test_api import DBUS_DIR, interface_shape
 from tests.gate import OpenGate
 
 JOB_IFACE = "org.overlayd.Overlayd1.Job"
@@ -183,6 +184,10 @@ def test_start_commit_then_wait_with_default_timeouts(clean: Daemon, root: Path)
         assert proc.poll() is None, "the script waits while the job runs"
         jobs = json.loads(clean.ctl("jobs", "--json").stdout)
         assert [j["Overlays"] for j in jobs] == [["wait"]]
+        live = clean.run("gdbus", "introspect", "--system", "--dest", BUS, "--object-path",
+                         jobs[0]["ObjectPath"], "--xml", check=True).stdout
+        written = (DBUS_DIR / f"{JOB_IFACE}.xml").read_text()
+        assert interface_shape(live, JOB_IFACE) == interface_shape(written, JOB_IFACE)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "committed" in out

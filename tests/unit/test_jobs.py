@@ -228,3 +228,30 @@ def test_the_apply_stops_at_a_safe_point(tmp_path: Path, monkeypatch: pytest.Mon
     # The next apply over the same upper finishes the job.
     merge.apply_upper(str(upper), str(lower))
     assert (lower / "b").read_bytes() == big and (lower / "c").read_bytes() == b"new c"
+
+
+# -- the Job interface: the property table is the contract ----------------------------------
+
+def test_the_job_property_table_is_the_xml() -> None:
+    from xml.etree import ElementTree as ET
+
+    from overlayd.bus.jobs import JOB_PROPERTIES, JobInterface, JobRunner
+
+    xml = (Path(__file__).resolve().parents[2] / "dbus/org.overlayd.Overlayd1.Job.xml")
+    iface = next(i for i in ET.parse(xml).getroot().iter("interface")
+                 if i.get("name") == "org.overlayd.Overlayd1.Job")
+
+    def emits(p: ET.Element) -> str:
+        a = p.find("annotation")
+        return a.get("value", "true") if a is not None else "true"
+
+    written = {p.get("name"): (p.get("type"), emits(p)) for p in iface.findall("property")}
+    assert written == {p.name: (p.signature, p.changes) for p in JOB_PROPERTIES}
+    obj = JobInterface(object.__new__(JobRunner), job())
+    live = obj.introspect()
+    assert {p.name for p in live.properties} == set(written)
+    assert [(s.name, [a.name for a in s.args]) for s in live.signals] == \
+        [("Completed", ["success", "message"])]
+    values = obj.property_values()
+    assert values["Objects"].value == ["/org/overlayd/Overlayd1/overlay/demo"]
+    assert values["ProgressValid"].value is False and values["Cancelable"].value is True
