@@ -18,6 +18,7 @@ No ``from __future__ import annotations`` here: dbus-next reads the signature st
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -158,7 +159,9 @@ class JobRunner:
 
         def notify() -> None:  # from the worker thread
             if not obj.gone:
-                loop.call_soon_threadsafe(self.flush, obj)
+                # A loop that is closing only costs a progress update, never the commit.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self.flush, obj)
 
         job.notify = notify
         job.token.on_seal = notify  # Cancelable turns false
