@@ -127,7 +127,8 @@ class Service:
     async def create(self, name: str, spec: dict[str, Variant]) -> str:
         parsed = decode_spec(name, spec)
         caller = await self.caller()
-        image = parsed.image or self.manager.fd_path(parsed.image_fd or -1)
+        image = parsed.image or "" if parsed.image_fd is None else \
+            self.manager.fd_path(parsed.image_fd)  # fd 0 is an fd too
         details = {"overlay": parsed.name, "image": image,
                    "mountpoint": parsed.mountpoint or ""}
         await self.require(ACTION_CREATE, caller, details)

@@ -78,6 +78,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import re
 import secrets
@@ -88,6 +89,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlayd.host.ovlformat import is_opaque, is_whiteout, list_xattrs, user_xattr
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".overlayd-commit-"
 _TMP_NAME = re.compile(r"\.overlayd-commit-([0-9]+)-[0-9a-f]{8}-[0-9]+\Z")
@@ -606,3 +609,6 @@ def _remove_xattr(ref: str | int, name: str) -> None:
     except OSError as e:
         if e.errno not in (errno.ENODATA, errno.EPERM, errno.ENOTSUP):
             raise
+        if e.errno == errno.EPERM:  # an LSM keeps it (say, a security label): it stays
+            log.info("Cannot remove the attribute %s of '%s' in the image: %s, ignoring.",
+                     name, ref if isinstance(ref, str) else f"fd {ref}", e.strerror)
