@@ -52,6 +52,7 @@ from overlayd.errors import (
     OverlaydError,
     OverlayExists,
 )
+from overlayd.jobs import human
 from overlayd.model import format_size, parse_size
 from overlayd.render import render
 
@@ -230,15 +231,6 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
 
 def _percent(used: int, size: int) -> str:
     return f"{used * 100 // size}%" if size else "0%"
-
-
-def human(n: float) -> str:
-    """1.5 GiB, 12.0 MiB, 512 B: for what changes (rates, progress), not for settings."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
-                         ("KiB", 1 << 10)):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def time_left(end_usec: int) -> str:

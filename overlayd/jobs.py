@@ -179,6 +179,15 @@ class Job:
                          cancelable=not self.finished and not self.token.sealed)
 
 
+def human(n: float) -> str:
+    """1.5 GiB, 12.0 MiB, 512 B: for what changes (rates, progress), not for settings."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+                         ("KiB", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 class Jobs:
     """The jobs running now, numbered from 1 for the daemon's life (like udisks2's)."""
 

@@ -44,8 +44,8 @@ from overlayd.bus.objects import CONST, SIGNALLED, AnnotatedProperty
 from overlayd.bus.spec import decode_options
 from overlayd.errors import OverlaydError
 from overlayd.events import NOTICE
-from overlayd.jobs import PROGRESS_INTERVAL, Job, Jobs, JobStatus
-from overlayd.model import CommitStats, Overlay, format_size
+from overlayd.jobs import PROGRESS_INTERVAL, Job, Jobs, JobStatus, human
+from overlayd.model import CommitStats, Overlay
 
 if TYPE_CHECKING:
     from overlayd.bus.auth import Caller
@@ -205,7 +205,7 @@ class JobRunner:
         job.finish(error is None)
         self.flush(obj, force=True)
         if error is None and stats is not None:
-            message = (f"Committed {stats.entries} entries, {format_size(stats.bytes)} of data "
+            message = (f"Committed {stats.entries} entries, {human(stats.bytes)} of data "
                        f"in {stats.seconds:.1f} s.")
         else:
             message = str(error) if error is not None else ""

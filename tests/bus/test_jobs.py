@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -49,6 +50,10 @@ class Monitor:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            # gdbus writes whole lines: a readable pipe holds at least the start of one
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                break
             line = self.proc.stdout.readline()
             if not line:
                 break

@@ -229,27 +229,22 @@ def test_a_running_commit_holds_a_logind_inhibitor(ct: Container) -> None:
 def test_filling_an_overlay_logs_each_usage_rise(ct: Container) -> None:
     busctl(ct, "Create", "sa{sv}", "full", "2", "image", "s", f"{IMAGES}/demo.img",
            "size", "t", str(8 << 20))
-    ct.run("sh", "-c", "dd if=/dev/zero of=/run/overlayd/mnt/full/x bs=1M count=7 "
-           "status=none")
     path = "/org/overlayd/Overlayd1/overlay/full"
-    for _ in range(200):  # the watch looks every 2 s
-        out = ct.run("busctl", "--system", "get-property", MANAGER[0], path,
-                     "org.overlayd.Overlayd1.Overlay", "UpperUsage").stdout
-        if "high" in out:
-            break
-        time.sleep(0.1)
-    ct.run("sh", "-c", "dd if=/dev/zero of=/run/overlayd/mnt/full/y bs=1M count=8 "
-           "status=none", check=False)  # ENOSPC
-    for _ in range(200):
-        out = ct.run("busctl", "--system", "get-property", MANAGER[0], path,
-                     "org.overlayd.Overlayd1.Overlay", "UpperUsage").stdout
-        if "full" in out:
-            break
-        time.sleep(0.1)
-    assert "full" in out
+    # 87.5 %, then 95.3 %, then until ENOSPC; each time until the watch (every 2 s) saw it
+    for name, kib, level in (("x", 7168, "high"), ("y", 640, "critical"), ("z", 8192, "full")):
+        ct.run("sh", "-c", f"dd if=/dev/zero of=/run/overlayd/mnt/full/{name} bs=64K "
+               f"count={kib // 64} status=none", check=level != "full")
+        for _ in range(200):
+            out = ct.run("busctl", "--system", "get-property", MANAGER[0], path,
+                         "org.overlayd.Overlayd1.Overlay", "UpperUsage").stdout
+            if level in out:
+                break
+            time.sleep(0.1)
+        assert level in out
     entries = journal(ct, f"MESSAGE_ID={MESSAGE_IDS[Event.USAGE]}", "OVERLAYD_NAME=full")
-    assert [e["OVERLAYD_USAGE"] for e in entries] == ["high", "full"], entries
-    assert entries[1]["PRIORITY"] == "4" and entries[0]["PRIORITY"] == "5"
+    assert [e["OVERLAYD_USAGE"] for e in entries] == ["high", "critical", "full"], entries
+    assert [e["PRIORITY"] for e in entries] == ["5", "4", "4"]
+    assert entries[2]["OVERLAYD_UPPER_USED"] == entries[2]["OVERLAYD_UPPER_SIZE"]
     ct.run("journalctl", "--update-catalog")
     explained = ct.run("journalctl", "--no-pager", "-x", "-o", "short",
                        f"MESSAGE_ID={MESSAGE_IDS[Event.USAGE]}").stdout
