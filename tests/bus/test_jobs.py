@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,8 @@ MIB = 1 << 20
 
 
 class Monitor:
-    """``gdbus monitor`` of everything the daemon sends, as a separate process."""
+    """``gdbus monitor`` of everything the daemon sends, as a separate process; its lines
+    are read by a thread, so that a wait for one can time out."""
 
     def __init__(self, d: Daemon) -> None:
         self.proc = subprocess.Popen(["gdbus", "monitor", "--system", "--dest", BUS],
@@ -44,28 +46,34 @@ class Monitor:
         for _ in range(2):  # "Monitoring ...", "The name ... is owned by ..."
             self.proc.stdout.readline()
         self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line)
 
     def until(self, pattern: str, timeout: float = 120) -> str:
         """Read lines until one matches PATTERN."""
-        assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # gdbus writes whole lines: a readable pipe holds at least the start of one
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            if not ready:
-                break
-            line = self.proc.stdout.readline()
-            if not line:
-                break
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no signal matching {pattern!r}:\n"
+                                     + "".join(self.lines[-20:])) from None
             self.lines.append(line)
             if re.search(pattern, line):
                 return line
-        raise AssertionError(f"no signal matching {pattern!r}:\n" + "".join(self.lines[-20:]))
 
     def stop(self) -> list[str]:
         self.proc.terminate()  # the monitor we started
-        out, _ = self.proc.communicate(timeout=10)
-        self.lines += out.splitlines(keepends=True)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        while not self._queue.empty():
+            self.lines.append(self._queue.get())
         return self.lines
 
 
