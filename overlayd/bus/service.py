@@ -82,6 +82,7 @@ class Service:
         if obj is None:
             self._export(rec, announce=True)
             return
+        self.usage.look(rec, announce=False)  # after a commit: ok at once, not in 2 s
         self._announce(name, rec)
 
     def _announce(self, name: str, rec: Overlay | None = None) -> None:

@@ -383,4 +383,6 @@ def test_filling_an_overlay_crosses_each_usage_state_once(clean: Daemon, bus_ima
         and "is full" in logged[2], logged
     r = clean.ctl("status", "fill")
     assert "Usage: full" in r.stdout
+    assert clean.call("Commit", "sa{sv}", "fill", "0").returncode == 0
+    assert clean.prop(path, "UpperUsage") == "ok", "a commit empties the RAM: ok at once"
 
