@@ -262,6 +262,7 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
 
     def _reply(self, msg: Message, method: Any, fut: asyncio.Future[Any],
                send_reply: SendReply, owned: list[int]) -> None:
+        reply: Message | None = None
         try:
             try:
                 result = fut.result()
@@ -270,13 +271,16 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
             except Exception as e:  # the one place where every call's errors end
                 reply = to_dbus(e)._as_message(msg)
             except asyncio.CancelledError:  # the daemon is stopping: no reply to send
-                return
-            send_reply(reply)
+                reply = None
         finally:
+            # Before the reply goes: a caller that has its answer finds the fds it sent
+            # closed already.
             _close_all(owned)
             left = self.in_flight.pop(msg.sender, 1) - 1
             if left:
                 self.in_flight[msg.sender] = left
+        if reply is not None:
+            send_reply(reply)
 
     def _find_message_handler(self, msg: Message) -> Any:
         handler = super()._find_message_handler(msg)
