@@ -7,7 +7,7 @@ from __future__ import annotations
 from overlayd.config import DaemonConfig
 from overlayd.errors import MountFailed
 from overlayd.host.ports import Host
-from overlayd.layout import Layout, mount_source
+from overlayd.layout import Layout, is_within, mount_source
 from overlayd.model import (
     ALLOWED_MOUNT_OPTIONS,
     Lower,
@@ -36,11 +36,18 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
 
     ours = [m for m in mounts if m.source == src and m.fstype == "overlay"
             and m.super_option("upperdir") == str(layout.upper)]
-    lower, tmpfs = top(str(layout.lower)), top(str(layout.upper_mount))
-    if lower is None and tmpfs is None and not ours:
-        return None  # nothing mounted: leftovers to clean
     merged = top(spec.mountpoint or cfg.default_mountpoint(name)) if spec else \
         (ours[-1] if ours else None)
+    # Its image mount: its own (mount units), or the shared one of its image (a daemon's
+    # overlay whose record is gone), as the overlay names it.
+    lower_path, shared = str(layout.lower), False
+    named = (merged.super_option("lowerdir+") or merged.super_option("lowerdir")) \
+        if merged is not None else None
+    if named and is_within(named, layout.shared_lowers) and named != str(layout.shared_lowers):
+        lower_path, shared = named, True
+    lower, tmpfs = top(lower_path), top(str(layout.upper_mount))
+    if lower is None and tmpfs is None and not ours:
+        return None  # nothing mounted: leftovers to clean
     layers = [lower is not None and lower.source.startswith("/dev/"),
               tmpfs is not None and tmpfs.source == src and tmpfs.fstype == "tmpfs",
               merged is not None and merged.source == src and merged.fstype == "overlay"]
@@ -72,7 +79,8 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
             name=name, state=OverlayState.ACTIVE,
             lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
                           fstype=lower.fstype,
-                          loop_device=lower.source if info.kind is LowerKind.FILE else ""),),
+                          loop_device=lower.source if info.kind is LowerKind.FILE else "",
+                          shared=shared),),
             upper=Upper(size=parse_size(size) if size else cfg.default_size),  # '65536k'
             merged=Merged(mountpoint=merged.target,
                           created=merged.target == cfg.default_mountpoint(name),

@@ -30,9 +30,23 @@ def _say(msg: str) -> None:
     print(f"overlayd-generator: {msg}", file=sys.stderr)
 
 
+DEFAULT_UNIT_DIR = Path("/usr/lib/systemd/system")
+
+
+def unit_dir_of(generator: str) -> Path:
+    """Where the units were installed beside this generator (PREFIX/lib/systemd/system)."""
+    here = Path(generator).absolute().parent
+    if here.name == "system-generators" and (here.parent / "system").is_dir():
+        return here.parent / "system"
+    return DEFAULT_UNIT_DIR
+
+
 def generate(out_dir: Path, cfg: DaemonConfig,
-             search_path: tuple[Path, ...] = overlayfile.SEARCH_PATH) -> list[str]:
-    """Write the units of every boot overlay into OUT_DIR; the names of those done."""
+             search_path: tuple[Path, ...] = overlayfile.SEARCH_PATH,
+             unit_dir: Path = DEFAULT_UNIT_DIR) -> list[str]:
+    """Write the units of every boot overlay into OUT_DIR; the names of those done. A boot
+    overlay with on_stop = "commit" also gets overlayd@NAME.service pulled in at boot and
+    ordered after its mounts (a drop-in), so that shutdown commits before unmounting."""
     done: list[str] = []
     if cfg.runtime_dir != BOOT_RUNTIME_DIR:
         _say(f"boot overlays need runtime_dir = {BOOT_RUNTIME_DIR}; none brought up")
@@ -57,6 +71,16 @@ def generate(out_dir: Path, cfg: DaemonConfig,
         link = wants / units.overlay[0]
         if not link.is_symlink():
             link.symlink_to(Path("..") / units.overlay[0])
+        if units.on_stop is not None:
+            dropin, text = units.on_stop
+            (out_dir / dropin).parent.mkdir(exist_ok=True)
+            (out_dir / dropin).write_text(text)
+            # After the bus and the daemon: multi-user.target, not local-fs.target.
+            instance = Path(dropin).parent.name.removesuffix(".d")
+            wants = out_dir / "multi-user.target.wants"
+            wants.mkdir(exist_ok=True)
+            if not (wants / instance).is_symlink():
+                (wants / instance).symlink_to(unit_dir / "overlayd@.service")
         done.append(name)
     return done
 
@@ -72,7 +96,7 @@ def generator_main(argv: list[str] | None = None) -> int:
     except OverlaydError as e:
         _say(f"{e}; no boot overlays")
         return 0
-    generate(Path(args[0]), cfg)
+    generate(Path(args[0]), cfg, unit_dir=unit_dir_of(sys.argv[0]))
     return 0  # a generator that fails only makes systemd complain; files are skipped instead
 
 

@@ -18,7 +18,7 @@ Exit codes (for scripts):
     2  bad usage or invalid arguments (InvalidArgs, InvalidSpec)
     3  no such overlay (NoSuchOverlay)
     4  not authorized (AccessDenied, InteractiveAuthorizationRequired)
-    5  busy (OverlayBusy)
+    5  busy: the overlay or its image is in use (OverlayBusy, ImageInUse)
     6  an overlay of that name exists already (OverlayExists)
     7  overlayd cannot be reached
     8  cancelled (Cancelled): the commit was cancelled, nothing was lost
@@ -46,6 +46,7 @@ from overlayd.bus.names import JOB_IFACE, job_id_of, overlay_path
 from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import (
     Cancelled,
+    ImageInUse,
     InvalidSpec,
     NoSuchOverlay,
     OverlayBusy,
@@ -65,6 +66,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     InvalidArgs: EXIT_USAGE, InvalidSpec: EXIT_USAGE, NoSuchOverlay: EXIT_NO_SUCH,
     AccessDenied: EXIT_DENIED, OverlayBusy: EXIT_BUSY, OverlayExists: EXIT_EXISTS,
     Cancelled: EXIT_CANCELLED,
+    ImageInUse: EXIT_BUSY,
 }
 
 
@@ -493,8 +495,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     path, spec_file = _overlay_file(args)
     units = render(args.name, spec_file, path, load_config(args.config),
                    LinuxHost().system.memory_total())
-    for unit, text in units.all():
+    for unit, text in units.all() + ([units.on_stop] if units.on_stop else []):
         if args.directory is not None:
+            (args.directory / unit).parent.mkdir(exist_ok=True)
             (args.directory / unit).write_text(text)
             print(args.directory / unit)
         else:

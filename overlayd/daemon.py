@@ -66,6 +66,10 @@ async def serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, **overrides)
     manager = OverlayManager(config, LinuxHost())
     await manager.start(boot_overlays())
+    # From here the state follows the mount table: an overlay unmounted from outside is
+    # "unmounted", a boot overlay whose mount units come up later is adopted at once.
+    manager.watch_mounts()
+    await manager.check_mounts()
 
     lost: str | None = None
     standalone = await StandaloneBus.start() if args.standalone else None

@@ -13,6 +13,7 @@ The class name *is* the suffix of the D-Bus error ``org.overlayd.Overlayd1.Error
     +-- LimitExceeded        beyond a configured or physical limit
     +-- MountFailed          the kernel refused a mount or a loop device
     +-- CommitFailed         the commit stopped; the writes are still in RAM
+    +-- ImageInUse           others use the image; ``users`` names them
     +-- Cancelled            a job was cancelled (Job.Cancel); nothing was lost
 
 Messages are sentences a person can act on: they name the overlay and the path,
@@ -85,6 +86,22 @@ class CommitFailed(OverlaydError):
     """The commit stopped; the writes are still in RAM."""
 
 
+class ImageInUse(OverlaydError):
+    """Someone else reads or writes the image: other overlays, loop devices, mounts,
+    processes or QEMU-style locks, named in ``users``. Nothing was changed."""
+
+    def __init__(self, message: str, users: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.users = users or []
+
+
+def describe_users(users: list[str]) -> str:
+    """'overlay 'b', loop device /dev/loop3, ...' for an ImageInUse message."""
+    shown = "; ".join(users[:8])
+    more = len(users) - 8
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
 class Cancelled(OverlaydError):
     """A job was cancelled at its caller's or another's request (Job.Cancel). Like udisks2's
     ``Error.Cancelled``: the operation stopped at a safe point and nothing was lost."""
@@ -100,6 +117,7 @@ ALL_ERRORS: tuple[type[OverlaydError], ...] = (
     LimitExceeded,
     MountFailed,
     CommitFailed,
+    ImageInUse,
     Cancelled,
 )
 

@@ -21,6 +21,7 @@ class Event(enum.StrEnum):
     DENIED = "denied"
     STARTED = "started"
     STOPPED = "stopped"
+    UNMOUNTED = "unmounted"  # the merged view went from the mount table, not by overlayd
     USAGE = "usage"  # an overlay's RAM rose to a higher UpperUsage level
 
 
@@ -33,6 +34,7 @@ MESSAGE_IDS: dict[Event, str] = {
     Event.DENIED: "38eef1e413714090951379d5f7da58e5",
     Event.STARTED: "a59ad080f043474794ddd4c54c3f9efb",
     Event.STOPPED: "dab053eff374465fa4439c11faa093dd",
+    Event.UNMOUNTED: "247acf3d340946fa92612930c06e2da6",
     Event.USAGE: "bbd012253a82478dad69e048749a6b15",
 }
 

@@ -6,6 +6,8 @@
     RUNTIME_DIR/NAME/rw/upper       overlayfs upperdir
     RUNTIME_DIR/NAME/rw/work        overlayfs workdir
     MOUNT_ROOT/NAME                 the default mount point of the merged view
+    RUNTIME_DIR/.lowers/DEV-INO     an image mounted read-only once for all its overlays
+                                    (".lowers" is no valid overlay name: it never clashes)
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from overlayd.model import Lower
+
 SOURCE_PREFIX = "overlayd-"
 RECORD_NAME = "overlay.json"
 TEMP_SUFFIX = ".tmp"  # what an atomic write leaves behind when it is killed
+SHARED_LOWERS = ".lowers"  # RUNTIME_DIR/.lowers: starts with '.', so no overlay's name
 
 
 def mount_source(name: str) -> str:
@@ -39,6 +44,18 @@ class Layout:
     @property
     def lower(self) -> Path:
         return self.base / "lower"
+
+    @property
+    def shared_lowers(self) -> Path:
+        return self.base.parent / SHARED_LOWERS
+
+    def shared_lower(self, dev: int, ino: int) -> Path:
+        """Where the image (DEV, INO) is mounted for all of its overlays."""
+        return self.shared_lowers / f"{dev}-{ino}"
+
+    def lower_of(self, lower: Lower) -> Path:
+        """Where LOWER is mounted: shared, or the overlay's own directory."""
+        return self.shared_lower(lower.dev, lower.ino) if lower.shared else self.lower
 
     @property
     def upper_mount(self) -> Path:
@@ -72,6 +89,8 @@ def hide_internal_paths(text: str, runtime_dir: Path) -> str:
         name, part = m.group(1), m.group(2)
         if name == "mnt":
             return m.group(0)
+        if name == SHARED_LOWERS:
+            return "the shared image mount"
         what = _PART_NAMES.get(part.split("/")[0].rstrip("."), "files") if part else "directory"
         return f"the {what} of overlay '{name}'"
 

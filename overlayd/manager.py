@@ -24,9 +24,10 @@ from overlayd.engine import commit as commit_proc
 from overlayd.engine import create as create_proc
 from overlayd.engine import diff as diff_proc
 from overlayd.engine import teardown as teardown_proc
-from overlayd.engine.recover import Recovery, recover
+from overlayd.engine.recover import Recovery, adopt_late, recover
 from overlayd.errors import (
     CommitFailed,
+    ImageInUse,
     LimitExceeded,
     MountFailed,
     NoSuchOverlay,
@@ -34,7 +35,7 @@ from overlayd.errors import (
     OverlayExists,
 )
 from overlayd.events import NOTICE, Event
-from overlayd.host.ports import Host, Progress
+from overlayd.host.ports import Host, MountWatch, Progress
 from overlayd.jobs import CancelToken
 from overlayd.layout import Layout, hide_internal_paths
 from overlayd.model import (
@@ -46,6 +47,7 @@ from overlayd.model import (
     OverlayState,
     UpperUsage,
 )
+from overlayd.sharing import SharedLowers, image_key
 from overlayd.store import StateStore
 from overlayd.transitions import after_discard_failed, transition
 
@@ -82,6 +84,14 @@ class OverlayManager:
         self._claims = MountpointClaims()  # mount points: Creates never share or nest them
         self._listeners: list[Listener] = []
         self._background: set[asyncio.Future[Any]] = set()
+        self._shared = SharedLowers()  # which overlays use which image; its locks
+        # Following the mount table (watch_mounts): the boot overlays' specs, for those
+        # whose mount units come up after the start; the watch; the pending check.
+        self._boot: dict[str, OverlaySpec] = {}
+        self._watch: MountWatch | None = None
+        self._mounts_dirty = False
+        self._follower: asyncio.Task[None] | None = None
+        self._last_check = 0.0
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -132,6 +142,8 @@ class OverlayManager:
     async def start(self, boot: dict[str, OverlaySpec] | None = None) -> Recovery:
         """Make the runtime directory and adopt or clean what an earlier daemon (or, for
         the boot overlays BOOT, systemd's mount units) left."""
+        self._boot = dict(boot or {})
+
         def prepare() -> tuple[Recovery, list[Overlay]]:
             self.store.ensure_root()
             result = recover(self.host, self.config, self.store, boot,
@@ -156,6 +168,7 @@ class OverlayManager:
         result, settled = await self._blocking(prepare)
         for rec in settled:
             self._overlays[rec.name] = rec
+            self._shared.add(rec)
             try:
                 self._claims.claim(rec.name, rec.mountpoint)
             except OverlaydError as e:  # two records, one mount point: keep both, say so
@@ -264,9 +277,7 @@ class OverlayManager:
         try:
             self.store.begin(prepared.record)
             try:
-                built = create_proc.build(
-                    self.host, self.config, prepared,
-                    finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)))
+                built = self._build_shared(prepared)
             except BaseException:
                 try:
                     self.store.remove(spec.name)
@@ -277,6 +288,18 @@ class OverlayManager:
                 raise
         finally:
             create_proc.release(self.host, prepared)
+        return built
+
+    def _build_shared(self, prepared: create_proc.Prepared) -> Overlay:
+        """Build under the image's lock: the first overlay of an image mounts it (and
+        locks it), the others reuse that mount; a discard never takes it down meanwhile."""
+        key = image_key(prepared.record)
+        with self._shared.locked(key):
+            built = create_proc.build(
+                self.host, self.config, prepared,
+                finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)),
+                first_user=not self._shared.in_use(key))
+            self._shared.add(built)
         return built
 
     def _current(self, name: str, created_usec: int | None) -> Overlay:
@@ -295,6 +318,7 @@ class OverlayManager:
         async with self._lock(name):
             rec = self._current(name, created_usec)
             commit_proc.refuse_early(rec, caller_uid)
+            self._refuse_shared_commit(rec, caller_uid)
             if started is not None:
                 started()
             before = rec
@@ -335,16 +359,43 @@ class OverlayManager:
                                OVERLAYD_BYTES=stats.bytes, OVERLAYD_SECONDS=f"{stats.seconds:.6f}"))
         return stats
 
+    def _refuse_shared_commit(self, rec: Overlay, caller_uid: int) -> None:
+        """Before anything changes (the state included): a commit into an image other
+        overlays of ours read is ImageInUse naming them. The kernel's other users are
+        asked in the worker, under the image's lock (``_commit_blocking``)."""
+        if not self._shared.in_use(image_key(rec), but=rec.name):
+            return
+        others = self._shared.users(image_key(rec), but=rec.name)
+        if others:
+            shown = ", ".join(f"'{n}'" for n in others[:8])
+            e = ImageInUse(f"Cannot commit overlay '{rec.name}': its image '{rec.image}' is "
+                           f"read by the overlays {shown} too; writing it would corrupt what "
+                           "they read. Nothing was changed and the writes stay in RAM; "
+                           "commit once they are discarded.",
+                           [f"overlay '{n}'" for n in others])
+            self._log_failure(rec, "commit", e, caller_uid)
+            raise e
+
     def _commit_blocking(self, rec: Overlay, progress: Progress | None,
                          caller_uid: int, cancel: CancelToken | None = None
                          ) -> commit_proc.Committed:
-        self.store.save(rec)
+        # Under the image's lock: commits of overlays of one image never overlap, and no
+        # create of it starts meanwhile. Nobody else may read it (claim_image).
+        key = image_key(rec)
+        layout = self._layout(rec.name)
+        with self._shared.locked(key):
+            commit_proc.claim_image(self.host, rec, layout,
+                                    self._shared.users(key, but=rec.name))
+            try:
+                self.store.save(rec)
 
-        def checkpoint(phase: CommitPhase) -> None:
-            self._save_quietly(rec.evolve(commit_phase=phase))
+                def checkpoint(phase: CommitPhase) -> None:
+                    self._save_quietly(rec.evolve(commit_phase=phase))
 
-        return commit_proc.run(self.host, rec, self._layout(rec.name), progress, checkpoint,
-                               as_uid=caller_uid, cancel=cancel)
+                return commit_proc.run(self.host, rec, layout, progress, checkpoint,
+                                       as_uid=caller_uid, cancel=cancel)
+            finally:
+                commit_proc.release_image(self.host, rec)
 
     def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:
         log.log(_failure_level(e), "Failed to %s overlay '%s': %s", action, rec.name, e,
@@ -385,7 +436,7 @@ class OverlayManager:
         # Quietly: a record that cannot be written must not keep anyone from discarding
         # (a Commit, by contrast, is refused without its record: see _commit_blocking).
         self._save_quietly(rec)
-        stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force)
+        stopped = self._teardown_shared(rec, force)
         if stopped is None:
             try:
                 self.store.remove(rec.name)
@@ -393,6 +444,142 @@ class OverlayManager:
                 log.warning("Cannot remove the state of overlay '%s': %s, ignoring.",
                             rec.name, hide_internal_paths(str(e), self.config.runtime_dir))
         return stopped
+
+    def _teardown_shared(self, rec: Overlay, force: bool) -> teardown_proc.Stopped | None:
+        """Tear down under the image's lock; the last overlay of an image unmounts it and
+        drops its lock."""
+        key = image_key(rec)
+        with self._shared.locked(key):
+            stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force,
+                                        drop_lower=not self._shared.in_use(key, but=rec.name))
+            if stopped is None:
+                self._shared.remove(rec)
+        return stopped
+
+    def image_users(self) -> dict[tuple[int, int], int]:
+        """How many overlays use each image (for tests and status)."""
+        return self._shared.counts()
+
+    # -- following the mount table ---------------------------------------------------------
+
+    def watch_mounts(self, *, debounce: float = 0.1, interval: float = 0.5) -> None:
+        """React to changes of the mount table (on the running event loop): an overlay
+        unmounted from outside becomes UNMOUNTED (and ACTIVE again when it is mounted back),
+        a boot overlay whose mount units come up is adopted. Events are batched: a check
+        DEBOUNCE seconds after the first, at most one per INTERVAL, asking the kernel about
+        each watched mount point (``Mounts.at_each``); Create and Discard never wait for it."""
+        self._debounce, self._interval = debounce, interval
+        self._watch = self.host.mounts.watch()
+        asyncio.get_running_loop().add_reader(self._watch.fileno(), self._on_mount_event)
+
+    def unwatch_mounts(self) -> None:
+        if self._watch is not None:
+            asyncio.get_running_loop().remove_reader(self._watch.fileno())
+            self._watch.close()
+            self._watch = None
+        if self._follower is not None:
+            self._follower.cancel()
+
+    def _on_mount_event(self) -> None:
+        if self._watch is None:
+            return
+        # The event loop's own wait has consumed the change already (mountinfo reports
+        # each change to one poll); draining takes what is left.
+        self._watch.drain()
+        self._mounts_dirty = True
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.ensure_future(self._follow_mounts())
+
+    async def _follow_mounts(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._mounts_dirty:
+            await asyncio.sleep(max(self._debounce,
+                                    self._last_check + self._interval - loop.time()))
+            self._mounts_dirty = False
+            try:
+                await self.check_mounts()
+            except Exception as e:  # never let the watcher die of one bad check
+                log.warning("Checking the mount table failed: %s", e)
+            self._last_check = loop.time()
+
+    async def check_mounts(self) -> builtins.list[str]:
+        """Compare the registry with the kernel: the names whose state changed (or that
+        were adopted). Overlays busy with a call are left to that call."""
+        watched = {r.name: r for r in self._overlays.values()
+                   if r.state in (S.ACTIVE, S.UNMOUNTED) and not self._lock(r.name).locked()}
+        late = {n: spec for n, spec in self._boot.items()
+                if n not in self._overlays and n not in self._creating}
+        if not watched and not late:
+            return []
+        paths = [r.mountpoint for r in watched.values()]
+        paths += [spec.mountpoint or self.config.default_mountpoint(n)
+                  for n, spec in late.items()]
+        tops = await self._blocking(self.host.mounts.at_each, paths)
+        changed = []
+        for name, rec in watched.items():
+            top = tops.get(rec.mountpoint)
+            up = top is not None and self.host.merge.owns(name)(top)
+            if (rec.state is S.ACTIVE) == up:
+                continue
+            if await self._follow_one(name, rec.state):
+                changed.append(name)
+        for name, spec in late.items():
+            top = tops.get(spec.mountpoint or self.config.default_mountpoint(name))
+            if top is not None and self.host.merge.owns(name)(top) and \
+                    await self._adopt_late(name, spec):
+                changed.append(name)
+        return changed
+
+    async def _follow_one(self, name: str, seen: OverlayState) -> bool:
+        """Overlay NAME was seen the other way than its state SEEN says: look again under
+        its lock, and move it (ACTIVE <-> UNMOUNTED) if it still is."""
+        async with self._lock(name):
+            rec = self._overlays.get(name)
+            if rec is None or rec.state is not seen:
+                return False
+            top = await self._blocking(self.host.mounts.at, rec.mountpoint)
+            up = top is not None and self.host.merge.owns(name)(top)
+            if up == (seen is S.ACTIVE):
+                return False
+            if up:
+                rec = self._move(rec, S.ACTIVE, error="")
+                log.info("Overlay '%s' is mounted at '%s' again.", name, rec.mountpoint,
+                         extra=_fields(rec, Event.RECOVERED, OVERLAYD_RECOVERY="remounted"))
+            else:
+                rec = self._move(rec, S.UNMOUNTED, error=(
+                    f"The overlay was unmounted from '{rec.mountpoint}' outside overlayd."))
+                log.warning("Overlay '%s' was unmounted from '%s' outside overlayd; its "
+                            "writes are still in RAM. Commit to write them and mount it "
+                            "again, or discard them.", name, rec.mountpoint,
+                            extra=_fields(rec, Event.UNMOUNTED))
+            await self._blocking(self._save_quietly, rec)
+        return True
+
+    async def _adopt_late(self, name: str, spec: OverlaySpec) -> bool:
+        """A boot overlay whose mount units came up after the start: adopted at once."""
+        self._creating.add(name)
+        try:
+            rec = await self._blocking(adopt_late, self.host, self.config, name, spec,
+                                       time.time_ns() // 1000)
+            if rec is None:
+                return False
+            rec = transition(rec, S.ACTIVE)
+            await self._blocking(self._save_quietly, rec)
+        except OverlaydError as e:
+            log.warning("Boot overlay '%s': %s", name, e)
+            return False
+        finally:
+            self._creating.discard(name)
+        try:
+            self._claims.claim(name, rec.mountpoint)
+        except OverlaydError as e:
+            log.warning("Boot overlay '%s': %s", name, e)
+        self._overlays[name] = rec
+        self._shared.add(rec)
+        log.info("Adopted boot overlay '%s' at '%s'.", name, rec.mountpoint,
+                 extra=_fields(rec, Event.RECOVERED, OVERLAYD_RECOVERY="adopted boot"))
+        self._changed(name, rec)
+        return True
 
     def _in_background(self, fn: Callable[[], None]) -> None:
         """Run FN in a worker thread without making the caller wait; ``aclose`` waits."""

@@ -196,6 +196,9 @@ class OverlayState(enum.StrEnum):
     COMMITTING = "committing"
     DISCARDING = "discarding"
     FAILED = "failed"
+    # The merged view was unmounted from outside (umount, systemctl stop of its mount
+    # unit); the writes are still in the upper. Commit (which remounts) or Discard.
+    UNMOUNTED = "unmounted"
 
 
 class LowerKind(enum.StrEnum):
@@ -221,7 +224,11 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
 class Lower(BaseModel):
-    """One read-only layer under the overlay. Today an overlay has exactly one: the image."""
+    """One read-only layer under the overlay. Today an overlay has exactly one: the image.
+
+    SHARED: the image is mounted once for every overlay of it (same dev and ino), at
+    ``Layout.shared_lower(dev, ino)``; otherwise (records of version 2, boot overlays) at
+    the overlay's own ``Layout.lower``."""
 
     model_config = _FROZEN
 
@@ -231,6 +238,12 @@ class Lower(BaseModel):
     ino: int = 0
     fstype: str = ""  # "" for a directory
     loop_device: str = ""
+    shared: bool = False
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The image's identity: overlays with the same key read the same image."""
+        return (self.dev, self.ino)
 
 
 class Upper(BaseModel):
@@ -252,7 +265,7 @@ class Merged(BaseModel):
     options: tuple[str, ...] = ()
 
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 class Overlay(BaseModel):

@@ -82,8 +82,31 @@ class RenderedUnits:
     tmpfs: tuple[str, str]
     overlay: tuple[str, str]
 
+    # on_stop = "commit": a drop-in for overlayd@NAME.service (its path under the unit
+    # directory, and its text) that orders it after the three mounts, so that at shutdown
+    # it stops (commits, then discards) before any of them is unmounted.
+    on_stop: tuple[str, str] | None = None
+
     def all(self) -> list[tuple[str, str]]:
         return [self.lower, self.tmpfs, self.overlay]
+
+
+def instance_unit(name: str) -> str:
+    return f"overlayd@{escape(name)}.service"
+
+
+def on_stop_dropin(name: str, source: Path, mounts: list[str], made_by: str) -> str:
+    """The drop-in that ties overlayd@NAME.service to boot overlay NAME's mount units."""
+    return "\n".join([
+        f"# overlayd boot overlay {name}: on_stop = \"commit\" at shutdown.",
+        f"# Made by {made_by} from {source}. overlayd@{name} comes up with the",
+        "# overlay (it finds it adopted); being ordered after its three mounts, it is stopped",
+        "# before them at shutdown, and its stop commits the writes into the image.",
+        "[Unit]",
+        f"Wants={mounts[-1]}",
+        f"After={' '.join(mounts)}",
+        "",
+    ])
 
 
 def check_unit_value(value: str, what: str) -> str:
@@ -127,9 +150,15 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
         "PREPARE_UNIT": prepare_unit(name), "MOUNTPOINT": mountpoint,
         "OVERLAY_OPTIONS": ",".join(overlay_opts),
     }
+    mounts = [mount_unit(str(layout.lower)), mount_unit(str(layout.upper_mount)),
+              mount_unit(mountpoint)]
+    on_stop = None
+    if spec_file.on_stop == "commit":
+        on_stop = (f"{instance_unit(name)}.d/50-boot-overlay.conf",
+                   on_stop_dropin(name, source, mounts, made_by))
     return RenderedUnits(
-        lower=(mount_unit(str(layout.lower)), _fill(_template("overlay-lower.mount.in"), values)),
-        tmpfs=(mount_unit(str(layout.upper_mount)),
-               _fill(_template("overlay-rw.mount.in"), values)),
-        overlay=(mount_unit(mountpoint), _fill(_template("overlay.mount.in"), values)),
+        lower=(mounts[0], _fill(_template("overlay-lower.mount.in"), values)),
+        tmpfs=(mounts[1], _fill(_template("overlay-rw.mount.in"), values)),
+        overlay=(mounts[2], _fill(_template("overlay.mount.in"), values)),
+        on_stop=on_stop,
     )

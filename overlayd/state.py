@@ -3,7 +3,8 @@
 Pure (de)serialization with versions; ``store.StateStore`` reads and writes the files.
 A record of a newer version than this daemon knows is refused (``RecordTooNew``) and
 left as it is: loading it would drop what this version does not understand. Version 1
-records (overlayd 0.1, flat fields and stored paths) are read and migrated.
+records (overlayd 0.1, flat fields and stored paths) and version 2 records (no shared
+lowers) are read and migrated.
 """
 
 from __future__ import annotations
@@ -46,12 +47,20 @@ def load_record(data: bytes) -> Overlay:
                            f"this one knows up to {RECORD_VERSION})")
     if version == 1:
         raw = _from_v1(raw)
+    elif version == 2:
+        raw = _from_v2(raw)
     try:
         return Overlay.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "the record"
         raise RecordError(f"'{where}': {first['msg']}") from None
+
+
+def _from_v2(v2: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 had no shared lowers: each overlay mounted its image in its own directory,
+    which is what ``shared`` False (the default) says."""
+    return {**v2, "version": RECORD_VERSION}
 
 
 def _from_v1(v1: dict[str, Any]) -> dict[str, Any]:

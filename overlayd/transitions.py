@@ -10,7 +10,11 @@ S = OverlayState
 ALLOWED: dict[OverlayState, frozenset[OverlayState]] = {
     # Create writes CREATING before its first mount; recovery cleans what stays CREATING.
     S.CREATING: frozenset({S.ACTIVE}),
-    S.ACTIVE: frozenset({S.COMMITTING, S.DISCARDING}),
+    # UNMOUNTED: the mount watcher saw the merged view go (unmounted from outside).
+    S.ACTIVE: frozenset({S.COMMITTING, S.DISCARDING, S.UNMOUNTED}),
+    # Commit mounts it again (with the writes in the image); Discard throws them away; the
+    # watcher sees it mounted again (systemctl start of its mount unit).
+    S.UNMOUNTED: frozenset({S.COMMITTING, S.DISCARDING, S.ACTIVE}),
     # Commit always remounts; FAILED when it could not.
     S.COMMITTING: frozenset({S.ACTIVE, S.FAILED}),
     # A refused (busy) discard goes back; one that unmounted part of the overlay is FAILED.
@@ -38,3 +42,8 @@ def after_discard_failed(previous: OverlayState, merged_down: bool) -> OverlaySt
     if merged_down:
         return S.FAILED
     return S.ACTIVE if previous is S.COMMITTING else previous
+
+
+def after_commit_refused(previous: OverlayState) -> OverlayState:
+    """A commit refused before anything changed: back as it was."""
+    return previous

@@ -6,6 +6,8 @@ import hashlib
 import os
 import stat
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,17 @@ def diff_snapshots(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         if a.get(k) != b.get(k):
             out.append(f"{k}: {a.get(k)!r} != {b.get(k)!r}")
     return out
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "a condition") -> None:
+    """Poll COND until it holds; a generous TIMEOUT only detects a hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

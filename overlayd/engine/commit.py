@@ -24,10 +24,12 @@ from overlayd.engine import steps
 from overlayd.errors import (
     Cancelled,
     CommitFailed,
+    ImageInUse,
     NoSpace,
     OverlayBusy,
     OverlaydError,
     describe_holders,
+    describe_users,
 )
 from overlayd.host.ports import Applied, Host, ImageInfo, Progress
 from overlayd.jobs import CancelToken
@@ -91,6 +93,39 @@ def refuse_early(rec: Overlay, as_uid: int) -> None:
                            f"directory '{rec.image}', and overlayd would write into it as root.")
 
 
+def claim_image(host: Host, rec: Overlay, layout: Layout, others: list[str]) -> None:
+    """Before anything changes: refuse (ImageInUse) to write an image someone else reads,
+    naming them: OTHERS (overlayd's other overlays of it), then loop devices, mounts,
+    writers and lock holders the kernel knows of; then take QEMU's write lock on it, which
+    ``release_image`` gives back. A directory lower has no image to claim."""
+    if rec.image_kind is LowerKind.DIRECTORY:
+        return
+    lower = rec.lowers[0]
+    users = [f"overlay '{n}'" for n in others]
+    users += host.images.users(lower.image, lower.dev, lower.ino,
+                               own_devices={lower.loop_device} - {""},
+                               own_mounts={steps.lower_dir(rec, layout)})
+    if users:
+        raise ImageInUse(
+            f"Cannot commit overlay '{rec.name}': its image '{lower.image}' is in use by "
+            f"{describe_users(users)}; writing it would corrupt what they read. Nothing "
+            "was changed and the writes stay in RAM; commit again once they are gone.",
+            users)
+    try:
+        host.locks.lock_write(lower.image, lower.dev, lower.ino)
+    except ImageInUse as e:
+        raise ImageInUse(
+            f"Cannot commit overlay '{rec.name}': its image '{lower.image}' is locked by "
+            f"another program: {describe_users(e.users)}. Nothing was changed and the "
+            "writes stay in RAM.", e.users) from None
+
+
+def release_image(host: Host, rec: Overlay) -> None:
+    """Back to the reader's lock after a commit."""
+    if rec.image_kind is not LowerKind.DIRECTORY:
+        host.locks.unlock_write(rec.lowers[0].dev, rec.lowers[0].ino)
+
+
 def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
         checkpoint: Checkpoint, *, as_uid: int = 0, cancel: CancelToken | None = None
         ) -> Committed:
@@ -144,7 +179,7 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
             # The image is written through a mount attached nowhere: a mount namespace
             # cloned meanwhile (unshare -m, nspawn, PrivateMounts=) cannot copy it and
             # keep its read-write superblock alive, and a kill -9 unmounts it.
-            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout))
+            host.mounts.unmount(steps.lower_dir(rec, layout), steps.owns_lower(rec, layout))
             rw_fd = steps.open_lower_detached(host, rec, rw, driver)
             target = f"/proc/self/fd/{rw_fd}/."  # "/.": the directory, not the fd link
         if cancel is not None:
@@ -187,7 +222,7 @@ def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInf
             out.remount_problems.append(f"{what}: {text}")
             return False
 
-    lower_dir = str(layout.lower)
+    lower_dir = steps.lower_dir(rec, layout)
     if ro is not None:
         found: list[MountInfo | None] = []
         if not step("look at the image mount", lambda: found.append(host.mounts.at(lower_dir))):

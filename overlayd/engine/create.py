@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from overlayd import checks
 from overlayd.config import DaemonConfig
 from overlayd.engine import steps
-from overlayd.errors import InvalidSpec
+from overlayd.errors import ImageInUse, InvalidSpec, MountFailed, describe_users
 from overlayd.host.ports import Host, ImageInfo
 from overlayd.layout import Layout
 from overlayd.model import Lower, LowerKind, Merged, Overlay, OverlaySpec, OverlayState, Upper
@@ -77,7 +77,7 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
     rec = Overlay(
         name=spec.name, state=OverlayState.CREATING,
         lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
-                      fstype=fstype),),
+                      fstype=fstype, shared=info.kind is not LowerKind.DIRECTORY),),
         upper=Upper(kind=host.upper.kind, size=size),
         merged=Merged(mountpoint=mountpoint, created=is_default, options=options),
         owner_uid=owner_uid, created_usec=now_usec,
@@ -86,17 +86,21 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
 
 
 def build(host: Host, cfg: DaemonConfig, p: Prepared,
-          finish: Callable[[Overlay], None]) -> Overlay:
+          finish: Callable[[Overlay], None], *, first_user: bool = True) -> Overlay:
     """Make the lower, the upper and the merged mount, then FINISH(the record as built):
     the manager's last step (saving it ACTIVE), inside the undo scope. The record as
-    built (still CREATING). On failure nothing of it is left."""
+    built (still CREATING). On failure nothing of it is left. FIRST_USER: no other overlay
+    uses the image (the caller holds the image's lock): take its lock and mount it; else
+    the shared lower is there already."""
     rec, layout = p.record, p.layout
     rb = Rollback()
     try:
         if rec.image_kind is not LowerKind.DIRECTORY:
-            _make_dir(host, rb, str(layout.lower), 0o755)
-            device = steps.mount_lower(host, rec, layout, p.info, p.driver, read_only=True,
-                                       rb=rb)
+            lower = rec.lowers[0]
+            if first_user:
+                host.locks.hold(lower.image, lower.dev, lower.ino, p.info.fd)
+                rb.push("unlock the image", host.locks.release, lower.dev, lower.ino)
+            device = _lower(host, rec, p, rb)
             rec = rec.evolve(lowers=(rec.lowers[0].model_copy(update={"loop_device": device}),
                                      *rec.lowers[1:]))
         _make_dir(host, rb, str(layout.upper_mount), 0o700)
@@ -119,6 +123,23 @@ def build(host: Host, cfg: DaemonConfig, p: Prepared,
         rb.unwind()
         raise
     return rec
+
+
+def _lower(host: Host, rec: Overlay, p: Prepared, rb: Rollback) -> str:
+    """The image mounted read-only; a mount the kernel refuses because someone writes
+    the image (a journal to replay: "Read-only file system") is ImageInUse saying where."""
+    try:
+        return steps.ensure_lower(host, rec, p.layout, p.info, p.driver, rb)
+    except MountFailed as e:
+        lower = rec.lowers[0]
+        writers = host.images.users(lower.image, lower.dev, lower.ino, own_devices=set(),
+                                    own_mounts=set(), writers_only=True)
+        if writers:
+            raise ImageInUse(f"The image '{lower.image}' is in use for writing by "
+                             f"{describe_users(writers)}; an overlay of it would read a "
+                             "file system that changes under it. Unmount it there first.",
+                             writers) from None
+        raise e from None
 
 
 def release(host: Host, p: Prepared) -> None:

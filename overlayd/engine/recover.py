@@ -60,7 +60,60 @@ def recover(host: Host, cfg: DaemonConfig, store: StateStore,
                           result)
         except OverlaydError as e:
             result.problems.append(f"{name}: {e}")
+    if not result.problems:  # else a record not adopted may use one: the next start
+        try:
+            sweep_shared_lowers(host, cfg, result)
+        except OverlaydError as e:
+            result.problems.append(f"the shared image mounts: {e}")
+    for rec in result.adopted:
+        lower = rec.lowers[0]
+        if lower.kind is LowerKind.DIRECTORY:
+            continue
+        try:
+            host.locks.hold(lower.image, lower.dev, lower.ino)
+        except OverlaydError as e:
+            result.problems.append(f"{rec.name}: {e}")
     return result
+
+
+def adopt_late(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec,
+               now_usec: int = 0) -> Overlay | None:
+    """A boot overlay whose mount units came up after the daemon started: adopted from its
+    three mounts (asked one by one, not the whole table), its image locked. None if its
+    overlay is not mounted (yet); MountFailed if only some layers are."""
+    layout = Layout.for_overlay(cfg.runtime_dir, name)
+    mountpoint = spec.mountpoint or cfg.default_mountpoint(name)
+    tops = host.mounts.at_each([str(layout.lower), str(layout.upper_mount), mountpoint])
+    merged = tops[mountpoint]
+    if merged is None or not host.merge.owns(name)(merged):
+        return None
+    rec = adopt.adopt_unrecorded(host, cfg, name, spec,
+                                 [m for m in tops.values() if m is not None], now_usec)
+    if rec is not None and rec.image_kind is not LowerKind.DIRECTORY:
+        host.locks.hold(rec.image, rec.lowers[0].dev, rec.lowers[0].ino)
+    return rec
+
+
+def sweep_shared_lowers(host: Host, cfg: DaemonConfig, result: Recovery) -> None:
+    """The shared image mounts no adopted overlay uses (the last discard was killed before
+    it unmounted one, or a create before its overlay was recorded up): unmounted and
+    removed. The overlays are recovered first, so the counts are the records'."""
+    root = Layout.for_overlay(cfg.runtime_dir, "x").shared_lowers
+    if host.files.path_kind(str(root)) != "directory":
+        return
+    used = {steps.lower_dir(rec, Layout.for_overlay(cfg.runtime_dir, rec.name))
+            for rec in result.adopted if rec.lowers[0].shared}
+    for entry in host.files.list_dir(str(root)):
+        path = str(root / entry)
+        if path in used:
+            continue
+        try:
+            # Ours: nobody else mounts in this private directory; the image comes from a
+            # loop device or is a block device.
+            host.mounts.unmount(path, lambda m: m.source.startswith("/dev/"))
+            host.files.remove_dir(path)
+        except OverlaydError as e:
+            result.problems.append(f"the unused image mount '{path}': {e}")
 
 
 def _recover_name(host: Host, cfg: DaemonConfig, store: StateStore, name: str,
@@ -100,13 +153,18 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
     applied = rec.state is OverlayState.COMMITTING and rec.commit_phase is CommitPhase.APPLIED
     if rec.state in (OverlayState.CREATING, OverlayState.DISCARDING) or \
             (not upper_alive and not applied):
-        stopped = teardown.run(host, rec, layout, force=True)
+        # A shared image mount is left to the sweep at the end: others may use it.
+        stopped = teardown.run(host, rec, layout, force=True,
+                               drop_lower=not rec.lowers[0].shared)
         if stopped is not None:
             raise stopped.error
         result.cleaned.append(rec.name)
         return
     overlay_up = mounted(rec.mountpoint, host.merge.owns(rec.name))
-    lower = top.get(str(layout.lower))
+    lower_dir = steps.lower_dir(rec, layout)
+    # A shared image mount may have been mounted by this very recovery (for another
+    # overlay of the image): ask the kernel, not the table read at the start.
+    lower = host.mounts.at(lower_dir) if rec.lowers[0].shared else top.get(lower_dir)
     lower_ok = rec.image_kind is LowerKind.DIRECTORY or (
         lower is not None and steps.owns_lower(rec, layout)(lower) and "ro" in lower.options)
     if overlay_up:
@@ -122,8 +180,13 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
     if not lower_ok:
         driver = steps.driver_for(host, rec.fstype)
         if lower is not None:
-            host.mounts.syncfs(str(layout.lower))
-            host.mounts.unmount(str(layout.lower), steps.owns_lower(rec, layout))
+            host.mounts.syncfs(lower_dir)
+            host.mounts.unmount(lower_dir, steps.owns_lower(rec, layout))
+        if rec.lowers[0].shared:
+            if host.files.path_kind(str(layout.shared_lowers)) == "missing":
+                host.files.make_dir(str(layout.shared_lowers), 0o700)
+            if host.files.path_kind(lower_dir) == "missing":
+                host.files.make_dir(lower_dir, 0o755)
         info = host.images.reopen_image(rec.image, rec.lowers[0].dev, rec.lowers[0].ino,
                                         writable=False)
         try:

@@ -15,10 +15,16 @@ from overlayd.rollback import Rollback
 log = logging.getLogger(__name__)
 
 
+def lower_dir(rec: Overlay, layout: Layout) -> str:
+    """Where REC's image is mounted: the shared lower of its image, or its own directory."""
+    return str(layout.lower_of(rec.lowers[0]))
+
+
 def owns_lower(rec: Overlay, layout: Layout) -> Owned:
-    """The lower mount sits in our private per-overlay directory and comes from the image's
-    loop device (or the image itself, for a block device)."""
-    target = str(layout.lower)
+    """The lower mount sits in our private directory (the shared one of the image, or the
+    overlay's own) and comes from a loop device (or the block device itself). A shared
+    lower is unmounted only by the last overlay of its image (``SharedLowers``)."""
+    target = lower_dir(rec, layout)
     kind = rec.image_kind
 
     def check(m: MountInfo) -> bool:
@@ -32,7 +38,7 @@ def lower_sources(rec: Overlay, layout: Layout, dir_fd: int | None = None) -> li
     """The overlay's lowerdirs, top first: our image mount, or the directory lower (through
     DIR_FD, opened and verified by open_lower_dir, when the path must not be trusted)."""
     if rec.image_kind is not LowerKind.DIRECTORY:
-        return [str(layout.lower)]
+        return [lower_dir(rec, layout)]
     return [f"/proc/self/fd/{dir_fd}" if dir_fd is not None else rec.image]
 
 
@@ -50,7 +56,7 @@ def mount_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, drive
     """Mount the image at the lower directory: through a new loop device for a file
     (read-only or read-write as asked; autoclear detaches it when the mount goes), directly
     for a block device. The loop device's path, or "" for a block device."""
-    target = str(layout.lower)
+    target = lower_dir(rec, layout)
     device = ""
     if rec.image_kind is LowerKind.BLOCK:
         host.mounts.mount_fs(info.path, target, driver, read_only=read_only)
@@ -64,6 +70,32 @@ def mount_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, drive
     if rb is not None:
         rb.push("unmount the image", host.mounts.unmount, target, owns_lower(rec, layout))
     return device
+
+
+def ensure_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, driver: str,
+                 rb: Rollback) -> str:
+    """The image mounted read-only where REC wants it: a shared lower already mounted by
+    another overlay of the image is reused as it is (the caller holds the image's lock);
+    else the directory is made and the image mounted, both undone by RB. The device."""
+    target = lower_dir(rec, layout)
+    if rec.lowers[0].shared:
+        found = host.mounts.at(target)
+        if found is not None and owns_lower(rec, layout)(found) and "ro" in found.options:
+            return found.source if rec.image_kind is LowerKind.FILE else ""
+        if host.files.path_kind(str(layout.shared_lowers)) == "missing":
+            host.files.make_dir(str(layout.shared_lowers), 0o700)  # shared; never removed
+    if host.files.path_kind(target) == "missing":
+        host.files.make_dir(target, 0o755)
+        rb.push(f"remove '{target}'", host.files.remove_dir, target)
+    return mount_lower(host, rec, layout, info, driver, read_only=True, rb=rb)
+
+
+def drop_lower(host: Host, rec: Overlay, layout: Layout, *, lazy: bool) -> None:
+    """Unmount REC's image mount and remove its directory (the last user's job)."""
+    target = lower_dir(rec, layout)
+    host.mounts.unmount(target, owns_lower(rec, layout), lazy=lazy)
+    if rec.lowers[0].shared:
+        host.files.remove_dir(target)
 
 
 def open_lower_detached(host: Host, rec: Overlay, info: ImageInfo, driver: str) -> int:
@@ -112,5 +144,6 @@ def remove_dirs(host: Host, rec: Overlay, layout: Layout) -> None:
             host.files.remove_dir(rec.mountpoint)
         except OverlaydError as e:  # ours but not essential; never fail a discard for it
             log.warning("Cannot remove the mount point '%s': %s, ignoring.", rec.mountpoint, e)
-    for d in (layout.lower, layout.upper_mount):
-        host.files.remove_dir(str(d))
+    if not rec.lowers[0].shared:
+        host.files.remove_dir(str(layout.lower))
+    host.files.remove_dir(str(layout.upper_mount))

@@ -12,6 +12,7 @@ It never touches the real system; tests that show a feature works use LinuxHost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,32 @@ class FakeLoop:
         self.host._autoclear()
 
 
+class FakeWatch:
+    """A mount watch whose events a test makes (``changed()``), through a real pipe so the
+    event loop wakes up as it would for the kernel's."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+
+    def changed(self) -> None:
+        os.write(self._w, b"x")
+
+    def fileno(self) -> int:
+        return self._r
+
+    def drain(self) -> bool:
+        os.set_blocking(self._r, False)
+        try:
+            return bool(os.read(self._r, 4096))
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 @dataclass
 class FakeHost:
     fail: dict[str, OverlaydError] = field(default_factory=dict)
@@ -56,7 +83,12 @@ class FakeHost:
     image_data: dict[str, set[str]] = field(default_factory=dict)
     dead: bool = False
     detached_fds: set[str] = field(default_factory=set)  # sources of detached mounts
+    # Users of the image outside overlayd (what Images.users reports), and locks.
+    outside_users: list[str] = field(default_factory=list)
+    locked: set[tuple[int, int]] = field(default_factory=set)
+    write_locked: set[tuple[int, int]] = field(default_factory=set)
     _next_id: int = 100
+    watcher: FakeWatch | None = None
 
     kind = UpperKind.TMPFS  # as an UpperBackend
 
@@ -66,6 +98,7 @@ class FakeHost:
         return self
 
     images = system
+    locks = system
     mounts = system
     files = system
     layers = system
@@ -93,6 +126,8 @@ class FakeHost:
         self.fail, self.fail_nth = {}, {}
         self.loop_fds.clear()
         self.detached_fds.clear()
+        self.locked.clear()  # a dead process holds no lock
+        self.write_locked.clear()
         self.open_fds = 0
         self._autoclear()
         return self
@@ -122,7 +157,9 @@ class FakeHost:
         self.open_fds += 1
         if path in self.dirs:
             return ImageInfo(path, LowerKind.DIRECTORY, 1, 2, 0, None, -1)
-        return ImageInfo(path, LowerKind.FILE, 1, 3, 1 << 20, self.image_fstypes[path] or None, 3)
+        ino = 3 + sorted(self.image_fstypes).index(path)  # one inode per image file
+        return ImageInfo(path, LowerKind.FILE, 1, ino, 1 << 20,
+                         self.image_fstypes[path] or None, 3)
 
     def fd_path(self, fd: int) -> str:
         return f"fd {fd}"
@@ -159,6 +196,28 @@ class FakeHost:
     def loop_backing(self, device: str) -> str | None:
         self._call("loop_backing")
         return self.loops.get(device)
+
+    def users(self, image: str, dev: int, ino: int, *, own_devices: set[str],
+              own_mounts: set[str], writers_only: bool = False) -> list[str]:
+        self._call("users")
+        return list(self.outside_users)
+
+    # -- ImageLocks ---------------------------------------------------------------------
+
+    def hold(self, path: str, dev: int, ino: int, fd: int | None = None) -> None:
+        self._call("hold")
+        self.locked.add((dev, ino))
+
+    def release(self, dev: int, ino: int) -> None:
+        self.locked.discard((dev, ino))
+        self.write_locked.discard((dev, ino))
+
+    def lock_write(self, path: str, dev: int, ino: int) -> None:
+        self._call("lock_write")
+        self.write_locked.add((dev, ino))
+
+    def unlock_write(self, dev: int, ino: int) -> None:
+        self.write_locked.discard((dev, ino))
 
     # -- Mounts -------------------------------------------------------------------------
 
@@ -213,6 +272,15 @@ class FakeHost:
         self._call("at")
         found = [m for m in self.mount_table if m.target == path]
         return found[-1] if found else None
+
+    def at_each(self, paths: list[str]) -> dict[str, MountInfo | None]:
+        self._call("at_each")
+        tops = {m.target: m for m in self.mount_table}
+        return {p: tops.get(p) for p in paths}
+
+    def watch(self) -> FakeWatch:
+        self.watcher = FakeWatch()
+        return self.watcher
 
     def containing(self, path: str) -> list[MountInfo]:
         self._call("containing")

@@ -18,6 +18,7 @@ from overlayd.fstype import PROBE_BYTES, detect_fstype
 from overlayd.host import loop as loopdev
 from overlayd.host.ascaller import open_as
 from overlayd.host.errors import Op, map_os_errors
+from overlayd.host.imageusers import find_users
 from overlayd.host.ports import ImageInfo
 from overlayd.model import LowerKind
 
@@ -239,6 +240,11 @@ class LinuxImages:
 
     def loop_backing(self, device: str) -> str | None:
         return loopdev.backing_file(device)
+
+    def users(self, image: str, dev: int, ino: int, *, own_devices: set[str],
+              own_mounts: set[str], writers_only: bool = False) -> list[str]:
+        return find_users(image, dev, ino, own_devices=own_devices, own_mounts=own_mounts,
+                          writers_only=writers_only)
 
     def fd_path(self, fd: int) -> str:
         try:

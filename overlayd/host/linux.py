@@ -11,6 +11,7 @@ import pwd
 from overlayd.errors import OverlaydError
 from overlayd.host.errors import Op, map_os_errors
 from overlayd.host.files import LinuxFiles
+from overlayd.host.imagelocks import LinuxImageLocks
 from overlayd.host.images import LinuxImages
 from overlayd.host.layers import LinuxLayers
 from overlayd.host.mounts import LinuxMounts
@@ -42,6 +43,7 @@ class LinuxHost:
     def __init__(self) -> None:
         self.system = LinuxSystem()
         self.images = LinuxImages()
+        self.locks = LinuxImageLocks()
         self.mounts = LinuxMounts()
         self.files = LinuxFiles()
         self.layers = LinuxLayers()

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 LOOP_CONFIGURE = 0x4C0A
+LOOP_GET_STATUS64 = 0x4C05
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4

@@ -9,7 +9,14 @@ from overlayd import mountinfo
 from overlayd.errors import InvalidSpec, MountFailed, OverlayBusy, describe_holders
 from overlayd.host.errors import Op, map_os_errors
 from overlayd.host.holders import find_holders
-from overlayd.host.mounttable import mount_at, mounts_below, mounts_containing, read_mounts
+from overlayd.host.mounttable import (
+    backend,
+    mount_at,
+    mounts_below,
+    mounts_containing,
+    read_mounts,
+)
+from overlayd.host.mountwatch import MountWatch
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import (
     MNT_DETACH,
@@ -63,6 +70,15 @@ class LinuxMounts:
 
     def at(self, path: str) -> mountinfo.MountInfo | None:
         return mount_at(path)
+
+    def at_each(self, paths: list[str]) -> dict[str, mountinfo.MountInfo | None]:
+        if backend() == "statmount":
+            return {p: mount_at(p) for p in paths}
+        tops = {m.target: m for m in read_mounts()}  # later mounts cover earlier ones
+        return {p: tops.get(p) for p in paths}
+
+    def watch(self) -> MountWatch:
+        return MountWatch()
 
     def containing(self, path: str) -> list[mountinfo.MountInfo]:
         return mounts_containing(path)

@@ -8,7 +8,8 @@ helper, once in its namespace, detaches there (only there) the mounts overlayd m
 
 * every tmpfs and overlay whose source starts with ``overlayd-`` (any overlayd's: the
   contract in DESIGN.md reserves the prefix);
-* the image mounts, ``<runtime_dir>/<name>/lower``, for the daemon's runtime directory and
+* the image mounts, ``<runtime_dir>/<name>/lower`` and the shared ones
+  ``<runtime_dir>/.lowers/<dev>-<ino>``, for the daemon's runtime directory and
   for every overlay whose tmpfs is ``<dir>/<name>/rw`` with source ``overlayd-<name>``
   (another overlayd with another runtime directory).
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from overlayd.host.mounttable import read_mounts
 from overlayd.host.syscalls import MNT_DETACH, umount2
-from overlayd.layout import SOURCE_PREFIX, Layout
+from overlayd.layout import SHARED_LOWERS, SOURCE_PREFIX, Layout
 from overlayd.mountinfo import MountInfo
 
 DEFAULT_RUNTIME_DIR = Path("/run/overlayd")
@@ -90,6 +91,9 @@ def overlayd_mounts(mounts: Sequence[MountInfo], runtime_dirs: Iterable[Path]
         base = Layout(Path(m.target).parent)
         if m.target == str(base.lower) and str(base.base.parent) in dirs:
             picked.add(id(m))
+        elif base.base.name == SHARED_LOWERS and str(base.base.parent) in dirs \
+                and m.source.startswith("/dev/"):
+            picked.add(id(m))  # <dir>/.lowers/<dev>-<ino>: an image shared by overlays
     return [m for m in reversed(mounts) if id(m) in picked]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from overlayd.config import DaemonConfig
+from overlayd.host.imagelocks import LinuxImageLocks
 from overlayd.host.linux import LinuxHost
 from overlayd.layout import Layout
 from overlayd.manager import OverlayManager
@@ -32,8 +33,9 @@ class Paths:
     work_dir: str
 
     @classmethod
-    def of(cls, layout: Layout) -> Paths:
-        return cls(str(layout.base), str(layout.lower), str(layout.upper_mount),
+    def of(cls, layout: Layout, rec: Overlay | None = None) -> Paths:
+        lower = layout.lower_of(rec.lowers[0]) if rec is not None else layout.lower
+        return cls(str(layout.base), str(lower), str(layout.upper_mount),
                    str(layout.upper), str(layout.work))
 
 
@@ -53,7 +55,14 @@ class Env:
 
     def paths(self, rec: Overlay) -> Paths:
         """Where REC's parts live (derived, no longer stored in the record)."""
-        return Paths.of(Layout.for_overlay(self.config.runtime_dir, rec.name))
+        return Paths.of(Layout.for_overlay(self.config.runtime_dir, rec.name), rec)
+
+    def drop_locks(self) -> None:
+        """Let go of this process's image locks, as a daemon that died would: the image
+        is another process's to lock now (the tests' child daemons)."""
+        locks = LinuxImageLocks()
+        for dev, ino in locks.held():
+            locks.release(dev, ino)
 
     def fresh_manager(self) -> OverlayManager:
         """A second daemon over the same runtime directory (as after a restart)."""

@@ -3,8 +3,9 @@ child process by test_crash.py. Fault injection around the real LinuxHost: every
 really happens on the kernel, and nothing after the Nth does.
 
     python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N
-ACTION is create, commit, discard or discard-force; N = 0 runs to the end and prints the
-number of calls it made.
+ACTION is create, commit, discard or discard-force, or create-shared or discard-shared
+(another overlay of the image, made beforehand, shares the lower); N = 0 runs to the end
+and prints the number of calls it made.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Counting:
 class CrashingHost:
     def __init__(self, counter: Counter) -> None:
         real = LinuxHost()
-        for port in ("system", "images", "mounts", "files", "layers", "upper", "merge"):
+        for port in ("system", "images", "locks", "mounts", "files", "layers", "upper", "merge"):
             setattr(self, port, Counting(getattr(real, port), counter))
 
 
@@ -68,12 +69,12 @@ async def main(runtime: str, image: str, action: str, kill_at: int) -> None:
                          CrashingHost(counter))  # type: ignore[arg-type]
     await mgr.start()
     counter.armed = True
-    if action == "create":
+    if action in ("create", "create-shared"):
         await mgr.create(parse_spec({"name": "demo", "image": image}))
     elif action == "commit":
         await mgr.commit("demo")
     else:
-        await mgr.discard("demo", force=action == "discard-force")
+        await mgr.discard("demo", force=action == "discard-force")  # or -shared
     await mgr.aclose()
     print(counter.n)
 

@@ -17,7 +17,9 @@ from tests.kernel.conftest import Env
 
 def assert_nothing_left(env: Env, image: Path | None = None) -> None:
     assert helpers.mounts_under(str(env.root)) == []
-    leftovers = [p for p in os.listdir(env.config.runtime_dir) if p != "mnt"]
+    leftovers = [p for p in os.listdir(env.config.runtime_dir) if p not in ("mnt", ".lowers")]
+    if (env.config.runtime_dir / ".lowers").exists():
+        assert os.listdir(env.config.runtime_dir / ".lowers") == [], "a shared lower is left"
     assert leftovers == [], f"runtime directory holds {leftovers}"
     assert os.listdir(env.config.runtime_dir / "mnt") == [] \
         if (env.config.runtime_dir / "mnt").exists() else True

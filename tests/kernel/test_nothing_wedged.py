@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from overlayd.errors import InvalidSpec, OverlayBusy, OverlaydError
+from overlayd.host.mounttable import mount_at
 from overlayd.model import parse_spec
 from tests import helpers
 from tests.kernel.conftest import Env
@@ -21,6 +23,8 @@ from tests.kernel.test_bad_input import assert_nothing_left, create_fails
 def test_the_daemons_own_layers_are_no_image(env: Env, image: Path, part: str) -> None:
     rec = env.create("p", image)
     inside = env.config.runtime_dir / "p" / part if part != "." else env.config.runtime_dir
+    if part == "lower":  # the image mount, shared by the overlays of the image
+        inside = Path(env.paths(rec).lower_dir)
     create_fails(env, {"name": "x", "image": str(inside)}, InvalidSpec, "runtime directory")
     env.run(env.manager.discard("p"))
     assert rec.name == "p"
@@ -36,19 +40,26 @@ def test_an_image_under_the_mount_root_is_user_data(env: Env, image: Path) -> No
     env.run(env.manager.discard("outer"))
 
 
-def test_a_busy_layer_is_named_in_words_not_by_path(env: Env, image: Path) -> None:
+@pytest.mark.parametrize("layer", ["upper", "lower"])
+def test_a_busy_layer_is_named_in_words_not_by_path(env: Env, image: Path, layer: str) -> None:
+    """Discard is all or nothing: the overlay unmounts, a layer under it is busy, so the
+    overlay is mounted back as it was (writes included) and the reply names the holder."""
     rec = env.create("busy", image)
-    upper = env.paths(rec).tmpfs_dir
-    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)  # a shell sitting in the upper
+    (Path(rec.mountpoint) / "mine.txt").write_text("kept\n")
+    held = env.paths(rec).tmpfs_dir if layer == "upper" else env.paths(rec).lower_dir
+    sitter = subprocess.Popen(["sleep", "600"], cwd=held)  # a shell sitting in the layer
     try:
         with pytest.raises(OverlayBusy) as ei:
             env.run(env.manager.discard("busy"))
         text = str(ei.value)
         assert str(env.config.runtime_dir) not in text, text
-        assert "busy" in text
-        assert env.manager.get("busy").state.value == "failed", "unmounted: not active"
+        assert "busy" in text and f"sleep (pid {sitter.pid})" in text, text
+        assert env.manager.get("busy").state.value == "active", "mounted back: active"
+        assert mount_at(rec.mountpoint) is not None
+        assert (Path(rec.mountpoint) / "mine.txt").read_text() == "kept\n"
     finally:
-        os.close(fd)
+        sitter.kill()
+        sitter.wait()
     env.run(env.manager.discard("busy"))
     assert_nothing_left(env, image)
 

@@ -25,6 +25,9 @@ def _install(root: Path) -> None:
     etc = root / "etc/overlayd"
     (etc / "keep.overlay").write_text(f'image = "{INSIDE}/keep.img"\non_stop = "commit"\n')
     (etc / "toss.overlay").write_text(f'image = "{INSIDE}/toss.img"\n')
+    # A boot overlay (mount units, no daemon needed) whose writes must survive poweroff.
+    (etc / "early.overlay").write_text(
+        f'image = "{INSIDE}/early.img"\nboot = true\non_stop = "commit"\n')
 
 
 def _in_image(image: Path, path: str) -> str | None:
@@ -37,7 +40,7 @@ def test_poweroff_runs_each_on_stop(tmp_path: Path) -> None:
     require_system()
     images = tmp_path / "images"
     images.mkdir()
-    for name in ("keep", "toss"):
+    for name in ("keep", "toss", "early"):
         helpers.make_image(images / f"{name}.img", size="32M")
     ct = Container.boot(tmp_path / "ct", machine="overlayd-shutdown", prepare=_install,
                         rw_binds=[f"{images}:{INSIDE}"])
@@ -45,8 +48,14 @@ def test_poweroff_runs_each_on_stop(tmp_path: Path) -> None:
         for name in ("keep", "toss"):
             ct.run("systemctl", "start", f"overlayd@{name}.service")
             ct.run("sh", "-c", f"echo {name} > /run/overlayd/mnt/{name}/{name}.txt")
+        # The generator pulled in overlayd@early (ordered after its mounts), which found
+        # the boot overlay adopted by the daemon.
+        ct.run("systemctl", "is-active", "--quiet", "overlayd@early.service")
+        ct.run("sh", "-c", "echo precious > /run/overlayd/mnt/early/precious.txt")
     finally:
         ct.stop()  # a clean poweroff: every unit stops in order
     assert _in_image(images / "keep.img", "/keep.txt") == "keep\n"
     assert _in_image(images / "toss.img", "/toss.txt") is None
+    # Committed before its mount units were stopped (issue 11: it was lost, silently).
+    assert _in_image(images / "early.img", "/precious.txt") == "precious\n"
     assert not [d for d, b in helpers.attached_loops().items() if b.startswith(str(images))]

@@ -104,6 +104,7 @@ def test_shown() -> None:
     (errors.NoSuchOverlay, ctl.EXIT_NO_SUCH), (AccessDenied, ctl.EXIT_DENIED),
     (InteractiveAuthorizationRequired, ctl.EXIT_DENIED), (errors.OverlayBusy, ctl.EXIT_BUSY),
     (errors.OverlayExists, ctl.EXIT_EXISTS), (errors.MountFailed, ctl.EXIT_FAILED),
+    (errors.ImageInUse, ctl.EXIT_BUSY),
     (errors.OverlaydError, ctl.EXIT_FAILED),
 ])
 def test_exit_codes_come_from_the_table(cls: type[Exception], code: int) -> None:

@@ -239,7 +239,7 @@ def test_record_round_trip(rec: Overlay) -> None:
 
 def test_record_json_is_plain_and_stores_no_derived_paths() -> None:
     data = json.loads(dump_record(record()))
-    assert data["version"] == RECORD_VERSION == 2
+    assert data["version"] == RECORD_VERSION == 3
     assert data["state"] == "active"
     assert data["lowers"][0]["kind"] == "file"
     assert data["merged"]["options"] == ["nosuid", "nodev"]
@@ -272,6 +272,22 @@ def test_version_1_record_is_migrated() -> None:
           "upper_dir": f"{base}/rw/upper", "work_dir": f"{base}/rw/work", "owner_uid": 1000,
           "created_usec": 1_700_000_000_000_000, "error": ""}
     assert load_record(json.dumps(v1).encode()) == record()
+
+
+def test_version_2_record_is_migrated_to_its_own_lower() -> None:
+    """Version 2 knew no shared lowers: its image mount is the overlay's own."""
+    data = json.loads(dump_record(record()))
+    data["version"] = 2
+    del data["lowers"][0]["shared"]
+    loaded = load_record(json.dumps(data).encode())
+    assert loaded == record() and loaded.version == RECORD_VERSION
+    assert not loaded.lowers[0].shared
+
+
+def test_shared_lower_round_trip() -> None:
+    rec = record()
+    rec = rec.evolve(lowers=(rec.lowers[0].model_copy(update={"shared": True}),))
+    assert load_record(dump_record(rec)).lowers[0].shared
 
 
 def test_record_defaults_for_missing_optional_keys() -> None:

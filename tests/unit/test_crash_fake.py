@@ -17,6 +17,7 @@ from overlayd.manager import OverlayManager
 from overlayd.model import OverlayState, parse_spec
 
 IMG = "/srv/disk.img"
+IMG2 = "/srv/other.img"
 RUN = "/run/overlayd"
 WRITES = {"a.txt", "b.txt", "c.txt"}
 
@@ -36,7 +37,7 @@ def daemon(host: FakeHost) -> OverlayManager:
 
 
 def new_host() -> FakeHost:
-    host = FakeHost(image_fstypes={IMG: "ext4"})
+    host = FakeHost(image_fstypes={IMG: "ext4", IMG2: "ext4"})
     host.dirs.add(RUN)
     return host
 
@@ -48,6 +49,19 @@ def with_writes(host: FakeHost) -> OverlayManager:
     return mgr
 
 
+def with_sharer(host: FakeHost) -> OverlayManager:
+    """Another overlay of the same image is live: the lower is shared."""
+    mgr = daemon(host)
+    run(mgr.create(parse_spec({"name": "other", "image": IMG})))
+    return mgr
+
+
+def with_writes_and_sharer(host: FakeHost) -> OverlayManager:
+    mgr = with_writes(host)
+    run(mgr.create(parse_spec({"name": "other", "image": IMG})))
+    return mgr
+
+
 Setup = Callable[[FakeHost], OverlayManager]
 Act = Callable[[OverlayManager], Coroutine[Any, Any, Any]]
 
@@ -56,7 +70,18 @@ PROCEDURES: dict[str, tuple[Setup, Act]] = {
     "commit": (with_writes, lambda m: m.commit("demo")),
     "discard": (with_writes, lambda m: m.discard("demo")),
     "discard-force": (with_writes, lambda m: m.discard("demo", force=True)),
+    # Issue 11: the shared lower's reference count under a kill at every step.
+    "create-shared": (with_sharer,
+                      lambda m: m.create(parse_spec({"name": "demo", "image": IMG}))),
+    "discard-shared": (with_writes_and_sharer, lambda m: m.discard("demo")),
+    "commit-after-sharer": (with_writes_and_sharer, lambda m: _commit_alone(m)),
 }
+
+
+async def _commit_alone(m: OverlayManager) -> None:
+    """The other overlay of the image goes, then the commit runs."""
+    await m.discard("other")
+    await m.commit("demo")
 
 
 def steps_of(proc: str) -> int:
@@ -71,15 +96,31 @@ def steps_of(proc: str) -> int:
 CASES = [(p, k) for p in PROCEDURES for k in range(1, steps_of(p) + 1)]
 
 
+def shared_lowers_in_use(mgr: OverlayManager) -> set[str]:
+    return {f"{RUN}/.lowers/{r.lowers[0].dev}-{r.lowers[0].ino}" for r in mgr.list()
+            if r.lowers[0].shared}
+
+
 def check_nothing_leaked(host: FakeHost, mgr: OverlayManager) -> None:
     live = {r.name for r in mgr.list()}
+    lowers = shared_lowers_in_use(mgr)
     for m in host.mount_table:
+        if m.target.startswith(f"{RUN}/.lowers/"):
+            assert m.target in lowers, f"{m.target} is left mounted with no overlay"
+            continue
         owner = m.source.removeprefix("overlayd-") if m.source.startswith("overlayd-") else \
             m.target.removeprefix(RUN + "/").split("/")[0]
         assert owner in live, f"{m.target} ({m.source}) is left mounted with no overlay"
     in_use = {m.source for m in host.mount_table}
     assert set(host.loops) <= in_use, "a loop device is left attached"
+    held = {(r.lowers[0].dev, r.lowers[0].ino) for r in mgr.list()}
+    assert host.locked == held, "an image lock is left (or missing)"
     for d in host.dirs:
+        if d.startswith(f"{RUN}/.lowers/"):
+            assert d in lowers, f"{d} is left"
+            continue
+        if d == f"{RUN}/.lowers":
+            continue  # shared, like the mount root
         if d.startswith(RUN + "/") and not d.startswith(RUN + "/mnt"):
             assert d.removeprefix(RUN + "/").split("/")[0] in live, f"{d} is left"
         if d.startswith(RUN + "/mnt/"):
@@ -111,13 +152,18 @@ def test_kill_after_every_step(proc: str, step: int) -> None:
         run(act(mgr))
     after = daemon(host.restarted())
     check_nothing_leaked(host, after)
-    if proc == "commit":
+    if proc.startswith("commit"):
         assert writes_kept(host, after) >= WRITES, "a write was lost"
-    elif proc.startswith("discard") and after.list():
+    elif proc.startswith("discard") and "demo" in {r.name for r in after.list()}:
         assert writes_kept(host, after) >= WRITES, "a kept overlay lost its writes"
+    if "other" in {r.name for r in after.list()}:  # the sharer lost nothing to the kill
+        assert after.get("other").state is OverlayState.ACTIVE
+        assert [m for m in host.mount_table if m.target == after.get("other").mountpoint]
     # No name is wedged: it can be discarded (if it came back) and created again.
-    if after.list():
-        run(after.discard("demo", force=True))
+    for rec in after.list():
+        run(after.discard(rec.name, force=True))
+    check_nothing_leaked(host, after)
+    assert host.mount_table == [] and not host.loops and not host.locked
     run(after.create(parse_spec({"name": "demo", "image": IMG})))
     run(after.discard("demo"))
     check_nothing_leaked(host, after)
@@ -152,10 +198,10 @@ def _calls_of_commit() -> list[str]:
 
 
 def _interrupted_host() -> FakeHost:
-    """Two live overlays and a third whose commit died while writing the image."""
+    """A live overlay (of another image) and one whose commit died while writing."""
     host = new_host()
     mgr = with_writes(host)
-    run(mgr.create(parse_spec({"name": "other", "image": IMG})))
+    run(mgr.create(parse_spec({"name": "other", "image": IMG2})))
     host.calls.clear()
     host.crash_at = 1 + _calls_of_commit().index("apply_entry") + 1
     with pytest.raises(Crashed):

@@ -79,7 +79,8 @@ def create_calls() -> list[tuple[str, int]]:
 def settled(host: FakeHost) -> dict[str, Any]:
     return {"mounts": host.mount_table, "loops": host.loops, "loop_fds": host.loop_fds,
             "files": host.file_data, "fds": host.open_fds,
-            "dirs": host.dirs - {"/run/overlayd", "/run/overlayd/mnt"}}
+            "dirs": host.dirs - {"/run/overlayd", "/run/overlayd/mnt", "/run/overlayd/.lowers"},
+            "locks": host.locked}
 
 
 def test_successful_create_makes_every_layer() -> None:
@@ -194,6 +195,33 @@ def test_busy_discard_keeps_the_overlay_until_forced() -> None:
         with pytest.raises(OverlayBusy, match=r"sleep \(pid 42\)"):
             await mgr.discard("demo")
         assert mgr.get("demo").state is OverlayState.ACTIVE
+        await mgr.discard("demo", force=True)
+
+    run(go())
+    assert mgr.list() == [] and host.mount_table == [] and not host.loops
+
+
+@pytest.mark.parametrize("layer", ["/run/overlayd/demo/rw", "/run/overlayd/.lowers/1-3"])
+def test_discard_is_all_or_nothing(layer: str) -> None:
+    """The overlay unmounts, a layer under it is busy: mounted back as it was, OverlayBusy
+    with the holders, state active; only a remount that fails leaves it failed."""
+    host = new_host(busy={layer})
+    mgr = manager(host)
+
+    async def go() -> None:
+        await mgr.start()
+        rec = await mgr.create(spec())
+        host.write_upper("/run/overlayd/demo/rw", "kept.txt")
+        with pytest.raises(OverlayBusy, match=r"sleep \(pid 42\).*mounted again"):
+            await mgr.discard("demo")
+        assert mgr.get("demo").state is OverlayState.ACTIVE
+        assert [m for m in host.mount_table if m.target == rec.mountpoint]
+        assert "kept.txt" in set().union(*host.upper_data.values())
+        host.fail["mount_overlay"] = MountFailed("no remount")
+        with pytest.raises(OverlayBusy, match="could not be mounted again"):
+            await mgr.discard("demo")
+        assert mgr.get("demo").state is OverlayState.FAILED
+        host.fail.clear()
         await mgr.discard("demo", force=True)
 
     run(go())

@@ -55,3 +55,15 @@ def test_the_runtime_dir_passed_in() -> None:
     table = [mount(1, "/tmp/t/run/p/lower", "/dev/loop1", "ext4"),
              mount(2, "/run/overlayd/q/lower", "/dev/loop2", "ext4")]
     assert picked(table, [Path("/tmp/t/run")]) == ["/tmp/t/run/p/lower"]
+
+
+def test_the_shared_image_mounts() -> None:
+    """RUNTIME_DIR/.lowers/DEV-INO: one image mount for all the overlays of an image."""
+    table = [mount(1, "/run/overlayd/.lowers/2049-12", "/dev/loop3", "ext4"),
+             mount(2, "/run/overlayd/a/rw", "overlayd-a"),
+             mount(3, "/var/other/.lowers/2049-13", "/dev/loop4", "ext4"),
+             mount(4, "/var/other/x/rw", "overlayd-x"),
+             mount(5, "/srv/.lowers/2049-14", "/dev/loop5", "ext4"),  # no runtime dir
+             mount(6, "/run/overlayd/.lowers/x", "tmpfs-of-someone", "tmpfs")]
+    assert picked(table) == ["/var/other/x/rw", "/var/other/.lowers/2049-13",
+                             "/run/overlayd/a/rw", "/run/overlayd/.lowers/2049-12"]

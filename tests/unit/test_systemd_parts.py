@@ -324,3 +324,27 @@ def test_instance_unit_does_not_stop_with_the_daemon() -> None:
 def test_bus_activation_points_at_the_unit() -> None:
     text = (REPO / "dbus/org.overlayd.Overlayd1.service").read_text()
     assert "SystemdService=overlayd.service\n" in text
+
+
+def test_generator_orders_the_commit_of_a_boot_overlay_before_its_unmount(
+        tmp_path: Path) -> None:
+    """on_stop = "commit" on a boot overlay: overlayd@NAME is pulled in at boot and ordered
+    after the three mounts, so at shutdown it stops (commits) before they are unmounted."""
+    etc, out, units = tmp_path / "etc", tmp_path / "out", tmp_path / "lib/systemd/system"
+    out.mkdir()
+    units.mkdir(parents=True)
+    _write(etc, "keep-1", 'image = "/img/k.img"\nboot = true\non_stop = "commit"\n')
+    _write(etc, "toss", 'image = "/img/t.img"\nboot = true\n')
+    assert boot.generate(out, DaemonConfig(), (etc,), unit_dir=units) == ["keep-1", "toss"]
+    dropin = out / "overlayd@keep\\x2d1.service.d" / "50-boot-overlay.conf"
+    text = dropin.read_text()
+    assert "After=run-overlayd-keep\\x2d1-lower.mount run-overlayd-keep\\x2d1-rw.mount " \
+        "run-overlayd-mnt-keep\\x2d1.mount" in text
+    assert "Wants=run-overlayd-mnt-keep\\x2d1.mount" in text
+    link = out / "multi-user.target.wants" / "overlayd@keep\\x2d1.service"
+    assert os.readlink(link) == str(units / "overlayd@.service")
+    assert not (out / "overlayd@toss.service.d").exists(), "on_stop = discard: no hook"
+    gen = tmp_path / "lib/systemd/system-generators/overlayd-generator"
+    gen.parent.mkdir()
+    assert boot.unit_dir_of(str(gen)) == units
+    assert boot.unit_dir_of("/elsewhere/overlayd-generator") == boot.DEFAULT_UNIT_DIR
