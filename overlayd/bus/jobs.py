@@ -145,9 +145,6 @@ class JobRunner:
         self.objects: dict[int, JobInterface] = {}
         self.inhibitor = Inhibitor(svc.bus)
 
-    def of_overlay(self, name: str) -> list[JobInterface]:
-        return [self.objects[j.id] for j in self.jobs.of_overlay(name)]
-
     # -- starting and ending ------------------------------------------------------------
 
     def start_commit(self, rec: Overlay, caller: "Caller") -> JobInterface:
