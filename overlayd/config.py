@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from overlayd.errors import InvalidSpec
 from overlayd.model import check_size, parse_size
@@ -39,6 +46,28 @@ class DaemonConfig(BaseModel):
         description="Besides the mount root, where non-root callers may mount overlays "
                     "($USER is the caller's user name).",
     )
+
+    usage_high: int = Field(
+        default=80, ge=1, le=100,
+        description="Percent of an overlay's RAM in use from which its UpperUsage is 'high'.",
+    )
+    usage_critical: int = Field(
+        default=95, ge=1, le=100,
+        description="Percent of an overlay's RAM in use from which its UpperUsage is "
+                    "'critical' ('full' is when no block is left).",
+    )
+    usage_interval: float = Field(
+        default=2.0, ge=0.1, le=3600,
+        description="Seconds between two looks at the usage of every live overlay (one "
+                    "statvfs each).",
+    )
+
+    @model_validator(mode="after")
+    def _usage_order(self) -> DaemonConfig:
+        if self.usage_high > self.usage_critical:
+            raise ValueError(f"usage_high ({self.usage_high}) must not be above "
+                             f"usage_critical ({self.usage_critical})")
+        return self
 
     @field_validator("default_size", mode="before")
     @classmethod
@@ -76,5 +105,7 @@ def load_config(path: Path = DEFAULT_CONFIG, **overrides: Any) -> DaemonConfig:
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
+        if not key:  # a rule between settings
+            raise InvalidSpec(f"Invalid configuration: {msg}.") from None
         raise InvalidSpec(f"Invalid setting '{key}' in the configuration: {msg}.") from None

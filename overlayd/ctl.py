@@ -2,7 +2,11 @@
 
     overlayctl list | status NAME | diff NAME          [--json]
     overlayctl create NAME IMAGE [--mountpoint P] [--size S] [--option O]... [--fstype T]
-    overlayctl commit NAME                    for "root": at shutdown
+    overlayctl commit NAME                    a progress bar on a terminal; Ctrl-C leaves it
+                                              running in overlayd as a job; for "root": at
+                                              shutdown
+    overlayctl jobs [--json]                  the jobs (commits) running now
+    overlayctl cancel JOB|NAME                cancel job JOB, or the commit of overlay NAME
     overlayctl discard NAME [--force]         for "root": at the next reboot
     overlayctl root enable [--size S] | disable   the root on an overlay from the next boot
     overlayctl start NAME | stop NAME         NAME.overlay, for overlayd@NAME.service
@@ -19,6 +23,8 @@ Exit codes (for scripts):
     5  busy: the overlay or its image is in use (OverlayBusy, ImageInUse)
     6  an overlay of that name exists already (OverlayExists)
     7  overlayd cannot be reached
+    8  cancelled (Cancelled): the commit was cancelled, nothing was lost
+  130  interrupted by Ctrl-C; a commit goes on in overlayd as a job
 """
 
 from __future__ import annotations
@@ -31,14 +37,17 @@ import json
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from overlayd import overlayfile
 from overlayd.bus.client import ClientError, OverlaydClient
 from overlayd.bus.errors import AccessDenied, InvalidArgs
+from overlayd.bus.names import JOB_IFACE, job_id_of, overlay_path
 from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import (
+    Cancelled,
     ImageInUse,
     InvalidSpec,
     NoSuchOverlay,
@@ -46,16 +55,19 @@ from overlayd.errors import (
     OverlaydError,
     OverlayExists,
 )
+from overlayd.jobs import human
 from overlayd.model import format_size, parse_size
 from overlayd.render import render
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH, EXIT_DENIED, EXIT_BUSY, EXIT_EXISTS, EXIT_UNREACHABLE = \
     1, 2, 3, 4, 5, 6, 7
+EXIT_CANCELLED, EXIT_INTERRUPTED = 8, 130
 # The exit code of each class of the error table (bus/errors.py ERRORS) that is not
 # EXIT_FAILED; a subclass has its base's (InteractiveAuthorizationRequired: AccessDenied's).
 EXIT_CODES: dict[type[Exception], int] = {
     InvalidArgs: EXIT_USAGE, InvalidSpec: EXIT_USAGE, NoSuchOverlay: EXIT_NO_SUCH,
     AccessDenied: EXIT_DENIED, OverlayBusy: EXIT_BUSY, OverlayExists: EXIT_EXISTS,
+    Cancelled: EXIT_CANCELLED,
     ImageInUse: EXIT_BUSY,
 }
 
@@ -64,8 +76,6 @@ def exit_code(error: type[Exception]) -> int:
     """The exit code for a reply naming ERROR, a class of the error table."""
     return next((EXIT_CODES[c] for c in error.__mro__ if c in EXIT_CODES), EXIT_FAILED)
 
-
-PROGRESS_AFTER = 1.0  # seconds before a commit shows that it is still working
 
 
 def parser() -> argparse.ArgumentParser:
@@ -96,6 +106,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--fstype", help="file system of the image (detected if not given)")
     m = sub.add_parser("commit", parents=[common], help="merge the writes into the image")
     m.add_argument("name")
+    sub.add_parser("jobs", parents=[common, reads], help="list the jobs (commits) running")
+    cj = sub.add_parser("cancel", parents=[common],
+                        help="cancel a job: its number, or the name of the overlay it commits")
+    cj.add_argument("job", metavar="JOB|NAME")
     x = sub.add_parser("discard", parents=[common], help="throw the writes away and unmount")
     x.add_argument("name")
     x.add_argument("--force", action="store_true", help="detach even if files are open in it")
@@ -165,6 +179,8 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
         ("Loop device", p["LoopDevice"] or "-"),
         ("Writes", f"{format_size(p['UpperUsed'])} of {format_size(p['UpperSize'])} in RAM, "
                    f"{p['UpperInodesUsed']} inodes"),
+        ("Usage", f"{p.get('UpperUsage', 'ok')} ({_percent(p['UpperUsed'], p['UpperSize'])} "
+                  "of the RAM for writes)"),
         ("Options", ",".join(p["MountOptions"]) or "-"),
         ("Owner", f"uid {p['OwnerUID']}"),
         ("Created", _since(p["CreatedUSec"])),
@@ -226,7 +242,95 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent(used: int, size: int) -> str:
+    return f"{used * 100 // size}%" if size else "0%"
+
+
+def time_left(end_usec: int) -> str:
+    """'1m 05s' until END_USEC (microseconds since the epoch); '' if not known."""
+    if not end_usec:
+        return ""
+    left = max(0, int(end_usec / 1e6 - time.time()))
+    return f"{left // 60}m {left % 60:02d}s" if left >= 60 else f"{left}s"
+
+
+class CommitView:
+    """What overlayctl commit shows: on a terminal a progress bar (rich) with percent, bytes,
+    rate and time left from the Job; elsewhere one line at the start and one at the end."""
+
+    def __init__(self, name: str, used: int, tty: bool) -> None:
+        self.name = name
+        self.used = used
+        self.tty = tty
+        self.job: int | None = None
+        self.path: str | None = None
+        self.props: dict[str, Any] = {}
+        self.message = ""
+        self.announced = False
+        self._bar: Any = None
+        self._task: Any = None
+
+    def seen(self, path: str, props: dict[str, Any]) -> None:
+        """Our job appeared."""
+        self.path, self.job, self.props = path, job_id_of(path), dict(props)
+        if self.tty:
+            self._start_bar()
+        else:
+            self.announce()
+        self.update({})
+
+    def announce(self) -> None:
+        if not self.announced:
+            self.announced = True
+            job = f" as job {self.job}" if self.job is not None else ""
+            print(f"Committing overlay '{self.name}' ({human(self.used)} in RAM){job}...",
+                  flush=True)
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+        )
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                             TaskProgressColumn(), DownloadColumn(binary_units=True),
+                             TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[left]}"),
+                             console=Console(stderr=True), transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(f"Committing '{self.name}' (job {self.job})",
+                                        total=None, rate="", left="")
+
+    def update(self, changed: dict[str, Any]) -> None:
+        self.props.update(changed)
+        if self._bar is None:
+            return
+        p = self.props
+        total = int(p.get("Bytes", 0)) or None
+        valid = bool(p.get("ProgressValid")) and total is not None
+        rate = int(p.get("Rate", 0))
+        self._bar.update(self._task, total=total if valid else None,
+                         completed=float(p.get("Progress", 0.0)) * total if valid and total
+                         else 0,
+                         rate=f"{human(rate)}/s" if rate else "",
+                         left=f"{time_left(int(p.get('ExpectedEndTime', 0)))} left"
+                         if p.get("ExpectedEndTime") else "")
+
+    def completed(self, message: str) -> None:
+        self.message = message
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
 async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
+    """The blocking Commit (its error names the exit code), drawn from its Job; for the
+    root overlay, a request to commit at shutdown."""
     path = await client.path_of(args.name)
     p = await client.properties(path)
     used = p["UpperUsed"]
@@ -236,19 +340,118 @@ async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
               f"written to {p['Image']} when the system shuts down or reboots. Until then "
               "they are in RAM only; 'overlayctl discard root' cancels.")
         return 0
-    task = asyncio.ensure_future(client.commit(args.name))
-    waited, tty = 0.0, sys.stderr.isatty()
-    while not task.done():
-        await asyncio.wait({task}, timeout=PROGRESS_AFTER)
-        waited += PROGRESS_AFTER
-        if not task.done() and (tty or waited == PROGRESS_AFTER):
-            end = "\r" if tty else "\n"
-            print(f"Committing '{args.name}' ({format_size(used)} in RAM)... {waited:.0f} s",
-                  end=end, file=sys.stderr, flush=True)
-    if waited > PROGRESS_AFTER and tty:
-        print(file=sys.stderr)
-    await task
-    print(f"Committed overlay '{args.name}'.")
+    view = args.view = CommitView(args.name, used, sys.stderr.isatty())
+    uid = os.getuid()
+
+    def on_signal(obj: str, iface: str, member: str, body: list[Any]) -> None:
+        if member == "InterfacesAdded" and view.path is None:
+            job, ifaces = body
+            props = ifaces.get(JOB_IFACE)
+            if props is not None and props.get("Objects") == [path] and \
+                    props.get("StartedByUID") == uid:
+                view.seen(job, props)
+        elif obj == view.path and member == "PropertiesChanged":
+            view.update(body[1])
+        elif obj == view.path and member == "Completed":
+            view.completed(body[1])
+
+    await client.watch_jobs(on_signal)  # before the call: the job is seen from its start
+    try:
+        await client.commit(args.name)
+    finally:
+        view.close()
+    if not view.tty:
+        view.announce()
+    summary = view.message.removeprefix("Committed ").rstrip(".")
+    done = f": {summary}" if summary else ""
+    print(f"Committed overlay '{args.name}'{done}.")
+    return 0
+
+
+def interrupted(args: argparse.Namespace) -> None:
+    """Ctrl-C: say what goes on without us (a commit: in overlayd, as a job)."""
+    view: CommitView | None = getattr(args, "view", None)
+    if view is None:
+        return
+    view.close()
+    if view.job is not None:
+        print(f"overlayctl: the commit of overlay '{view.name}' goes on in overlayd as job "
+              f"{view.job}; to cancel it: overlayctl cancel {view.job}", file=sys.stderr)
+    else:
+        print(f"overlayctl: the commit of overlay '{view.name}' goes on in overlayd; to "
+              f"cancel it: overlayctl cancel {view.name}", file=sys.stderr)
+
+
+async def cmd_jobs(client: OverlaydClient, args: argparse.Namespace) -> int:
+    jobs = await client.jobs()
+    names = {p: n for n, p in await client.overlays()}
+    for j in jobs:
+        j["Overlays"] = [names.get(o, o.rsplit("/", 1)[1]) for o in j.get("Objects", [])]
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    if jobs:
+        header = ("JOB", "OPERATION", "OVERLAY", "PROGRESS", "BYTES", "RATE", "LEFT", "UID")
+        table = []
+        for j in jobs:
+            overlays = ",".join(j["Overlays"])
+            progress = f"{j['Progress'] * 100:.1f}%" if j.get("ProgressValid") else "-"
+            table.append((str(j["Id"]), j["Operation"], overlays, progress,
+                          human(j["Bytes"]) if j.get("Bytes") else "-",
+                          f"{human(j['Rate'])}/s" if j.get("Rate") else "-",
+                          time_left(j.get("ExpectedEndTime", 0)) or "-",
+                          str(j["StartedByUID"])))
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=False)]
+        for line in (header, *table):
+            print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=False)).rstrip())
+        print()
+    print(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} listed.")
+    return 0
+
+
+async def cmd_cancel(client: OverlaydClient, args: argparse.Namespace) -> int:
+    """Cancel job N, or every job of overlay NAME; wait until they have ended."""
+    jobs = await client.jobs()
+    chosen = [j for j in jobs if args.job.isdigit() and j["Id"] == int(args.job)]
+    if not chosen:
+        chosen = [j for j in jobs if overlay_path(args.job) in j.get("Objects", [])]
+    if not chosen:
+        what = f"job {args.job} nor overlay '{args.job}'" if args.job.isdigit() \
+            else f"overlay '{args.job}'"
+        print(f"overlayctl: no job runs for {what}.", file=sys.stderr)
+        return EXIT_NO_SUCH
+    ended: dict[str, tuple[bool, str]] = {}
+    done = asyncio.Event()
+    paths = {j["ObjectPath"] for j in chosen}
+
+    def on_signal(obj: str, iface: str, member: str, body: list[Any]) -> None:
+        if obj in paths and member == "Completed":
+            ended[obj] = (body[0], body[1])
+        elif member == "InterfacesRemoved" and body[0] in paths:
+            ended.setdefault(body[0], (False, ""))
+        if set(ended) >= paths:
+            done.set()
+
+    await client.watch_jobs(on_signal)
+    for j in chosen:
+        try:
+            await client.cancel(j["Id"])
+        except ClientError as e:
+            if "UnknownObject" not in e.name and "UnknownMethod" not in e.name:
+                raise
+            ended.setdefault(j["ObjectPath"], (True, "it had finished"))
+    if set(ended) < paths:
+        await done.wait()
+    names = {p: n for n, p in await client.overlays()}
+    for j in chosen:
+        success, message = ended[j["ObjectPath"]]
+        target = ",".join(f"'{names.get(o, o.rsplit('/', 1)[1])}'" for o in j.get("Objects", []))
+        if success:
+            print(f"Job {j['Id']} ({j['Operation']} of overlay {target}) ended before it "
+                  "could be cancelled.")
+        else:
+            print(f"Cancelled job {j['Id']} ({j['Operation']} of overlay {target}). "
+                  f"{message}".rstrip())
     return 0
 
 
@@ -363,7 +566,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 LOCAL_COMMANDS = {"render": cmd_render, "schema": cmd_schema}  # no bus needed
 COMMANDS = {"list": cmd_list, "status": cmd_status, "diff": cmd_diff, "create": cmd_create,
             "commit": cmd_commit, "discard": cmd_discard, "start": cmd_start, "stop": cmd_stop,
-            "root": cmd_root}
+            "root": cmd_root, "jobs": cmd_jobs, "cancel": cmd_cancel}
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -400,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overlayctl: {e.strerror}: {e.filename}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        interrupted(args)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

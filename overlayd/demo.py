@@ -18,12 +18,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 from overlayd.host.mounttable import read_mounts
 
 BIN = Path(sys.executable).parent
 MANAGER = ["org.overlayd.Overlayd1", "/org/overlayd/Overlayd1", "org.overlayd.Overlayd1.Manager"]
+OVERLAY_PATH = "/org/overlayd/Overlayd1/overlay/demo"
 STEP = 0
 
 
@@ -148,8 +150,15 @@ def story(demo: Demo) -> None:
     step("What changed (overlayctl diff)")
     demo.overlayctl("diff", "demo")
 
-    step("Commit: merge the RAM writes into the image (busctl)")
-    demo.busctl("Commit", "sa{sv}", "demo", "0")
+    step("Commit: merge the RAM writes into the image, as a job (busctl)")
+    job = demo.busctl("StartCommit", "sa{sv}", "demo", "0").split('"')[1]
+    show("(StartCommit answers at once; the job object lives until the commit has ended)")
+    while subprocess.run(["busctl", "--system", "get-property", MANAGER[0], job,
+                          "org.overlayd.Overlayd1.Job", "Progress"], env=demo.env,
+                         capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    demo.run("busctl", "--system", "get-property", MANAGER[0], OVERLAY_PATH,
+             "org.overlayd.Overlayd1.Overlay", "LastError", "UpperUsage")
 
     step("The image now holds the changes (read from the image file)")
     committed = sha(image)

@@ -14,6 +14,7 @@ The class name *is* the suffix of the D-Bus error ``org.overlayd.Overlayd1.Error
     +-- MountFailed          the kernel refused a mount or a loop device
     +-- CommitFailed         the commit stopped; the writes are still in RAM
     +-- ImageInUse           others use the image; ``users`` names them
+    +-- Cancelled            a job was cancelled (Job.Cancel); nothing was lost
 
 Messages are sentences a person can act on: they name the overlay and the path,
 never a Python traceback.
@@ -101,6 +102,11 @@ def describe_users(users: list[str]) -> str:
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
+class Cancelled(OverlaydError):
+    """A job was cancelled at its caller's or another's request (Job.Cancel). Like udisks2's
+    ``Error.Cancelled``: the operation stopped at a safe point and nothing was lost."""
+
+
 ALL_ERRORS: tuple[type[OverlaydError], ...] = (
     OverlaydError,
     NoSuchOverlay,
@@ -112,6 +118,7 @@ ALL_ERRORS: tuple[type[OverlaydError], ...] = (
     MountFailed,
     CommitFailed,
     ImageInUse,
+    Cancelled,
 )
 
 

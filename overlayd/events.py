@@ -22,6 +22,7 @@ class Event(enum.StrEnum):
     STARTED = "started"
     STOPPED = "stopped"
     UNMOUNTED = "unmounted"  # the merged view went from the mount table, not by overlayd
+    USAGE = "usage"  # an overlay's RAM rose to a higher UpperUsage level
 
 
 MESSAGE_IDS: dict[Event, str] = {
@@ -34,6 +35,7 @@ MESSAGE_IDS: dict[Event, str] = {
     Event.STARTED: "a59ad080f043474794ddd4c54c3f9efb",
     Event.STOPPED: "dab053eff374465fa4439c11faa093dd",
     Event.UNMOUNTED: "247acf3d340946fa92612930c06e2da6",
+    Event.USAGE: "bbd012253a82478dad69e048749a6b15",
 }
 
 # syslog's "notice": normal but significant. Expected failures (a refused request, a busy

@@ -38,6 +38,7 @@ from overlayd.errors import (
 from overlayd.events import NOTICE, Event
 from overlayd.host.ports import Host, MountWatch, Progress
 from overlayd.host.rootfs import ROOT_NAME, SIZE_RE, RootFs, RootInfo
+from overlayd.jobs import CancelToken
 from overlayd.layout import Layout, hide_internal_paths
 from overlayd.model import (
     CommitPhase,
@@ -425,9 +426,12 @@ class OverlayManager:
         return rec
 
     async def commit(self, name: str, *, progress: Progress | None = None,
+                     cancel: CancelToken | None = None,
+                     started: Callable[[], None] | None = None,
                      caller_uid: int = 0, created_usec: int | None = None) -> CommitStats:
         """CREATED_USEC, if given, must match: the caller was authorized for that overlay,
-        not for another one of the same name made since."""
+        not for another one of the same name made since. PROGRESS and CANCEL: see
+        engine/commit.py (a job's); STARTED is called once the commit's turn has come."""
         if self.is_root(name):
             rec = self.get(name)
             e: OverlaydError = CommitFailed(
@@ -441,10 +445,13 @@ class OverlayManager:
             rec = self._current(name, created_usec)
             commit_proc.refuse_early(rec, caller_uid)
             self._refuse_shared_commit(rec, caller_uid)
+            if started is not None:
+                started()
             before = rec
             rec = self._move(rec, S.COMMITTING, error="")
             try:
-                done = await self._blocking(self._commit_blocking, rec, progress, caller_uid)
+                done = await self._blocking(self._commit_blocking, rec, progress, caller_uid,
+                                            cancel)
             except OverlaydError as e:  # nothing was unmounted: back as it was
                 self._move(rec, before.state, error=str(e))
                 self._log_failure(rec, "commit", e, caller_uid)
@@ -496,7 +503,8 @@ class OverlayManager:
             raise e
 
     def _commit_blocking(self, rec: Overlay, progress: Progress | None,
-                         caller_uid: int) -> commit_proc.Committed:
+                         caller_uid: int, cancel: CancelToken | None = None
+                         ) -> commit_proc.Committed:
         # Under the image's lock: commits of overlays of one image never overlap, and no
         # create of it starts meanwhile. Nobody else may read it (claim_image).
         key = image_key(rec)
@@ -511,7 +519,7 @@ class OverlayManager:
                     self._save_quietly(rec.evolve(commit_phase=phase))
 
                 return commit_proc.run(self.host, rec, layout, progress, checkpoint,
-                                       as_uid=caller_uid)
+                                       as_uid=caller_uid, cancel=cancel)
             finally:
                 commit_proc.release_image(self.host, rec)
 

@@ -73,7 +73,9 @@ class Authorizer(Protocol):
 
 
 VERBS = {"create": "create overlays", "commit": "commit overlays",
-         "discard": "discard overlays", "manage-others": "act on overlays of other users"}
+         "discard": "discard overlays", "manage-others": "act on overlays of other users",
+         "cancel-job": "cancel one's own jobs",
+         "cancel-job-other-user": "cancel jobs of other users"}
 
 
 class RootOnly:
@@ -109,6 +111,9 @@ MESSAGES = {
                'throw its writes away',
     "manage-others": 'Authentication is required to act on overlay "{overlay}", which another '
                      'user created',
+    "cancel-job": 'Authentication is required to cancel the {operation} of overlay "{overlay}"',
+    "cancel-job-other-user": 'Authentication is required to cancel the {operation} of overlay '
+                             '"{overlay}", which another user started',
 }
 
 
@@ -117,7 +122,7 @@ def polkit_details(action: str, details: dict[str, str]) -> dict[str, str]:
     template = MESSAGES.get(action.removeprefix(ACTION_PREFIX))
     if template is None:
         return dict(details)
-    fields = {"overlay": "", "image": "", "mountpoint": ""} | details
+    fields = {"overlay": "", "image": "", "mountpoint": "", "operation": ""} | details
     return {**details, "polkit.message": template.format(**fields)}
 
 

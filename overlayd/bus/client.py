@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from dbus_next import Message, MessageFlag, MessageType, Variant
@@ -13,9 +14,12 @@ from overlayd.bus.errors import BY_NAME
 from overlayd.bus.names import (
     BUS_NAME,
     DBUS_ERROR_PREFIX,
+    JOB_IFACE,
+    JOB_PREFIX,
     MANAGER_IFACE,
     OVERLAY_IFACE,
     ROOT_PATH,
+    job_path,
 )
 
 CONNECT = "Connect"  # the name of a ClientError for a bus that cannot be reached
@@ -54,6 +58,23 @@ def _spec_variants(spec: dict[str, Any]) -> tuple[dict[str, Variant], list[int]]
         else:
             out[key] = Variant("s", value)
     return out, fds
+
+
+# (object path, interface, member, body with every Variant unwrapped)
+SignalHandler = Callable[[str, str, str, list[Any]], None]
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+
+
+def unwrap(value: Any) -> Any:
+    """VALUE with every Variant in it replaced by its value."""
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
 
 
 class OverlaydClient:
@@ -130,3 +151,45 @@ class OverlaydClient:
     async def diff(self, name: str) -> list[tuple[str, str]]:
         (changes,) = await self.call(await self.path_of(name), OVERLAY_IFACE, "Diff")
         return [(p, k) for p, k in changes]
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def start_commit(self, name: str) -> str:
+        (path,) = await self._manager("StartCommit", "sa{sv}", [name, {}])
+        return str(path)
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Every job's properties, with ObjectPath and Id, by number."""
+        (objects,) = await self.call(ROOT_PATH, OBJECT_MANAGER, "GetManagedObjects")
+        out = []
+        for path, ifaces in objects.items():
+            if JOB_IFACE in ifaces and path.startswith(JOB_PREFIX):
+                props = unwrap(ifaces[JOB_IFACE])
+                out.append(props | {"ObjectPath": path, "Id": int(path[len(JOB_PREFIX):])})
+        return sorted(out, key=lambda j: int(j["Id"]))
+
+    async def cancel(self, job_id: int) -> None:
+        await self.call(job_path(job_id), JOB_IFACE, "Cancel", "a{sv}", [{}])
+
+    async def watch_jobs(self, handler: SignalHandler) -> None:
+        """Call HANDLER with every signal about jobs from now on: InterfacesAdded and
+        InterfacesRemoved (of the manager), PropertiesChanged and Completed (of jobs).
+        The match rules are in place when this returns, so a job started after it is seen
+        from its start."""
+        def on_message(msg: Message) -> None:
+            if msg.message_type is MessageType.SIGNAL and msg.path is not None and \
+                    (msg.path == ROOT_PATH or msg.path.startswith(JOB_PREFIX)):
+                handler(msg.path, msg.interface or "", msg.member or "", unwrap(msg.body))
+
+        self.bus.add_message_handler(on_message)
+        for rule in (f"path='{ROOT_PATH}',interface='{OBJECT_MANAGER}'",
+                     f"path_namespace='{JOB_PREFIX.rstrip('/')}'"):
+            await self.call_bus("AddMatch", "s", [f"type='signal',sender='{BUS_NAME}',{rule}"])
+
+    async def call_bus(self, member: str, signature: str, body: list[Any]) -> list[Any]:
+        reply = await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member=member, signature=signature, body=body))
+        if reply.message_type is MessageType.ERROR:
+            raise ClientError(reply.error_name or "", str(reply.body[0] if reply.body else ""))
+        return list(reply.body)

@@ -30,7 +30,8 @@ dbus-next 0.2.3 (pinned in pyproject.toml) has habits a system service cannot ke
 
 Unix fds received with any message are closed once it is handled: by ``_reply`` for the
 calls our methods serve, by ``_on_message`` for everything else (a Ping or a signal with
-fds attached must not cost the daemon an fd, or any caller could exhaust them).
+fds attached must not cost the daemon an fd, or any caller could exhaust them), except
+the reply to a call the daemon made and waits for, whose caller takes them.
 """
 
 from __future__ import annotations
@@ -160,6 +161,14 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
                                      member="PropertiesChanged", signature="sa{sv}as",
                                      body=[interface, changed, []]))
 
+    def emit_signal(self, path: str, interface: str, member: str, signature: str,
+                    body: list[Any]) -> None:
+        """A signal of the object at PATH, sent without searching the exports."""
+        if self._disconnected:
+            return
+        self.send(Message.new_signal(path=path, interface=interface, member=member,
+                                     signature=signature, body=body))
+
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected:
             return
@@ -189,13 +198,18 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
     # -- serving calls --------------------------------------------------------------------
 
     def _on_message(self, msg: Message) -> None:
+        # The reply to a call of ours keeps its fds: the caller takes them (logind's
+        # inhibitor lock is one) and closes what it does not keep.
+        awaited = msg.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR) and \
+            msg.reply_serial in self._method_return_handlers
         try:
             if msg.message_type is MessageType.METHOD_CALL and msg.interface is None:
                 msg.interface = self._interface_of(msg.path, msg.member)
             super()._on_message(msg)
         finally:
-            _close_all(msg.unix_fds)
-            msg.unix_fds = []
+            if not awaited:
+                _close_all(msg.unix_fds)
+                msg.unix_fds = []
 
     def _interface_of(self, path: str, member: str) -> str | None:
         """The interface at PATH with a method MEMBER (the D-Bus specification leaves the
@@ -248,6 +262,7 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
 
     def _reply(self, msg: Message, method: Any, fut: asyncio.Future[Any],
                send_reply: SendReply, owned: list[int]) -> None:
+        reply: Message | None = None
         try:
             try:
                 result = fut.result()
@@ -256,13 +271,16 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
             except Exception as e:  # the one place where every call's errors end
                 reply = to_dbus(e)._as_message(msg)
             except asyncio.CancelledError:  # the daemon is stopping: no reply to send
-                return
-            send_reply(reply)
+                reply = None
         finally:
+            # Before the reply goes: a caller that has its answer finds the fds it sent
+            # closed already.
             _close_all(owned)
             left = self.in_flight.pop(msg.sender, 1) - 1
             if left:
                 self.in_flight[msg.sender] = left
+        if reply is not None:
+            send_reply(reply)
 
     def _find_message_handler(self, msg: Message) -> Any:
         handler = super()._find_message_handler(msg)

@@ -12,7 +12,7 @@ No ``from __future__ import annotations`` here: dbus-next reads the signature st
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from xml.etree import ElementTree as ET
 
 from dbus_next import Variant
@@ -37,12 +37,14 @@ EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
 class Reading:
-    """One read of an overlay's properties: its record, and the upper's usage if a property
-    asks for it (a statvfs, done at most once)."""
+    """One read of an overlay's properties: its record, the upper's usage if a property
+    asks for it (a statvfs, done at most once), and its UpperUsage level as last seen by
+    the periodic look (bus/usage.py)."""
 
-    def __init__(self, manager: OverlayManager, rec: Overlay) -> None:
+    def __init__(self, manager: OverlayManager, rec: Overlay, level: str = "ok") -> None:
         self.manager = manager
         self.rec = rec
+        self.level = level
 
     @functools.cached_property
     def usage(self) -> UpperUsage:
@@ -73,6 +75,7 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("State", "s", SIGNALLED, lambda r: str(r.rec.state)),
     OverlayProperty("UpperInodesUsed", "t", LIVE, lambda r: r.usage.inodes_used),
     OverlayProperty("UpperSize", "t", CONST, lambda r: r.rec.size),
+    OverlayProperty("UpperUsage", "s", SIGNALLED, lambda r: r.level),
     OverlayProperty("UpperUsed", "t", LIVE, lambda r: r.usage.used),
 )
 SIGNALLED_PROPERTIES = tuple(p for p in PROPERTIES if p.changes == SIGNALLED)
@@ -84,14 +87,15 @@ def property_values(reading: Reading) -> dict[str, Variant]:
     return {p.name: Variant(p.signature, p.read(reading)) for p in PROPERTIES}
 
 
-def signalled_values(manager: OverlayManager, rec: Overlay) -> dict[str, Variant]:
-    reading = Reading(manager, rec)
+def signalled_values(manager: OverlayManager, rec: Overlay, level: str = "ok"
+                     ) -> dict[str, Variant]:
+    reading = Reading(manager, rec, level)
     return {p.name: Variant(p.signature, p.read(reading)) for p in SIGNALLED_PROPERTIES}
 
 
 # dbus-next leaves return values unnamed; the contract (dbus/*.xml) names them.
 OUT_NAMES = {"Create": "overlay", "GetOverlay": "overlay", "ListOverlays": "overlays",
-             "Diff": "changes"}
+             "Diff": "changes", "StartCommit": "job"}
 
 
 def name_out_args(iface: intr.Interface) -> intr.Interface:
@@ -101,10 +105,21 @@ def name_out_args(iface: intr.Interface) -> intr.Interface:
     return iface
 
 
+class Described(Protocol):
+    """What the introspection needs of a property-table entry (Overlay's or Job's)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def signature(self) -> str: ...
+    @property
+    def changes(self) -> str: ...
+
+
 class AnnotatedProperty(intr.Property):  # type: ignore[misc]
     """A read-only property that says how it changes (dbus-next cannot annotate them)."""
 
-    def __init__(self, prop: OverlayProperty) -> None:
+    def __init__(self, prop: Described) -> None:
         super().__init__(prop.name, prop.signature, PropertyAccess.READ)
         self.changes = prop.changes
 
@@ -153,6 +168,10 @@ class ManagerInterface(CheapInterface):
         await self.svc.set_root_at_boot(enabled, options)
 
     @method()
+    async def StartCommit(self, name: "s", options: "a{sv}") -> "o":
+        return await self.svc.start_commit(name, options)
+
+    @method()
     async def GetOverlay(self, name: "s") -> "o":
         return overlay_path(self.svc.lookup(name).name)
 
@@ -193,7 +212,8 @@ class OverlayInterface(CheapInterface):
 
     def reading(self) -> Reading:
         """NoSuchOverlay if it went between the call and the read."""
-        return Reading(self.svc.manager, self.svc.manager.get(self.overlay))
+        return Reading(self.svc.manager, self.svc.manager.get(self.overlay),
+                       self.svc.usage.level(self.overlay))
 
     def property_values(self) -> dict[str, Variant]:
         """Every property at once, for GetAll, InterfacesAdded and GetManagedObjects: one
@@ -211,6 +231,10 @@ class OverlayInterface(CheapInterface):
     @method()
     async def Discard(self, options: "a{sv}"):
         await self.svc.discard(self.overlay, options)
+
+    @method()
+    async def StartCommit(self, options: "a{sv}") -> "o":
+        return await self.svc.start_commit(self.overlay, options)
 
     @method()
     async def Diff(self) -> "a(ss)":

@@ -63,6 +63,7 @@ class BusServer:
         return "the connection was closed"
 
     def stop(self) -> None:
+        self.service.close()
         self.bus.disconnect()
 
 

@@ -9,13 +9,15 @@ changes), then hand over to the OverlayManager. Errors become D-Bus errors in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from dbus_next import Variant
 
 from overlayd.bus.auth import Authorizer, Caller, CallerCache
 from overlayd.bus.connection import OverlaydBus, current_message
-from overlayd.bus.errors import ECHO_LIMIT, AccessDenied, shown
+from overlayd.bus.errors import ECHO_LIMIT, AccessDenied, InvalidArgs, shown
+from overlayd.bus.jobs import JobRunner
 from overlayd.bus.names import (
     ACTION_COMMIT,
     ACTION_CREATE,
@@ -34,6 +36,7 @@ from overlayd.bus.spec import (
     decode_options,
     decode_spec,
 )
+from overlayd.bus.usage import UsageWatch
 from overlayd.errors import NoSuchOverlay
 from overlayd.events import NOTICE, Event
 from overlayd.manager import OverlayManager
@@ -52,24 +55,33 @@ class Service:
         self.manager_iface = ManagerInterface(self)
         self.objects: dict[str, OverlayInterface] = {}
         self.callers = CallerCache()
+        self.jobs = JobRunner(self)
+        self.usage = UsageWatch(manager, manager.config, self._announce)
         manager.subscribe(self._on_change)
 
     def export_all(self) -> None:
         """The manager and every overlay there is, before the name is owned: without
         InterfacesAdded, since nobody can be subscribed to a name nobody owns (clients
-        call GetManagedObjects), and a burst of them is what made restarts fail."""
+        call GetManagedObjects), and a burst of them is what made restarts fail. Then
+        the usage of every overlay is watched."""
         self.bus.export_object(ROOT_PATH, self.manager_iface, announce=False)
         for rec in self.manager.list():
             self._export(rec, announce=False)
+        self.usage.start()
+
+    def close(self) -> None:
+        self.usage.stop()
 
     def _export(self, rec: Overlay, *, announce: bool) -> None:
+        self.usage.look(rec, announce=False)
         obj = self.objects[rec.name] = OverlayInterface(self, rec.name)
-        obj.announced = signalled_values(self.manager, rec)
+        obj.announced = signalled_values(self.manager, rec, self.usage.level(rec.name))
         self.bus.export_object(overlay_path(rec.name), obj, announce=announce)
 
     def _on_change(self, name: str, rec: Overlay | None) -> None:
         obj = self.objects.get(name)
         if rec is None:
+            self.usage.forget(name)
             if obj is not None:
                 del self.objects[name]
                 self.bus.unexport_object(overlay_path(name), obj)
@@ -77,7 +89,16 @@ class Service:
         if obj is None:
             self._export(rec, announce=True)
             return
-        now = signalled_values(self.manager, rec)
+        self.usage.look(rec, announce=False)  # after a commit: ok at once, not in 2 s
+        self._announce(name, rec)
+
+    def _announce(self, name: str, rec: Overlay | None = None) -> None:
+        """PropertiesChanged of what changed in NAME's signalled properties."""
+        obj = self.objects.get(name)
+        if obj is None:
+            return
+        rec = rec if rec is not None else self.manager.get(name)
+        now = signalled_values(self.manager, rec, self.usage.level(name))
         changed = {k: v for k, v in now.items() if obj.announced.get(k) != v}
         obj.announced = now
         if changed:
@@ -123,6 +144,8 @@ class Service:
         return overlay_path(parsed.name)
 
     async def commit(self, name: str, options: dict[str, Variant]) -> None:
+        """As a job others can watch; the caller waits for its end. The root overlay with
+        at_shutdown: recorded for the shutdown, no job."""
         opts = decode_options(options, COMMIT_OPTIONS, "Commit")
         rec = self.lookup(name)
         caller = await self.caller()
@@ -130,7 +153,22 @@ class Service:
         if opts.get("at_shutdown"):
             await self.manager.request_commit_at_shutdown(name, True, caller_uid=caller.uid)
             return
-        await self.manager.commit(name, caller_uid=caller.uid, created_usec=rec.created_usec)
+        job = self.jobs.start_commit(rec, caller)
+        assert job.task is not None
+        # Shielded: a caller gone (or the daemon stopping) does not stop the commit.
+        error = await asyncio.shield(job.task)
+        if error is not None:
+            raise error
+
+    async def start_commit(self, name: str, options: dict[str, Variant]) -> str:
+        """As commit, answering at once with the job's object path."""
+        opts = decode_options(options, COMMIT_OPTIONS, "StartCommit")
+        rec = self.lookup(name)
+        caller = await self.caller()
+        await self.authorize(ACTION_COMMIT, rec, caller)
+        if opts.get("at_shutdown"):  # nothing runs now, so there is no job to watch
+            raise InvalidArgs("StartCommit does not take 'at_shutdown'; use Commit.")
+        return self.jobs.start_commit(rec, caller).path
 
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
         opts = decode_options(options, DISCARD_OPTIONS, "Discard")

@@ -6,6 +6,13 @@ open read-write as that caller.
 Checkpoints (``Checkpoint``) tell the manager how far it got, so that a daemon killed in
 the middle leaves a record recovery can finish from: APPLYING once the image is about to
 be written, APPLIED once every write is in it.
+
+Cancelling (``cancel``, a ``jobs.CancelToken``): asked before the commit starts, nothing
+happens (``Cancelled``); asked while the upper is applied, the apply stops at its next
+safe point (``host/merge.py``: between entries, or within a large file not yet named),
+the image is synced and the commit goes the way of any failure: the upper is kept and
+the overlay mounted again over it (the image, touched, holds part of the changes). Once
+every entry is applied, the commit can no longer be cancelled (the token is sealed).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass, field
 
 from overlayd.engine import steps
 from overlayd.errors import (
+    Cancelled,
     CommitFailed,
     ImageInUse,
     NoSpace,
@@ -24,6 +32,7 @@ from overlayd.errors import (
     describe_users,
 )
 from overlayd.host.ports import Applied, Host, ImageInfo, Progress
+from overlayd.jobs import CancelToken
 from overlayd.layout import Layout
 from overlayd.model import CommitPhase, LowerKind, Overlay
 from overlayd.mountinfo import MountInfo
@@ -59,6 +68,12 @@ class Committed:
             text = (f"Commit of overlay '{self.name}' failed: {self.error} Nothing was lost: "
                     "the writes are still in RAM and the overlay is mounted again; fix the "
                     "cause and commit again.")
+            if isinstance(self.error, Cancelled):
+                part = ("the image holds part of them (commit again to finish)"
+                        if self.image_touched else "the image is unchanged")
+                return Cancelled(f"Commit of overlay '{self.name}' was cancelled. Nothing was "
+                                 "lost: the writes are still in RAM and the overlay is mounted "
+                                 f"again; {part}.")
             return NoSpace(text) if isinstance(self.error, NoSpace) else CommitFailed(text)
         if problems:
             return CommitFailed(f"The changes of overlay '{self.name}' were written to the "
@@ -112,8 +127,12 @@ def release_image(host: Host, rec: Overlay) -> None:
 
 
 def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
-        checkpoint: Checkpoint, *, as_uid: int = 0) -> Committed:
+        checkpoint: Checkpoint, *, as_uid: int = 0, cancel: CancelToken | None = None
+        ) -> Committed:
     refuse_early(rec, as_uid)
+    if cancel is not None and cancel.asked:  # cancelled while it waited its turn
+        raise Cancelled(f"Commit of overlay '{rec.name}' was cancelled before it started; "
+                        "nothing changed.")
     # Open the image both ways before anything changes: a file that can't be opened (or
     # was replaced) fails the commit here, and the way back never depends on the path.
     lower = rec.lowers[0]
@@ -130,7 +149,8 @@ def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
             host.images.close_image(rw)
             raise
     try:
-        return _commit_opened(host, rec, layout, progress, checkpoint, rw, ro, dir_fd)
+        return _commit_opened(host, rec, layout, progress, checkpoint, rw, ro, dir_fd,
+                              cancel)
     finally:
         for info in (rw, ro):
             if info is not None:
@@ -141,7 +161,7 @@ def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
 
 def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
                    checkpoint: Checkpoint, rw: ImageInfo | None, ro: ImageInfo | None,
-                   dir_fd: int | None) -> Committed:
+                   dir_fd: int | None, cancel: CancelToken | None = None) -> Committed:
     # Computed before anything is unmounted: a failure here must leave the overlay up.
     driver = steps.driver_for(host, rec.fstype) if rec.fstype else ""
     try:
@@ -162,11 +182,17 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
             host.mounts.unmount(steps.lower_dir(rec, layout), steps.owns_lower(rec, layout))
             rw_fd = steps.open_lower_detached(host, rec, rw, driver)
             target = f"/proc/self/fd/{rw_fd}/."  # "/.": the directory, not the fd link
+        if cancel is not None:
+            cancel.check()  # the first safe point: nothing written yet
         out.image_touched = True
         out.applied = host.layers.apply_upper(str(layout.upper), target, progress)
+        if cancel is not None:
+            cancel.seal()  # the last safe point: a cancel asked until now stops it here
         host.mounts.syncfs(target)
     except Exception as e:  # whatever happened, the overlay must come back (below)
         out.error = e if isinstance(e, OverlaydError) else CommitFailed(steps.unexpected(e))
+        if isinstance(e, Cancelled) and out.image_touched:
+            _sync_quietly(host, target, out)
     if rw_fd is not None:
         try:
             host.mounts.close_detached(rw_fd)
@@ -174,6 +200,14 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
             out.error = out.error or e
     _restore(host, rec, layout, driver, ro, dir_fd, checkpoint, out)
     return out
+
+
+def _sync_quietly(host: Host, target: str, out: Committed) -> None:
+    """A cancelled apply still syncs what it wrote (a failure to sync is the error)."""
+    try:
+        host.mounts.syncfs(target)
+    except OverlaydError as e:
+        out.error = e
 
 
 def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInfo | None,

@@ -421,10 +421,12 @@ class FakeHost:
         tmpfs, image = self._tmpfs_of(upper), self._image_at(lower)
         writes = sorted(self.upper_data.get(tmpfs, set())) if tmpfs is not None else []
         self._call("apply_upper")
-        for name in writes:
+        for i, name in enumerate(writes, 1):
             self._call("apply_entry")
             if image is not None:
                 self.image_data.setdefault(image, set()).add(name)
+            if progress is not None:  # after each entry, as host/merge.py does
+                progress(i, 0)
         return Applied(len(writes), 0, 0.0)
 
     def diff(self, upper: str, lower: str) -> list[tuple[str, str]]:

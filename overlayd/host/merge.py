@@ -53,6 +53,14 @@ same upper finishes the job: every step is idempotent (an entry already applied 
 simply applied again), which is why a failed or interrupted commit keeps the upper and
 can be tried again.
 
+Progress and cancelling. ``progress(entries, bytes)`` is called after each entry, and
+every ``CHUNK`` bytes while a large file is copied (that file is not counted as an entry
+yet). Both are safe points: an exception raised by ``progress`` (``Cancelled``, when a
+job is cancelled) stops the apply there, and every entry is wholly old or wholly new as
+after a kill, with less left behind: the file being copied has no name yet (an
+``O_TMPFILE`` inode, freed when its fd closes) or a temporary name this process removes,
+and a directory being built under a temporary name is removed too.
+
 A power cut is another matter: nothing here calls fsync per file (that would cost most
 of the throughput), so the file system may persist a name before the data behind it;
 the caller's syncfs at the end of a commit is what makes the whole of it durable.
@@ -87,6 +95,8 @@ TMP_PREFIX = ".overlayd-commit-"
 _TMP_NAME = re.compile(r"\.overlayd-commit-([0-9]+)-[0-9a-f]{8}-[0-9]+\Z")
 _LEGACY_TMP_NAME = re.compile(r"\.overlayd-commit-[0-9]+-[0-9]+\Z")
 Progress = Callable[[int, int], None]  # (entries applied, bytes written)
+# Within a large file, progress is reported (and a cancel honoured) every CHUNK bytes.
+CHUNK = 64 << 20
 # Called with a short label before each change to the image; tests use it to stop the
 # applier at every point (raise, or os._exit in a child process).
 FaultHook = Callable[[str], None]
@@ -213,6 +223,11 @@ class _Applier:
         self.result.bytes += nbytes
         if self.progress is not None:
             self.progress(self.result.entries, self.result.bytes)
+
+    def _partial(self, nbytes: int) -> None:
+        """NBYTES of the file being copied are written; it is not an entry yet."""
+        if self.progress is not None:
+            self.progress(self.result.entries, self.result.bytes + nbytes)
 
     def apply_dir(self, rel: str, path: str, into: _Dir) -> None:
         """Apply the upper directory REL to the image directory at PATH."""
@@ -415,7 +430,7 @@ class _Applier:
         self.step("write")
         sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
-            nbytes = copy_data(sfd, fd, st)
+            nbytes = copy_data(sfd, fd, st, self._partial if self.progress else None)
         finally:
             os.close(sfd)
         self.step("meta")
@@ -489,13 +504,15 @@ class _Applier:
         return ACL_ACCESS in wanted
 
 
-def copy_data(sfd: int, dfd: int, st: os.stat_result) -> int:
-    """Copy a regular file's content, keeping holes; returns bytes written."""
+def copy_data(sfd: int, dfd: int, st: os.stat_result,
+              progress: Callable[[int], None] | None = None) -> int:
+    """Copy a regular file's content, keeping holes; returns bytes written. PROGRESS, if
+    given, is told the bytes written so far every CHUNK bytes (not at the end)."""
     size = st.st_size
     if size == 0:
         return 0
     if st.st_blocks * 512 >= size:  # not sparse: one straight copy
-        return _sendfile(sfd, dfd, 0, size)
+        return _sendfile(sfd, dfd, 0, size, progress)
     written, pos = 0, 0
     while pos < size:
         try:
@@ -506,19 +523,23 @@ def copy_data(sfd: int, dfd: int, st: os.stat_result) -> int:
             raise
         hole = os.lseek(sfd, data, os.SEEK_HOLE)
         os.lseek(dfd, data, os.SEEK_SET)
-        written += _sendfile(sfd, dfd, data, hole - data)
+        written += _sendfile(sfd, dfd, data, hole - data, progress, written)
         pos = hole
     os.ftruncate(dfd, size)
     return written
 
 
-def _sendfile(sfd: int, dfd: int, offset: int, count: int) -> int:
+def _sendfile(sfd: int, dfd: int, offset: int, count: int,
+              progress: Callable[[int], None] | None = None, before: int = 0) -> int:
     done = 0
+    step = CHUNK if progress is not None else 1 << 30
     while done < count:
-        n = os.sendfile(dfd, sfd, offset + done, min(count - done, 1 << 30))
+        n = os.sendfile(dfd, sfd, offset + done, min(count - done, step))
         if n == 0:
             break
         done += n
+        if progress is not None and done < count:
+            progress(before + done)
     return done
 
 

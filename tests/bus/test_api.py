@@ -28,12 +28,13 @@ def interface_shape(xml: str, name: str) -> dict[str, object]:
     root = ET.fromstring(xml)
     iface = next(i for i in root.iter("interface") if i.get("name") == name)
 
-    def args(el: ET.Element) -> list[tuple[str | None, str | None, str | None]]:
-        return [(a.get("name"), a.get("direction", "in"), a.get("type")) for a in el.iter("arg")]
+    def args(el: ET.Element, default: str) -> list[tuple[str | None, str | None, str | None]]:
+        return [(a.get("name"), a.get("direction", default), a.get("type"))
+                for a in el.iter("arg")]
 
-    return {
-        "methods": {m.get("name"): args(m) for m in iface.findall("method")},
-        "signals": {s.get("name"): args(s) for s in iface.findall("signal")},
+    return {  # a signal's arguments are "out", whether the XML says so or not
+        "methods": {m.get("name"): args(m, "in") for m in iface.findall("method")},
+        "signals": {s.get("name"): args(s, "out") for s in iface.findall("signal")},
         "properties": {p.get("name"): (p.get("type"), p.get("access"),
                                        {a.get("name"): a.get("value")
                                         for a in p.findall("annotation")})

@@ -83,8 +83,12 @@ def test_signals_for_objects_and_state(clean: Daemon, root: Path, run: Any) -> N
     added = [s for s in seen if s[1] == "InterfacesAdded"]
     assert added and added[0][0] == "/org/overlayd/Overlayd1" and added[0][2][0] == path
     assert "org.overlayd.Overlayd1.Overlay" in added[0][2][1]
-    removed = [s for s in seen if s[1] == "InterfacesRemoved"]
-    assert removed and removed[0][0] == "/org/overlayd/Overlayd1" and removed[0][2][0] == path
+    removed = [s for s in seen if s[1] == "InterfacesRemoved" and s[2][0] == path]
+    assert removed and removed[0][0] == "/org/overlayd/Overlayd1"
+    jobs = [(s[1], s[2][0]) for s in seen if s[1].startswith("Interfaces") and
+            s[2][0].startswith("/org/overlayd/Overlayd1/job/")]
+    assert [k for k, _ in jobs] == ["InterfacesAdded", "InterfacesRemoved"], \
+        "the commit was a job, announced and removed"
     states = [s[2][1]["State"].value for s in seen
               if s[1] == "PropertiesChanged" and s[0] == path and "State" in s[2][1]]
     assert states[:2] == ["committing", "active"], states

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from overlayd.events import MESSAGE_IDS, Event
 from tests import helpers
+from tests.gate import OpenGate
 from tests.system.container import CommandFailed, Container
 from tests.system.fixtures import container_fixture, make_install
 
@@ -193,6 +195,62 @@ def test_journal_has_the_structured_events(ct: Container) -> None:
     explained = ct.run("journalctl", "--no-pager", "-x", "-o", "short",
                        f"MESSAGE_ID={MESSAGE_IDS[Event.DISCARDED]}").stdout
     assert "Overlay demo discarded" in explained
+
+
+def test_a_running_commit_holds_a_logind_inhibitor(ct: Container) -> None:
+    """While a job runs, a poweroff waits: systemd-inhibit --list shows overlayd's lock
+    (the commit is held at a known file by an OpenGate, from the host), and after the job
+    it is gone."""
+    ct.run("systemd-inhibit", "--list")  # logind is up (D-Bus activation if it was not)
+    busctl(ct, "Create", "sa{sv}", "held", "1", "image", "s", f"{IMAGES}/demo.img")
+    for name in ("a", "m"):
+        ct.run("sh", "-c", f"head -c 1048576 /dev/zero > /run/overlayd/mnt/held/{name}")
+    with OpenGate(ct.root / "run/overlayd/held/rw/upper/m") as gate:
+        job = busctl(ct, "StartCommit", "sa{sv}", "held", "0").stdout.split('"')[1]
+        gate.wait()
+        for _ in range(100):  # the lock is asked for beside the commit, not before it
+            listed = ct.run("systemd-inhibit", "--list", "--no-pager").stdout
+            line = next((ln for ln in listed.splitlines() if "overlayd" in ln), "")
+            if line:
+                break
+            time.sleep(0.05)
+        assert "shutdown:sleep" in line and "block" in line, listed
+        assert "Committing overlay 'held'" in line, listed
+    for _ in range(600):
+        if ct.run("busctl", "--system", "get-property", MANAGER[0], job,
+                  "org.overlayd.Overlayd1.Job", "Progress", check=False).returncode != 0:
+            break
+        time.sleep(0.05)
+    assert image_file(ct, f"{IMAGES}/demo.img", "/m") is not None
+    listed = ct.run("systemd-inhibit", "--list", "--no-pager").stdout
+    assert "overlayd" not in listed, listed
+
+
+def test_filling_an_overlay_logs_each_usage_rise(ct: Container) -> None:
+    busctl(ct, "Create", "sa{sv}", "full", "2", "image", "s", f"{IMAGES}/demo.img",
+           "size", "t", str(8 << 20))
+    path = "/org/overlayd/Overlayd1/overlay/full"
+    # 87.5 %, then 95.3 %, then until ENOSPC; each time until the watch (every 2 s) saw it
+    for name, kib, level in (("x", 7168, "high"), ("y", 640, "critical"), ("z", 8192, "full")):
+        ct.run("sh", "-c", f"dd if=/dev/zero of=/run/overlayd/mnt/full/{name} bs=64K "
+               f"count={kib // 64} status=none", check=level != "full")
+        for _ in range(200):
+            out = ct.run("busctl", "--system", "get-property", MANAGER[0], path,
+                         "org.overlayd.Overlayd1.Overlay", "UpperUsage").stdout
+            if level in out:
+                break
+            time.sleep(0.1)
+        assert level in out
+    entries = journal(ct, f"MESSAGE_ID={MESSAGE_IDS[Event.USAGE]}", "OVERLAYD_NAME=full")
+    assert [e["OVERLAYD_USAGE"] for e in entries] == ["high", "critical", "full"], entries
+    assert [e["PRIORITY"] for e in entries] == ["5", "4", "4"]
+    assert entries[2]["OVERLAYD_UPPER_USED"] == entries[2]["OVERLAYD_UPPER_SIZE"]
+    ct.run("journalctl", "--update-catalog")
+    explained = ct.run("journalctl", "--no-pager", "-x", "-o", "short",
+                       f"MESSAGE_ID={MESSAGE_IDS[Event.USAGE]}").stdout
+    assert "is running out of RAM" in explained
+    busctl(ct, "Discard", "sa{sv}", "full", "0")
+    busctl(ct, "Discard", "sa{sv}", "held", "0")
 
 
 def test_security_score(ct: Container) -> None:

@@ -66,6 +66,10 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     h = Harness(tmp_path)
     yield h
     h.close()
+    left = asyncio.all_tasks(loop)  # the service's periodic usage watch
+    for task in left:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
     loop.close()
     asyncio.set_event_loop(None)
 

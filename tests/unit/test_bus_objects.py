@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -22,6 +22,7 @@ from overlayd.bus.objects import (
     OverlayInterface,
     signalled_values,
 )
+from overlayd.config import DaemonConfig
 from overlayd.errors import NoSuchOverlay
 from overlayd.model import OverlayState, UpperUsage
 
@@ -50,6 +51,7 @@ class StubManager:
     """The part of OverlayManager the bus uses for reading, with usage reads counted."""
 
     def __init__(self, *records: Record) -> None:
+        self.config = DaemonConfig()
         self.records = {r.name: r for r in records}
         self.listeners: list[Callable[[str, Any], None]] = []
         self.usage_reads = 0
@@ -88,9 +90,20 @@ class StubManager:
             fn(name, rec)
 
 
+class StubUsage:
+    """The usage watch's part the objects read: every overlay's level."""
+
+    def __init__(self) -> None:
+        self.levels: dict[str, str] = {}
+
+    def level(self, name: str) -> str:
+        return self.levels.get(name, "ok")
+
+
 @dataclass
 class StubService:
     manager: StubManager
+    usage: StubUsage = field(default_factory=StubUsage)
 
 
 def overlay(manager: StubManager, name: str = "demo") -> OverlayInterface:
@@ -146,7 +159,8 @@ def test_getters_values_and_signalled_values_agree() -> None:
     assert values["UpperUsed"].value == 12288 and values["UpperInodesUsed"].value == 3
     signalled = signalled_values(manager, rec)  # type: ignore[arg-type]
     assert set(signalled) == {p.name for p in PROPERTIES if p.changes == SIGNALLED} \
-        == {"State", "LoopDevice", "HalfCommitted", "LastError", "CommitAtShutdown"}
+        == {"State", "LoopDevice", "HalfCommitted", "LastError", "CommitAtShutdown",
+            "UpperUsage"}
     assert all(signalled[k] == values[k] for k in signalled)
 
 
@@ -179,7 +193,7 @@ def test_the_manager_names_what_it_returns() -> None:
     outs = {m.name: [a.name for a in m.out_args] for m in iface.methods}
     assert outs == {"Create": ["overlay"], "GetOverlay": ["overlay"],
                     "ListOverlays": ["overlays"], "Commit": [], "Discard": [],
-                    "SetRootOverlayAtBoot": []}
+                    "SetRootOverlayAtBoot": [], "StartCommit": ["job"]}
 
 
 def test_the_manager_says_whether_the_root_is_on_an_overlay() -> None:

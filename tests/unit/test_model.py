@@ -366,10 +366,12 @@ def test_spec_full() -> None:
 
 # --- errors ------------------------------------------------------------------------------------
 
+# DESIGN.md's list, plus what later issues added.
 DESIGN_ERROR_NAMES = {
     "NoSuchOverlay", "OverlayExists", "OverlayBusy", "InvalidSpec", "NoSpace", "LimitExceeded",
     "MountFailed", "CommitFailed", "Failed",
     "ImageInUse",  # issue 11: a commit into an image others read, a create over one written
+    "Cancelled",  # issue 12: a cancelled job, udisks2's Error.Cancelled
 }
 
 

@@ -8,6 +8,7 @@ baseline   the util-linux recipe and cp -a + sync, undoing exactly what they mad
 daemon     ``overlayd --standalone`` as a child process, called through OverlaydClient
 measures   the cycle and commit measurements (engine, bus, baseline)
 overlays   many live overlays: scale, latency at 0 and at N, restart, burst
+jobs       commit throughput with a Job and progress vs without; PropertiesChanged per commit
 report     rows, the table and the JSON
 cleanup    undoing everything and checking nothing is left
 """
