@@ -61,6 +61,18 @@ class DaemonConfig(BaseModel):
         description="Seconds between two looks at the usage of every live overlay (one "
                     "statvfs each).",
     )
+    layer_dir: Path = Field(
+        default=Path("/var/lib/overlayd/layers"),
+        description="Where a commit to a layer stores its layer files, in LAYER_DIR/NAME/.",
+    )
+    max_layers: int = Field(
+        default=32, ge=1, le=498,
+        description="Most layer files an overlay may stack above its image (the kernel "
+                    "allows 500 lower layers in all).",
+    )
+
+    def layers_of(self, name: str) -> Path:
+        return self.layer_dir / name
 
     @model_validator(mode="after")
     def _usage_order(self) -> DaemonConfig:

@@ -58,6 +58,15 @@ class Layout:
         return self.shared_lower(lower.dev, lower.ino) if lower.shared else self.lower
 
     @property
+    def layer_mounts(self) -> Path:
+        """Where the overlay's layer files are mounted, one directory each (issue 14)."""
+        return self.base / "layers"
+
+    def layer_mount(self, index: int) -> Path:
+        """Where the layer INDEX (0: the lowest above the image) is mounted."""
+        return self.layer_mounts / str(index)
+
+    @property
     def upper_mount(self) -> Path:
         """Where the upper's own file system is mounted; upper/ and work/ live in it."""
         return self.base / "rw"
@@ -77,7 +86,7 @@ def is_within(path: str | Path, parent: str | Path) -> bool:
     return p == q or p.startswith(q if q.endswith("/") else q + "/")
 
 
-_PART_NAMES = {"lower": "image mount", "rw": "upper", RECORD_NAME: "state record"}
+_PART_NAMES = {"lower": "image mount", "layers": "layer mounts", "rw": "upper", RECORD_NAME: "state record"}
 
 
 def hide_internal_paths(text: str, runtime_dir: Path) -> str:

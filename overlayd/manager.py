@@ -23,6 +23,7 @@ from overlayd.config import DaemonConfig
 from overlayd.engine import commit as commit_proc
 from overlayd.engine import create as create_proc
 from overlayd.engine import diff as diff_proc
+from overlayd.engine import layercommit as layer_proc
 from overlayd.engine import teardown as teardown_proc
 from overlayd.engine.recover import Recovery, adopt_late, recover
 from overlayd.errors import (
@@ -42,6 +43,9 @@ from overlayd.jobs import CancelToken
 from overlayd.layout import Layout, hide_internal_paths
 from overlayd.model import (
     CommitPhase,
+    CommitTarget,
+    Layer,
+    LayerFormat,
     CommitStats,
     DiffEntry,
     Lower,
@@ -428,10 +432,19 @@ class OverlayManager:
     async def commit(self, name: str, *, progress: Progress | None = None,
                      cancel: CancelToken | None = None,
                      started: Callable[[], None] | None = None,
-                     caller_uid: int = 0, created_usec: int | None = None) -> CommitStats:
+                     caller_uid: int = 0, created_usec: int | None = None,
+                     target: CommitTarget | None = None,
+                     layer_format: LayerFormat = LayerFormat.EROFS) -> CommitStats:
         """CREATED_USEC, if given, must match: the caller was authorized for that overlay,
         not for another one of the same name made since. PROGRESS and CANCEL: see
-        engine/commit.py (a job's); STARTED is called once the commit's turn has come."""
+        engine/commit.py (a job's); STARTED is called once the commit's turn has come.
+        TARGET: into the image (the default, unless the overlay stacks layers), or into a
+        new layer file of LAYER_FORMAT (``commit_layer``)."""
+        if target is CommitTarget.LAYER or (target is None and name in self._overlays
+                                             and self._overlays[name].layers):
+            return await self.commit_layer(name, layer_format, progress=progress,
+                                           cancel=cancel, started=started,
+                                           caller_uid=caller_uid, created_usec=created_usec)
         if self.is_root(name):
             rec = self.get(name)
             e: OverlaydError = CommitFailed(
@@ -522,6 +535,71 @@ class OverlayManager:
                                        as_uid=caller_uid, cancel=cancel)
             finally:
                 commit_proc.release_image(self.host, rec)
+
+    async def commit_layer(self, name: str, fmt: LayerFormat = LayerFormat.EROFS, *,
+                           progress: Progress | None = None, cancel: CancelToken | None = None,
+                           started: Callable[[], None] | None = None, caller_uid: int = 0,
+                           created_usec: int | None = None) -> CommitStats:
+        """Commit to a new layer file (engine/layercommit.py): the image is never written."""
+        if self.is_root(name):
+            rec = self.get(name)
+            e: OverlaydError = CommitFailed(
+                f"Overlay '{name}' is the root file system; it cannot be committed to a "
+                "layer while the system runs.")
+            self._log_failure(rec, "commit", e, caller_uid)
+            raise e
+        async with self._lock(name):
+            rec = self._current(name, created_usec)
+            try:
+                layer_proc.check_depth(rec, self.config)
+            except OverlaydError as e:
+                self._log_failure(rec, "commit", e, caller_uid)
+                raise
+            if started is not None:
+                started()
+            before = rec
+            rec = self._move(rec, S.COMMITTING, error="")
+            try:
+                done = await self._blocking(self._commit_layer_blocking, rec, fmt, progress,
+                                            cancel)
+            except OverlaydError as e:  # nothing was unmounted: back as it was
+                self._move(rec, before.state, error=str(e))
+                self._log_failure(rec, "commit", e, caller_uid)
+                await self._blocking(self._save_quietly, self.get(name))
+                raise
+            error = done.outcome_error(self.upper_dir(name))
+            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED,
+                             error=str(error) if error else "", layers=done.layers,
+                             commit_phase=CommitPhase.NONE, pending_layer="")
+            await self._blocking(self._save_quietly, rec)
+            self._in_background(done.free_old_upper)
+            if error is not None:
+                self._log_failure(rec, "commit", error, caller_uid)
+                raise error
+        applied = done.applied
+        assert applied is not None
+        stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
+        log.info("Committed overlay '%s' to the layer '%s': %d entries, %d bytes in %.3f s.",
+                 name, rec.layers[-1].path, stats.entries, stats.bytes, stats.seconds,
+                 extra=_fields(rec, Event.COMMITTED, uid=caller_uid,
+                               OVERLAYD_ENTRIES=stats.entries, OVERLAYD_BYTES=stats.bytes,
+                               OVERLAYD_SECONDS=f"{stats.seconds:.6f}",
+                               OVERLAYD_LAYER=rec.layers[-1].path))
+        return stats
+
+    def _commit_layer_blocking(self, rec: Overlay, fmt: LayerFormat,
+                               progress: Progress | None, cancel: CancelToken | None
+                               ) -> layer_proc.Layered:
+        def checkpoint(phase: CommitPhase, layers: tuple[Layer, ...], pending: str) -> None:
+            # Not quietly: the record must name the layer before the upper may go.
+            self.store.save(rec.evolve(commit_phase=phase, layers=layers,
+                                       pending_layer=pending))
+
+        done = layer_proc.run(self.host, rec, self._layout(rec.name), self.config, fmt,
+                              checkpoint, cancel=cancel)
+        if progress is not None and done.applied is not None and done.error is None:
+            progress(done.applied.entries, done.applied.bytes)
+        return done
 
     def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:
         log.log(_failure_level(e), "Failed to %s overlay '%s': %s", action, rec.name, e,

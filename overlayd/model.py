@@ -116,6 +116,15 @@ class SpecSettings(BaseModel):
     mount_options: tuple[str, ...] = Field(
         default=(), description="Options of the merged mount: " + ", ".join(ALLOWED_MOUNT_OPTIONS)
     )
+    layers: tuple[str, ...] = Field(
+        default=(), description="Layer files (erofs or squashfs, e.g. made by a commit to a "
+                                "layer) stacked above the image, lowest first.",
+    )
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, v: Any) -> Any:
+        return check_layer_paths(v)
 
     @field_validator("image")
     @classmethod
@@ -218,6 +227,9 @@ class CommitPhase(enum.StrEnum):
     NONE = ""
     APPLYING = "applying"  # the image is open read-write and is being written
     APPLIED = "applied"  # every write reached the image; the upper is being renewed
+    # A commit to a layer (engine/layercommit.py) is writing the record's PENDING_LAYER
+    # file; until the record names it among its layers the writes are only in the upper.
+    LAYERING = "layering"
 
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
@@ -265,7 +277,45 @@ class Merged(BaseModel):
     options: tuple[str, ...] = ()
 
 
-RECORD_VERSION = 3
+class LayerFormat(enum.StrEnum):
+    """The file system of a layer file made by a commit to a layer."""
+
+    EROFS = "erofs"  # exact: nanosecond mtimes, every xattr namespace (the default)
+    SQUASHFS = "squashfs"  # smaller; mtimes in whole seconds, no ACLs (refused)
+
+
+class CommitTarget(enum.StrEnum):
+    IMAGE = "image"  # merge the writes into the image in place (engine/commit.py)
+    LAYER = "layer"  # write them as a new read-only layer file (engine/layercommit.py)
+
+
+class Layer(BaseModel):
+    """A read-only layer file stacked between the image and the upper (issue 14): an erofs
+    or squashfs image, attached to a read-only loop device and mounted at
+    ``Layout.layer_mount(index)``. The record's ``layers`` are lowest first."""
+
+    model_config = _FROZEN
+
+    path: str
+    dev: int = 0
+    ino: int = 0
+    fstype: str = ""
+    loop_device: str = ""
+
+
+def check_layer_paths(v: Any) -> Any:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list | tuple) or not all(isinstance(p, str) for p in v):
+        raise ValueError("layers are a list of absolute paths of layer files, lowest first")
+    for p in v:
+        _check_abs_path(p, "layer")
+    if len(set(v)) != len(v):
+        raise ValueError("a layer file is listed twice")
+    return tuple(v)
+
+
+RECORD_VERSION = 4
 
 
 class Overlay(BaseModel):
@@ -292,6 +342,10 @@ class Overlay(BaseModel):
     # are still in the upper). Cleared by the next successful commit.
     half_committed: bool = False
     error: str = ""
+    # Layer files between the image and the upper, lowest first (issue 14).
+    layers: tuple[Layer, ...] = ()
+    # The layer file a commit to a layer is writing (phase LAYERING): not in use yet.
+    pending_layer: str = ""
 
     def evolve(self, **changes: Any) -> Overlay:
         return self.model_copy(update=changes)

@@ -49,6 +49,8 @@ def load_record(data: bytes) -> Overlay:
         raw = _from_v1(raw)
     elif version == 2:
         raw = _from_v2(raw)
+    elif version == 3:
+        raw = {**raw, "version": RECORD_VERSION}  # version 4 added layers (none then)
     try:
         return Overlay.model_validate(raw)
     except ValidationError as e:

@@ -84,10 +84,15 @@ class Committed:
 
 def refuse_early(rec: Overlay, as_uid: int) -> None:
     """What makes a commit impossible before anything is touched."""
+    if rec.layers:
+        raise CommitFailed(f"Overlay '{rec.name}' stacks layer files above its image; "
+                           "merging its writes into the image under them would change what "
+                           "they mean. Commit with target 'layer'. Nothing was changed.")
     if rec.fstype in READ_ONLY_FSTYPES:
         raise CommitFailed(f"Overlay '{rec.name}' cannot be committed: its image holds "
                            f"{rec.fstype}, which is read-only by design. The writes stay in RAM; "
-                           "Diff lists them, and Discard throws them away.")
+                           "commit them to a layer (option target 'layer'), or Discard "
+                           "throws them away.")
     if as_uid != 0 and rec.image_kind is LowerKind.DIRECTORY:
         raise CommitFailed(f"Only root may commit overlay '{rec.name}': its lower is the "
                            f"directory '{rec.image}', and overlayd would write into it as root.")

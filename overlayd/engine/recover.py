@@ -14,7 +14,12 @@ Where a killed procedure leaves things, and what recovery does:
     APPLYING also marks the overlay half-committed.
   - phase APPLIED (every write is in the image): a fresh upper (whatever the old one's
     state), the image read-only, the overlay back up.
+  - phase LAYERING (a commit to a layer, engine/layercommit.py, before its record named
+    the new layer): the pending layer file and its mount go; then as phase NONE.
+    A commit to a layer that recorded its layer is in phase APPLIED: the layer is stacked
+    and the overlay comes back over a fresh upper.
 - Discard (record DISCARDING): finish the teardown, remove.
+Layer files the record names are mounted where missing (``steps.ensure_layers``).
 """
 
 from __future__ import annotations
@@ -148,6 +153,13 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
         m = top.get(path)
         return m is not None and owned(m)
 
+    if rec.commit_phase is CommitPhase.LAYERING:
+        # A commit to a layer died before its record named the layer: whole or not, the
+        # file is not in use, and the writes are still in the upper. Away with it.
+        steps.drop_layers(host, layout, lazy=True, keep=len(rec.layers))
+        if rec.pending_layer:
+            host.layerfiles.remove(rec.pending_layer)
+        rec = rec.evolve(commit_phase=CommitPhase.NONE, pending_layer="")
     upper_mount = str(layout.upper_mount)
     upper_alive = mounted(upper_mount, host.upper.owns(rec.name))
     applied = rec.state is OverlayState.COMMITTING and rec.commit_phase is CommitPhase.APPLIED
@@ -171,7 +183,7 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
         if not lower_ok:  # never seen: overlay up over a read-write image. Hands off.
             raise MountFailed(f"Overlay '{rec.name}' is mounted but its image is not mounted "
                                "read-only; leaving it as it is for an admin to look at.")
-        result.adopted.append(_settled(rec, half=False))
+        result.adopted.append(_settled(steps.ensure_layers(host, rec, layout), half=False))
         return
     # An interrupted commit, or the overlay unmounted behind our back: the writes are in
     # the upper (or, past APPLIED, in the image), so bring the overlay back over the
@@ -193,12 +205,13 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
             device = steps.mount_lower(host, rec, layout, info, driver, read_only=True)
         finally:
             host.images.close_image(info)
+    rec = steps.ensure_layers(host, rec, layout)
     if applied:
         if upper_alive:
             host.mounts.unmount(upper_mount, host.upper.owns(rec.name))
         host.upper.make(rec.name, upper_mount, rec.size)
-        host.layers.prepare_upper(steps.lower_sources(rec, layout)[0] if rec.image_kind
-                                  is not LowerKind.DIRECTORY else rec.image,
+        host.layers.prepare_upper(steps.stack_sources(rec, layout)[0] if rec.image_kind
+                                  is not LowerKind.DIRECTORY or rec.layers else rec.image,
                                   str(layout.upper), str(layout.work))
     steps.mount_merged_checked(host, rec, layout)
     half = rec.state is OverlayState.COMMITTING and rec.commit_phase is CommitPhase.APPLYING
@@ -214,7 +227,8 @@ def _settled(rec: Overlay, *, half: bool) -> Overlay:
     """REC as recovery leaves it (the manager makes it ACTIVE): no commit under way;
     half-committed if a commit stopped while writing the image (or an earlier one did and
     none has finished since)."""
-    return rec.evolve(commit_phase=CommitPhase.NONE, half_committed=rec.half_committed or half)
+    return rec.evolve(commit_phase=CommitPhase.NONE, pending_layer="",
+                      half_committed=rec.half_committed or half)
 
 
 def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from overlayd import checks
-from overlayd.errors import OverlaydError
+from overlayd.errors import MountFailed, OverlaydError
 from overlayd.host.ports import Host, ImageInfo, Owned
 from overlayd.layout import Layout
-from overlayd.model import LowerKind, Overlay
+from overlayd.model import Layer, LowerKind, Overlay
 from overlayd.mountinfo import MountInfo
 from overlayd.rollback import Rollback
 
@@ -40,6 +40,70 @@ def lower_sources(rec: Overlay, layout: Layout, dir_fd: int | None = None) -> li
     if rec.image_kind is not LowerKind.DIRECTORY:
         return [lower_dir(rec, layout)]
     return [f"/proc/self/fd/{dir_fd}" if dir_fd is not None else rec.image]
+
+
+def stack_sources(rec: Overlay, layout: Layout, dir_fd: int | None = None) -> list[str]:
+    """Every lowerdir of the merged mount, top first: the layer files' mounts (the newest
+    on top), then the image (issue 14)."""
+    layers = [str(layout.layer_mount(i)) for i in reversed(range(len(rec.layers)))]
+    return layers + lower_sources(rec, layout, dir_fd)
+
+
+def owns_layer(layout: Layout, index: int) -> Owned:
+    """A layer mount sits in the overlay's private directory, from a loop device."""
+    target = str(layout.layer_mount(index))
+    return lambda m: m.target == target and m.source.startswith("/dev/loop")
+
+
+def mount_layer(host: Host, layer: Layer, layout: Layout, index: int) -> str:
+    """Mount the layer file LAYER read-only at its place (made if missing) through a
+    read-only loop device (autoclear); the loop device. Checked to be the same file."""
+    target = str(layout.layer_mount(index))
+    for d in (str(layout.layer_mounts), target):
+        if host.files.path_kind(d) == "missing":
+            host.files.make_dir(d, 0o700)
+    info = host.images.open_image(layer.path, None)
+    try:
+        if layer.dev and (info.dev, info.ino) != (layer.dev, layer.ino):
+            raise MountFailed(f"The layer file '{layer.path}' was replaced; refusing to "
+                              "stack another file in its place.")
+        loop = host.images.attach_loop(info, read_only=True, name=info.path)
+        try:
+            host.mounts.mount_fs(loop.path, target, layer.fstype or "erofs", read_only=True)
+        finally:
+            loop.release()
+        return loop.path
+    finally:
+        host.images.close_image(info)
+
+
+def ensure_layers(host: Host, rec: Overlay, layout: Layout) -> Overlay:
+    """REC with every layer file mounted (those not mounted yet are mounted now)."""
+    layers = list(rec.layers)
+    for i, layer in enumerate(rec.layers):
+        found = host.mounts.at(str(layout.layer_mount(i)))
+        if found is not None and owns_layer(layout, i)(found):
+            continue
+        layers[i] = layer.model_copy(update={"loop_device": mount_layer(host, layer, layout, i)})
+    return rec.evolve(layers=tuple(layers))
+
+
+def drop_layers(host: Host, layout: Layout, *, lazy: bool, keep: int = 0) -> None:
+    """Unmount the layer mounts from index KEEP up, and remove their directories (all of
+    them and the parent with KEEP 0). What is there is asked of the directory, so a
+    mount a killed commit made before its record named it goes too."""
+    parent = str(layout.layer_mounts)
+    if host.files.path_kind(parent) != "directory":
+        return
+    for entry in host.files.list_dir(parent):
+        if not entry.isdigit() or int(entry) < keep:
+            continue
+        index = int(entry)
+        host.mounts.unmount(str(layout.layer_mount(index)), owns_layer(layout, index),
+                            lazy=lazy)
+        host.files.remove_dir(str(layout.layer_mount(index)))
+    if keep == 0:
+        host.files.remove_dir(parent)
 
 
 def driver_for(host: Host, fstype: str) -> str:
@@ -111,7 +175,7 @@ def open_lower_detached(host: Host, rec: Overlay, info: ImageInfo, driver: str) 
 
 def mount_merged(host: Host, rec: Overlay, layout: Layout, dir_fd: int | None = None,
                  target_fd: int | None = None) -> None:
-    host.merge.mount(rec.name, rec.mountpoint, lowers=lower_sources(rec, layout, dir_fd),
+    host.merge.mount(rec.name, rec.mountpoint, lowers=stack_sources(rec, layout, dir_fd),
                      upper=str(layout.upper), work=str(layout.work),
                      options=rec.mount_options, target_fd=target_fd)
 

@@ -54,6 +54,9 @@ def run(host: Host, rec: Overlay, layout: Layout, *, force: bool,
     except OverlaydError as e:
         return Stopped(e, was_up)
     try:
+        # The layer files' mounts (issue 14): private, read-only, and used by nothing but
+        # the overlay, which is gone; detached so that a copy elsewhere cannot stop us.
+        steps.drop_layers(host, layout, lazy=True)
         steps.remove_dirs(host, rec, layout)
     except OverlaydError as e:
         return Stopped(e, True)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlayd.errors import InvalidSpec, MountFailed, OverlayBusy, OverlaydError
+from overlayd.errors import Cancelled, InvalidSpec, MountFailed, OverlayBusy, OverlaydError
 from overlayd.host.ports import Applied, ImageInfo, Owned, Progress
 from overlayd.layout import TEMP_SUFFIX, mount_source
 from overlayd.model import LowerKind, UpperKind, UpperUsage
@@ -102,6 +102,7 @@ class FakeHost:
     mounts = system
     files = system
     layers = system
+    layerfiles = system
     upper = system
     merge = system
 
@@ -438,3 +439,43 @@ class FakeHost:
         """PATH and every directory below it (KEEP_TOP: only those below)."""
         self.dirs = {d for d in self.dirs
                      if not d.startswith(path + "/") and (keep_top or d != path)}
+
+    # -- LayerFiles -----------------------------------------------------------------------
+
+    def prepare_dir(self, directory: str) -> None:
+        self._call("prepare_layer_dir")
+        parts = directory.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            self.dirs.add("/" + "/".join(parts[:i]))
+
+    def next_path(self, directory: str, fmt: str) -> str:
+        numbers = [int(os.path.basename(p).split(".")[0]) for p in self.file_data
+                   if os.path.dirname(p) == directory
+                   and os.path.basename(p).split(".")[0].isdigit()]
+        return f"{directory}/{max(numbers, default=0) + 1:04d}.{fmt}"
+
+    def build(self, upper: str, path: str, fmt: str,
+              cancelled: Callable[[], bool] | None = None) -> Applied:
+        """The tool writes the temporary (a kill leaves it), then it is renamed."""
+        tmpfs = self._tmpfs_of(upper)
+        writes = set(self.upper_data.get(tmpfs, set())) if tmpfs is not None else set()
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
+        self._call("build_layer")
+        self.file_data[tmp] = b"half"
+        if cancelled is not None and cancelled():
+            del self.file_data[tmp]
+            raise Cancelled("The commit was cancelled while the layer was written.")
+        self._call("rename_layer")
+        del self.file_data[tmp]
+        self.file_data[path] = b"layer"
+        self.image_fstypes[path] = fmt
+        self.image_data[path] = writes
+        return Applied(len(writes), 0, 0.0)
+
+    def remove(self, path: str) -> None:
+        self._call("remove_layer")
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
+        for p in (tmp, path):
+            self.file_data.pop(p, None)
+        self.image_fstypes.pop(path, None)
+        self.image_data.pop(path, None)

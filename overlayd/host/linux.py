@@ -13,6 +13,7 @@ from overlayd.host.errors import Op, map_os_errors
 from overlayd.host.files import LinuxFiles
 from overlayd.host.imagelocks import LinuxImageLocks
 from overlayd.host.images import LinuxImages
+from overlayd.host.layerfiles import LinuxLayerFiles
 from overlayd.host.layers import LinuxLayers
 from overlayd.host.mounts import LinuxMounts
 from overlayd.host.overlaymount import KernelOverlay
@@ -47,5 +48,6 @@ class LinuxHost:
         self.mounts = LinuxMounts()
         self.files = LinuxFiles()
         self.layers = LinuxLayers()
+        self.layerfiles = LinuxLayerFiles()
         self.upper = TmpfsUpper()
         self.merge = KernelOverlay()

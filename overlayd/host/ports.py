@@ -138,6 +138,22 @@ class Layers(Protocol):
     def diff(self, upper: str, lower: str) -> list[tuple[str, str]]: ...
 
 
+class LayerFiles(Protocol):
+    """Layer files (issue 14): an upper written as a read-only erofs or squashfs image.
+
+    ``build`` leaves only the overlayfs format in the upper (drops the overlay's private
+    bookkeeping xattrs, keeps whiteouts, opaque markers and escaped names), runs the tool
+    into PATH's temporary name, fsyncs it, renames it to PATH and fsyncs the directory:
+    PATH exists only whole. ``temporary`` is that name; ``remove`` takes PATH and its
+    temporary away (quietly when missing). CANCELLED is polled while the tool runs."""
+
+    def prepare_dir(self, directory: str) -> None: ...
+    def next_path(self, directory: str, fmt: str) -> str: ...
+    def build(self, upper: str, path: str, fmt: str,
+              cancelled: Callable[[], bool] | None = None) -> Applied: ...
+    def remove(self, path: str) -> None: ...
+
+
 class UpperBackend(Protocol):
     """The file system that takes the writes, mounted at Layout.upper_mount."""
 
@@ -171,6 +187,8 @@ class Host(Protocol):
     def files(self) -> StateFiles: ...
     @property
     def layers(self) -> Layers: ...
+    @property
+    def layerfiles(self) -> LayerFiles: ...
     @property
     def upper(self) -> UpperBackend: ...
     @property

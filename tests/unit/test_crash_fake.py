@@ -14,11 +14,12 @@ import pytest
 from overlayd.config import DaemonConfig
 from overlayd.host.fake import Crashed, FakeHost
 from overlayd.manager import OverlayManager
-from overlayd.model import OverlayState, parse_spec
+from overlayd.model import CommitTarget, OverlayState, parse_spec
 
 IMG = "/srv/disk.img"
 IMG2 = "/srv/other.img"
 RUN = "/run/overlayd"
+LAYERS = "/var/lib/overlayd/layers"
 WRITES = {"a.txt", "b.txt", "c.txt"}
 
 
@@ -75,7 +76,23 @@ PROCEDURES: dict[str, tuple[Setup, Act]] = {
                       lambda m: m.create(parse_spec({"name": "demo", "image": IMG}))),
     "discard-shared": (with_writes_and_sharer, lambda m: m.discard("demo")),
     "commit-after-sharer": (with_writes_and_sharer, lambda m: _commit_alone(m)),
+    # Issue 14: a commit to a layer, alone, on a shared image, and as a second layer.
+    "commit-layer": (with_writes, lambda m: m.commit("demo", target=CommitTarget.LAYER)),
+    "commit-layer-shared": (with_writes_and_sharer,
+                            lambda m: m.commit("demo", target=CommitTarget.LAYER)),
+    "commit-layer-second": (lambda h: with_a_layer(h),
+                            lambda m: m.commit("demo", target=CommitTarget.LAYER)),
 }
+
+MORE = {"d.txt", "e.txt"}
+
+
+def with_a_layer(host: FakeHost) -> OverlayManager:
+    """One layer stacked already (holding WRITES), and more writes in RAM."""
+    mgr = with_writes(host)
+    run(mgr.commit("demo", target=CommitTarget.LAYER))
+    host.write_upper(f"{RUN}/demo/rw", *MORE)
+    return mgr
 
 
 async def _commit_alone(m: OverlayManager) -> None:
@@ -125,7 +142,14 @@ def check_nothing_leaked(host: FakeHost, mgr: OverlayManager) -> None:
             assert d.removeprefix(RUN + "/").split("/")[0] in live, f"{d} is left"
         if d.startswith(RUN + "/mnt/"):
             assert d.removeprefix(RUN + "/mnt/") in live, f"{d} is left"
+    stacked = {layer.path for r in mgr.list() for layer in r.layers}
     for f in host.file_data:
+        if f.startswith(LAYERS + "/"):
+            # No half layer, and none that a live overlay of that name does not stack.
+            assert not f.endswith(".tmp"), f"the half-made layer {f} is left"
+            owner = f.removeprefix(LAYERS + "/").split("/")[0]
+            assert owner not in live or f in stacked, f"the unstacked layer {f} is left"
+            continue
         assert f.removeprefix(RUN + "/").split("/")[0] in live, f"{f} is left"
 
 
@@ -138,6 +162,10 @@ def writes_kept(host: FakeHost, mgr: OverlayManager) -> set[str]:
         overlay = [m for m in host.mount_table if m.target == rec.mountpoint]
         assert upper and overlay, "a listed overlay is mounted"
         kept |= host.upper_data[upper[-1].mount_id]
+        for layer in rec.layers:  # a stacked layer is mounted, and holds its writes
+            assert [m for m in host.mount_table if m.source == layer.loop_device
+                    and host.loops.get(m.source) == layer.path], f"{layer.path} unmounted"
+            kept |= host.image_data[layer.path]
     return kept
 
 
@@ -154,6 +182,9 @@ def test_kill_after_every_step(proc: str, step: int) -> None:
     check_nothing_leaked(host, after)
     if proc.startswith("commit"):
         assert writes_kept(host, after) >= WRITES, "a write was lost"
+    if proc == "commit-layer-second":
+        assert writes_kept(host, after) >= WRITES | MORE, "a write was lost"
+        assert len(after.get("demo").layers) in (1, 2)
     elif proc.startswith("discard") and "demo" in {r.name for r in after.list()}:
         assert writes_kept(host, after) >= WRITES, "a kept overlay lost its writes"
     if "other" in {r.name for r in after.list()}:  # the sharer lost nothing to the kill

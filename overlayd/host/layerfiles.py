@@ -1,0 +1,203 @@
+"""Layer files (issue 14): an upper written as a read-only erofs or squashfs image by
+``mkfs.erofs`` or ``mksquashfs``, whole or not at all.
+
+What goes in is the upper as overlayfs wrote it, so that, stacked as a middle lower, the
+layer shows exactly what the merged view showed (``../shared/research/anchors-2.md``
+B9, B10, F Q4): whiteouts (character devices 0/0, hard-linked or not; zero-size files
+with ``trusted.overlay.whiteout``), opaque directories (``trusted.overlay.opaque``),
+escaped names (``trusted.overlay.overlay.*``, which the kernel shows unescaped), and every
+other xattr, owner, mode, time, device and link. Both tools keep every
+``trusted.overlay.*`` xattr they find (measured: erofs-utils 1.5 has no
+``--ovlfs-strip``, mksquashfs 4.5.1 no ``-xattrs-exclude``), so the overlay's private
+bookkeeping (``origin``, ``impure``, ``nlink``, ``upper``, ``uuid``, ``metacopy``,
+``redirect``, ...: pointers into layers that mean nothing elsewhere) is removed from the
+upper first. The upper is not mounted then (a commit unmounted the overlay), and the
+kernel needs none of it back: with ``index=off,redirect_dir=off,metacopy=off`` it only
+keeps inode numbers of copied-up files stable, which a remount over the same upper may
+renumber.
+
+squashfs stores xattrs of the ``user.``, ``trusted.`` and ``security.`` namespaces only: an
+upper with ACLs (``system.posix_acl_*``) is refused before anything is written (the tool
+would drop them silently, and a dropped ACL can widen access). It also keeps mtimes in
+whole seconds only; erofs keeps nanoseconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+
+from overlayd.errors import Cancelled, CommitFailed, NoSpace
+from overlayd.host.guard import set_death_signal
+from overlayd.host.ports import Applied
+
+PRIVATE_PREFIX = "trusted.overlay."
+# The overlayfs format itself: what a lower layer must keep to mean the same.
+KEPT = frozenset({"trusted.overlay.opaque", "trusted.overlay.whiteout",
+                  "trusted.overlay.whiteouts"})
+ESCAPED_PREFIX = "trusted.overlay.overlay."
+SQUASHFS_PREFIXES = ("user.", "trusted.", "security.")
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".tmp"
+EXTENSIONS = {"erofs": ".erofs", "squashfs": ".sqfs"}
+POLL = 0.05  # seconds between two looks at a cancel while the tool runs
+
+
+def temporary(path: str) -> str:
+    """PATH's temporary name: hidden, in the same directory (one rename away)."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, TEMP_PREFIX + tail + TEMP_SUFFIX)
+
+
+def command(fmt: str, upper: str, out: str) -> list[str]:
+    """The tool's command line: what a person would run by hand (tools/bench compares)."""
+    if fmt == "erofs":
+        return ["mkfs.erofs", "--quiet", out, upper]
+    # zstd level 3: the defaults (gzip 9) are 40 times slower (shared/recipes README).
+    return ["mksquashfs", upper, out, "-noappend", "-quiet", "-no-progress",
+            "-comp", "zstd", "-Xcompression-level", "3"]
+
+
+def private_xattrs(path: str) -> list[str]:
+    """The overlay's private bookkeeping xattrs of PATH (never followed)."""
+    return [n for n in os.listxattr(path, follow_symlinks=False)
+            if n.startswith(PRIVATE_PREFIX) and n not in KEPT
+            and not n.startswith(ESCAPED_PREFIX)]
+
+
+def _tie() -> None:
+    set_death_signal(9)  # the tool dies with the daemon: no half layer is written on
+
+
+class LinuxLayerFiles:
+    def prepare_dir(self, directory: str) -> None:
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise CommitFailed(f"Cannot make the layer directory '{directory}': "
+                               f"{e.strerror}.") from None
+
+    def next_path(self, directory: str, fmt: str) -> str:
+        """DIRECTORY/NNNN.EXT, one above the highest number there (files are never reused:
+        a layer file discarded with its overlay may be stacked again later)."""
+        try:
+            names = os.listdir(directory)
+        except OSError as e:
+            raise CommitFailed(f"Cannot read the layer directory '{directory}': "
+                               f"{e.strerror}.") from None
+        numbers = [int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit()]
+        return os.path.join(directory, f"{max(numbers, default=0) + 1:04d}{EXTENSIONS[fmt]}")
+
+    def build(self, upper: str, path: str, fmt: str,
+              cancelled: Callable[[], bool] | None = None) -> Applied:
+        start = time.monotonic()
+        entries, size = self._clean(upper, fmt)
+        tmp = temporary(path)
+        try:
+            self._run(command(fmt, upper, tmp), cancelled)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o600)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            self.remove(path)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"No space left for the layer file '{path}'.") from None
+            raise CommitFailed(f"Cannot write the layer file '{path}': {e.strerror}.") from None
+        except BaseException:
+            self.remove(path)
+            raise
+        return Applied(entries, size, time.monotonic() - start)
+
+    def remove(self, path: str) -> None:
+        for p in (temporary(path), path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise CommitFailed(f"Cannot remove '{p}': {e.strerror}.") from None
+
+    def _clean(self, upper: str, fmt: str) -> tuple[int, int]:
+        """Drop the private xattrs from the upper (never following a link); refuse what
+        FMT cannot hold. The number of entries and their bytes."""
+        entries = size = 0
+        stack = [upper]
+        try:
+            while stack:
+                d = stack.pop()
+                with os.scandir(d) as it:
+                    for e in it:
+                        entries += 1
+                        st = e.stat(follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode):
+                            size += st.st_size
+                        elif stat.S_ISDIR(st.st_mode):
+                            stack.append(e.path)
+                        self._clean_one(e.path, fmt)
+            self._clean_one(upper, fmt)
+        except OSError as e:
+            raise CommitFailed(f"Cannot read the writes in RAM: {e.strerror} "
+                               f"('{e.filename}').") from None
+        return entries, size
+
+    def _clean_one(self, path: str, fmt: str) -> None:
+        names = os.listxattr(path, follow_symlinks=False)
+        if not names:
+            return
+        if fmt == "squashfs":
+            bad = [n for n in names if not n.startswith(SQUASHFS_PREFIXES)]
+            if bad:
+                raise CommitFailed(
+                    f"A squashfs layer cannot hold the xattr '{bad[0]}' (ACLs and other "
+                    "system.* xattrs) of an entry the overlay changed; commit to an erofs "
+                    "layer instead (layer_format 'erofs').")
+        for n in names:
+            if n.startswith(PRIVATE_PREFIX) and n not in KEPT \
+                    and not n.startswith(ESCAPED_PREFIX):
+                os.removexattr(path, n, follow_symlinks=False)
+
+    def _run(self, argv: list[str], cancelled: Callable[[], bool] | None) -> None:
+        # Its messages go to a file: a pipe nobody reads while it runs could fill and stop it.
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=errors,
+                                        preexec_fn=_tie, cwd="/")
+            except OSError as e:
+                package = "erofs-utils" if argv[0] == "mkfs.erofs" else "squashfs-tools"
+                raise CommitFailed(f"Cannot run {argv[0]} ({e.strerror}); install "
+                                   f"{package}.") from None
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=POLL)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if cancelled is not None and cancelled():
+                            raise Cancelled("The commit was cancelled while the layer was "
+                                            "written; the part written was removed.") from None
+            finally:
+                if proc.poll() is None:
+                    proc.kill()  # our own child, by its PID
+                    proc.wait()
+            errors.seek(0)
+            err = errors.read(65536).decode(errors="replace").strip()
+        if proc.returncode != 0:
+            last = err.splitlines()[-1] if err else f"exit status {proc.returncode}"
+            if "No space" in err:
+                raise NoSpace(f"No space left for the layer: {last[:300]}")
+            raise CommitFailed(f"{argv[0]} failed: {last[:300]}")
