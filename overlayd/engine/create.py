@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from overlayd import checks
 from overlayd.config import DaemonConfig
 from overlayd.engine import steps
-from overlayd.errors import ImageInUse, InvalidSpec, MountFailed, describe_users
+from overlayd.errors import ImageInUse, InvalidSpec, LimitExceeded, MountFailed, describe_users
 from overlayd.host.ports import Host, ImageInfo
 from overlayd.layout import Layout
-from overlayd.model import Lower, LowerKind, Merged, Overlay, OverlaySpec, OverlayState, Upper
+from overlayd.model import Layer, Lower, LowerKind, Merged, Overlay, OverlaySpec, OverlayState, Upper
 from overlayd.rollback import Rollback
+
+LAYER_FSTYPES = ("erofs", "squashfs")
+KERNEL_MAX_LOWERS = 500  # overlayfs' OVL_MAX_STACK
 
 
 @dataclass
@@ -71,6 +74,7 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
         else:
             fstype, driver = checks.choose_fstype(shown, spec.fstype, info.detected_fstype,
                                                   host.system.kernel_filesystems())
+        layers = open_layers(host, cfg, spec, owner_uid)
     except BaseException:
         rb.unwind()
         raise
@@ -80,7 +84,7 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
                       fstype=fstype, shared=info.kind is not LowerKind.DIRECTORY),),
         upper=Upper(kind=host.upper.kind, size=size),
         merged=Merged(mountpoint=mountpoint, created=is_default, options=options),
-        owner_uid=owner_uid, created_usec=now_usec,
+        owner_uid=owner_uid, created_usec=now_usec, layers=layers,
     )
     return Prepared(rec, Layout.for_overlay(cfg.runtime_dir, spec.name), info, driver, mp_fd)
 
@@ -103,11 +107,14 @@ def build(host: Host, cfg: DaemonConfig, p: Prepared,
             device = _lower(host, rec, p, rb)
             rec = rec.evolve(lowers=(rec.lowers[0].model_copy(update={"loop_device": device}),
                                      *rec.lowers[1:]))
+        if rec.layers:
+            rb.push("unmount the layers", lambda: steps.drop_layers(host, layout, lazy=True))
+            rec = steps.ensure_layers(host, rec, layout)
         _make_dir(host, rb, str(layout.upper_mount), 0o700)
         host.upper.make(rec.name, str(layout.upper_mount), rec.size)
         rb.push(f"unmount the {rec.upper.kind}", host.mounts.unmount, str(layout.upper_mount),
                 host.upper.owns(rec.name))
-        host.layers.prepare_upper(steps.lower_sources(rec, layout)[0], str(layout.upper),
+        host.layers.prepare_upper(steps.stack_sources(rec, layout)[0], str(layout.upper),
                                   str(layout.work))
         if rec.merged.created:
             if host.files.path_kind(str(cfg.mount_root_dir)) == "missing":
@@ -123,6 +130,30 @@ def build(host: Host, cfg: DaemonConfig, p: Prepared,
         rb.unwind()
         raise
     return rec
+
+
+def open_layers(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
+                owner_uid: int) -> tuple[Layer, ...]:
+    """The spec's layer files (issue 14), lowest first: each opened (as the caller), an
+    erofs or squashfs image, within the limits; checked again by identity when mounted."""
+    if len(spec.layers) > cfg.max_layers:
+        raise LimitExceeded(f"{len(spec.layers)} layer files are more than the "
+                            f"{cfg.max_layers} allowed (max_layers in overlayd.conf).")
+    if len(spec.layers) + 1 > KERNEL_MAX_LOWERS:
+        raise LimitExceeded(f"The kernel stacks at most {KERNEL_MAX_LOWERS} lower layers.")
+    layers = []
+    for path in spec.layers:
+        info = host.images.open_image(path, None, as_uid=owner_uid)
+        try:
+            if info.kind is not LowerKind.FILE or info.detected_fstype not in LAYER_FSTYPES:
+                raise InvalidSpec(f"The layer '{path}' is not an erofs or squashfs image "
+                                  "file.", "layers")
+            checks.check_image_outside_runtime_dir(info.path, path, cfg)
+            layers.append(Layer(path=info.path, dev=info.dev, ino=info.ino,
+                                fstype=info.detected_fstype))
+        finally:
+            host.images.close_image(info)
+    return tuple(layers)
 
 
 def _lower(host: Host, rec: Overlay, p: Prepared, rb: Rollback) -> str:

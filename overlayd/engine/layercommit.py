@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from overlayd.config import DaemonConfig
 from overlayd.engine import steps
+from overlayd.engine.create import KERNEL_MAX_LOWERS
 from overlayd.errors import (
     Cancelled,
     CommitFailed,
@@ -39,8 +40,6 @@ from overlayd.jobs import CancelToken
 from overlayd.layout import Layout
 from overlayd.model import CommitPhase, Layer, LayerFormat, Overlay
 
-# overlayfs' OVL_MAX_STACK: lower layers of one overlay, the image included.
-KERNEL_MAX_LOWERS = 500
 
 # checkpoint(phase, the record's layers, the pending file): saved before the step goes on.
 LayerCheckpoint = Callable[[CommitPhase, tuple[Layer, ...], str], None]

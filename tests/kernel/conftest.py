@@ -71,7 +71,8 @@ class Env:
 
 @pytest.fixture
 def env(root: Path, run: Callable[[Any], Any]) -> Iterator[Env]:
-    cfg = DaemonConfig(runtime_dir=root / "run", default_size=64 << 20)
+    cfg = DaemonConfig(runtime_dir=root / "run", default_size=64 << 20,
+                       layer_dir=root / "layers")
     mgr = OverlayManager(cfg, LinuxHost())
     run(mgr.start())
     e = Env(root, cfg, mgr, run)

@@ -3,7 +3,7 @@ child process by test_crash.py. Fault injection around the real LinuxHost: every
 really happens on the kernel, and nothing after the Nth does.
 
     python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N
-ACTION is create, commit, discard or discard-force, or create-shared or discard-shared
+ACTION is create, commit, commit-layer, discard or discard-force, or create-shared or discard-shared
 (another overlay of the image, made beforehand, shares the lower); N = 0 runs to the end
 and prints the number of calls it made.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from overlayd.config import DaemonConfig
 from overlayd.host.linux import LinuxHost
 from overlayd.manager import OverlayManager
-from overlayd.model import parse_spec
+from overlayd.model import CommitTarget, parse_spec
 
 
 class Counter:
@@ -59,13 +59,15 @@ class Counting:
 class CrashingHost:
     def __init__(self, counter: Counter) -> None:
         real = LinuxHost()
-        for port in ("system", "images", "locks", "mounts", "files", "layers", "upper", "merge"):
+        for port in ("system", "images", "locks", "mounts", "files", "layers", "layerfiles",
+                     "upper", "merge"):
             setattr(self, port, Counting(getattr(real, port), counter))
 
 
 async def main(runtime: str, image: str, action: str, kill_at: int) -> None:
     counter = Counter(kill_at)
-    mgr = OverlayManager(DaemonConfig(runtime_dir=Path(runtime), default_size=16 << 20),
+    mgr = OverlayManager(DaemonConfig(runtime_dir=Path(runtime), default_size=16 << 20,
+                                      layer_dir=Path(runtime).parent / "layers"),
                          CrashingHost(counter))  # type: ignore[arg-type]
     await mgr.start()
     counter.armed = True
@@ -73,6 +75,8 @@ async def main(runtime: str, image: str, action: str, kill_at: int) -> None:
         await mgr.create(parse_spec({"name": "demo", "image": image}))
     elif action == "commit":
         await mgr.commit("demo")
+    elif action == "commit-layer":
+        await mgr.commit("demo", target=CommitTarget.LAYER)
     else:
         await mgr.discard("demo", force=action == "discard-force")  # or -shared
     await mgr.aclose()

@@ -5,6 +5,7 @@ can be used again. The daemon is tests/kernel/crashing.py in a child process."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from tests.kernel.conftest import Env
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = {"a.txt": "first\n", "sub/b.txt": "second\n", "hello.txt": "changed\n"}
-ACTIONS = ["create", "commit", "discard", "discard-force", "create-shared", "discard-shared"]
+ACTIONS = ["create", "commit", "commit-layer", "discard", "discard-force", "create-shared", "discard-shared"]
 
 
 def child(env: Env, image: Path, action: str, kill_at: int) -> subprocess.CompletedProcess[str]:
@@ -69,6 +70,7 @@ def test_kill_after_every_step(env: Env, image: Path, action: str) -> None:
         env.run(env.manager.discard(rec.name, force=True))
     helpers.make_image(image, image.parent / "tree")
     for k in range(1, steps + 1):
+        shutil.rmtree(env.config.layer_dir, ignore_errors=True)
         prepare(env, image, action)
         env.manager = env.fresh_manager()
         r = child(env, image, action, k)
@@ -77,11 +79,19 @@ def test_kill_after_every_step(env: Env, image: Path, action: str) -> None:
             f"step {k}: {r.stderr[-2000:]}"
         restart(env)
         live = env.manager.list()
-        if action == "commit":
+        if action.startswith("commit"):
             rec = env.manager.get("demo")
             assert rec.state.value == "active"
             seen = {rel: (Path(rec.mountpoint) / rel).read_text() for rel in WRITES}
             assert seen == WRITES, f"step {k}: a write was lost"
+        if action == "commit-layer":  # no half layer; none made that is not stacked
+            layers = env.config.layers_of("demo")
+            made = sorted(os.listdir(layers)) if layers.exists() else []
+            stacked = [os.path.basename(layer.path) for layer in rec.layers]
+            assert made == stacked, f"step {k}: layer files {made}, stacked {stacked}"
+            assert len(stacked) <= 1
+            if stacked:  # the writes are in the layer, and no longer in RAM
+                assert os.listdir(env.paths(rec).upper_dir) == [], f"step {k}"
         if action.endswith("-shared"):  # the kill cost the sharer nothing
             other = env.manager.get("other")
             assert other.state.value == "active", f"step {k}"
