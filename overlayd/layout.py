@@ -86,7 +86,8 @@ def is_within(path: str | Path, parent: str | Path) -> bool:
     return p == q or p.startswith(q if q.endswith("/") else q + "/")
 
 
-_PART_NAMES = {"lower": "image mount", "layers": "layer mounts", "rw": "upper", RECORD_NAME: "state record"}
+_PART_NAMES = {"lower": "image mount", "layers": "layer mounts", "rw": "upper",
+               RECORD_NAME: "state record"}
 
 
 def hide_internal_paths(text: str, runtime_dir: Path) -> str:

@@ -43,11 +43,11 @@ from overlayd.jobs import CancelToken
 from overlayd.layout import Layout, hide_internal_paths
 from overlayd.model import (
     CommitPhase,
+    CommitStats,
     CommitTarget,
+    DiffEntry,
     Layer,
     LayerFormat,
-    CommitStats,
-    DiffEntry,
     Lower,
     LowerKind,
     Merged,

@@ -17,7 +17,16 @@ from overlayd.engine import steps
 from overlayd.errors import ImageInUse, InvalidSpec, LimitExceeded, MountFailed, describe_users
 from overlayd.host.ports import Host, ImageInfo
 from overlayd.layout import Layout
-from overlayd.model import Layer, Lower, LowerKind, Merged, Overlay, OverlaySpec, OverlayState, Upper
+from overlayd.model import (
+    Layer,
+    Lower,
+    LowerKind,
+    Merged,
+    Overlay,
+    OverlaySpec,
+    OverlayState,
+    Upper,
+)
 from overlayd.rollback import Rollback
 
 LAYER_FSTYPES = ("erofs", "squashfs")

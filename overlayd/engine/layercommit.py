@@ -40,7 +40,6 @@ from overlayd.jobs import CancelToken
 from overlayd.layout import Layout
 from overlayd.model import CommitPhase, Layer, LayerFormat, Overlay
 
-
 # checkpoint(phase, the record's layers, the pending file): saved before the step goes on.
 LayerCheckpoint = Callable[[CommitPhase, tuple[Layer, ...], str], None]
 

@@ -17,7 +17,8 @@ from tests.kernel.conftest import Env
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = {"a.txt": "first\n", "sub/b.txt": "second\n", "hello.txt": "changed\n"}
-ACTIONS = ["create", "commit", "commit-layer", "discard", "discard-force", "create-shared", "discard-shared"]
+ACTIONS = ["create", "commit", "commit-layer", "discard", "discard-force", "create-shared",
+           "discard-shared"]
 
 
 def child(env: Env, image: Path, action: str, kill_at: int) -> subprocess.CompletedProcess[str]:
