@@ -45,7 +45,7 @@ from overlayd.bus.spec import decode_options
 from overlayd.errors import OverlaydError
 from overlayd.events import NOTICE
 from overlayd.jobs import PROGRESS_INTERVAL, Job, Jobs, JobStatus, human
-from overlayd.model import CommitStats, Overlay
+from overlayd.model import CommitStats, CommitTarget, LayerFormat, Overlay
 
 if TYPE_CHECKING:
     from overlayd.bus.auth import Caller
@@ -147,8 +147,11 @@ class JobRunner:
 
     # -- starting and ending ------------------------------------------------------------
 
-    def start_commit(self, rec: Overlay, caller: "Caller") -> JobInterface:
-        """Export a job for a commit of REC by CALLER, and start it."""
+    def start_commit(self, rec: Overlay, caller: "Caller", *,
+                     target: CommitTarget | None = None,
+                     layer_format: LayerFormat = LayerFormat.EROFS) -> JobInterface:
+        """Export a job for a commit of REC by CALLER, and start it (TARGET, LAYER_FORMAT:
+        Commit's options, issue 14)."""
         loop = asyncio.get_running_loop()
         job = self.jobs.start("commit", rec.name, caller.uid, time.time_ns() // 1000)
         obj = JobInterface(self, job)
@@ -164,11 +167,12 @@ class JobRunner:
         job.token.on_seal = notify  # Cancelable turns false
         self.objects[job.id] = obj
         self.svc.bus.export_object(obj.path, obj)
-        obj.task = asyncio.ensure_future(self._commit(obj, rec, caller))
+        obj.task = asyncio.ensure_future(self._commit(obj, rec, caller, target, layer_format))
         return obj
 
-    async def _commit(self, obj: JobInterface, rec: Overlay, caller: "Caller"
-                      ) -> OverlaydError | None:
+    async def _commit(self, obj: JobInterface, rec: Overlay, caller: "Caller",
+                      target: CommitTarget | None = None,
+                      layer_format: LayerFormat = LayerFormat.EROFS) -> OverlaydError | None:
         """Run the commit; the error it ended with, if any (also sent with Completed)."""
         job = obj.job
         lock = asyncio.ensure_future(self.inhibitor.take(
@@ -179,7 +183,7 @@ class JobRunner:
             stats = await self.svc.manager.commit(
                 rec.name, progress=job.report, cancel=job.token,
                 started=lambda: self._begin(obj), caller_uid=caller.uid,
-                created_usec=rec.created_usec)
+                created_usec=rec.created_usec, target=target, layer_format=layer_format)
         except OverlaydError as e:
             error = e
         except Exception as e:  # a bug: logged once here, the caller gets Failed

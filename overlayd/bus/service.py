@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from dbus_next import Variant
 
@@ -37,10 +38,10 @@ from overlayd.bus.spec import (
     decode_spec,
 )
 from overlayd.bus.usage import UsageWatch
-from overlayd.errors import NoSuchOverlay
+from overlayd.errors import InvalidSpec, NoSuchOverlay
 from overlayd.events import NOTICE, Event
 from overlayd.manager import OverlayManager
-from overlayd.model import Overlay
+from overlayd.model import CommitTarget, LayerFormat, Overlay
 
 log = logging.getLogger("overlayd.bus")
 
@@ -150,10 +151,14 @@ class Service:
         rec = self.lookup(name)
         caller = await self.caller()
         await self.authorize(ACTION_COMMIT, rec, caller)
+        target, fmt = commit_target(opts)
         if opts.get("at_shutdown"):
+            if target is CommitTarget.LAYER:
+                raise InvalidSpec("A commit at shutdown goes into the image; it takes no "
+                                  "target 'layer'.", "target")
             await self.manager.request_commit_at_shutdown(name, True, caller_uid=caller.uid)
             return
-        job = self.jobs.start_commit(rec, caller)
+        job = self.jobs.start_commit(rec, caller, target=target, layer_format=fmt)
         assert job.task is not None
         # Shielded: a caller gone (or the daemon stopping) does not stop the commit.
         error = await asyncio.shield(job.task)
@@ -168,7 +173,8 @@ class Service:
         await self.authorize(ACTION_COMMIT, rec, caller)
         if opts.get("at_shutdown"):  # nothing runs now, so there is no job to watch
             raise InvalidArgs("StartCommit does not take 'at_shutdown'; use Commit.")
-        return self.jobs.start_commit(rec, caller).path
+        target, fmt = commit_target(opts)
+        return self.jobs.start_commit(rec, caller, target=target, layer_format=fmt).path
 
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
         opts = decode_options(options, DISCARD_OPTIONS, "Discard")
@@ -193,3 +199,23 @@ class Service:
         if caller.uid != rec.owner_uid:  # one's own overlay needs no action
             await self.require(ACTION_MANAGE_OTHERS, caller, {"overlay": rec.name})
         return [[d.path, d.kind] for d in await self.manager.diff(name, rec.created_usec)]
+
+
+def commit_target(opts: dict[str, Any]) -> tuple[CommitTarget | None, LayerFormat]:
+    """Commit's options target and layer_format (issue 14); a bad value is InvalidSpec."""
+    target: CommitTarget | None = None
+    if "target" in opts:
+        try:
+            target = CommitTarget(opts["target"])
+        except ValueError:
+            raise InvalidSpec(f"Invalid 'target': '{shown(opts['target'])}'; use 'image' or "
+                              "'layer'.", "target") from None
+    try:
+        fmt = LayerFormat(opts.get("layer_format", LayerFormat.EROFS.value))
+    except ValueError:
+        raise InvalidSpec(f"Invalid 'layer_format': '{shown(opts['layer_format'])}'; use "
+                          "'erofs' or 'squashfs'.", "layer_format") from None
+    if "layer_format" in opts and target is CommitTarget.IMAGE:
+        raise InvalidSpec("The option 'layer_format' is for a commit with target 'layer'.",
+                          "layer_format")
+    return target, fmt

@@ -22,7 +22,9 @@ SPEC_TYPES: dict[str, tuple[str, ...]] = {
 }
 # at_shutdown: the root overlay's writes are committed (Commit) or thrown away (Discard,
 # also the default for it) when the system shuts down; only the root overlay has it.
-COMMIT_OPTIONS: dict[str, str] = {"at_shutdown": "b"}
+# target: "image" (in place) or "layer" (a new layer file, issue 14); layer_format:
+# "erofs" or "squashfs" (model.CommitTarget, model.LayerFormat).
+COMMIT_OPTIONS: dict[str, str] = {"at_shutdown": "b", "target": "s", "layer_format": "s"}
 DISCARD_OPTIONS: dict[str, str] = {"force": "b", "at_shutdown": "b"}
 ROOT_AT_BOOT_OPTIONS: dict[str, str] = {"size": "s"}
 

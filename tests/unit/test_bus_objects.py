@@ -45,6 +45,7 @@ class Record:
     mount_options: tuple[str, ...] = ("nosuid", "nodev")
     half_committed: bool = False
     error: str = ""
+    layers: tuple[Any, ...] = ()
 
 
 class StubManager:
@@ -160,7 +161,7 @@ def test_getters_values_and_signalled_values_agree() -> None:
     signalled = signalled_values(manager, rec)  # type: ignore[arg-type]
     assert set(signalled) == {p.name for p in PROPERTIES if p.changes == SIGNALLED} \
         == {"State", "LoopDevice", "HalfCommitted", "LastError", "CommitAtShutdown",
-            "UpperUsage"}
+            "UpperUsage", "Layers", "StackDepth"}
     assert all(signalled[k] == values[k] for k in signalled)
 
 

@@ -239,7 +239,7 @@ def test_record_round_trip(rec: Overlay) -> None:
 
 def test_record_json_is_plain_and_stores_no_derived_paths() -> None:
     data = json.loads(dump_record(record()))
-    assert data["version"] == RECORD_VERSION == 3
+    assert data["version"] == RECORD_VERSION == 4
     assert data["state"] == "active"
     assert data["lowers"][0]["kind"] == "file"
     assert data["merged"]["options"] == ["nosuid", "nodev"]
@@ -336,3 +336,23 @@ def test_load_record_bad_values(key: str, value: Any) -> None:
     data[key] = value
     with pytest.raises(RecordError):
         load_record(json.dumps(data).encode())
+
+
+def test_a_version_3_record_is_read_without_layers() -> None:
+    """Version 4 (issue 14) added the layer files above the image; a version 3 record has
+    none, and is migrated as it is."""
+    data = json.loads(dump_record(record()))
+    data["version"] = 3
+    del data["layers"], data["pending_layer"]
+    loaded = load_record(json.dumps(data).encode())
+    assert loaded == record() and loaded.layers == () and loaded.version == 4
+
+
+def test_a_record_with_layers_round_trips() -> None:
+    from overlayd.model import Layer
+    rec = record().evolve(layers=(Layer(path="/var/lib/overlayd/layers/demo/0001.erofs",
+                                        dev=1, ino=2, fstype="erofs",
+                                        loop_device="/dev/loop3"),),
+                          commit_phase=CommitPhase.LAYERING,
+                          pending_layer="/var/lib/overlayd/layers/demo/0002.erofs")
+    assert load_record(dump_record(rec)) == rec
