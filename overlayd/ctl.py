@@ -5,6 +5,9 @@
     overlayctl commit NAME                    a progress bar on a terminal; Ctrl-C leaves it
                                               running in overlayd as a job; for "root": at
                                               shutdown
+    overlayctl commit NAME --target layer [--layer-format erofs|squashfs]
+                                              write the writes as a new layer file instead
+    overlayctl layers NAME [--json]           the layer files stacked above the image
     overlayctl jobs [--json]                  the jobs (commits) running now
     overlayctl cancel JOB|NAME                cancel job JOB, or the commit of overlay NAME
     overlayctl discard NAME [--force]         for "root": at the next reboot
@@ -106,6 +109,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--fstype", help="file system of the image (detected if not given)")
     m = sub.add_parser("commit", parents=[common], help="merge the writes into the image")
     m.add_argument("name")
+    add_layer_options(m)
+    add_layers_parser(sub, common, reads)
     sub.add_parser("jobs", parents=[common, reads], help="list the jobs (commits) running")
     cj = sub.add_parser("cancel", parents=[common],
                         help="cancel a job: its number, or the name of the overlay it commits")
@@ -357,7 +362,7 @@ async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
 
     await client.watch_jobs(on_signal)  # before the call: the job is seen from its start
     try:
-        await client.commit(args.name)
+        await client.commit(args.name, **layer_options(args))
     finally:
         view.close()
     if not view.tty:
@@ -558,6 +563,55 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- layers (issue 14) ----------------------------------------------------------------
+
+
+def add_layer_options(commit: argparse.ArgumentParser) -> None:
+    commit.add_argument("--target", choices=("image", "layer"),
+                        help="image: merge into the image (the default unless the overlay "
+                             "stacks layers); layer: write a new layer file and stack it")
+    commit.add_argument("--layer-format", choices=("erofs", "squashfs"),
+                        help="the layer's file system (default erofs; squashfs keeps whole "
+                             "seconds of mtime and no ACLs)")
+
+
+def layer_options(args: argparse.Namespace) -> dict[str, str]:
+    out = {}
+    if getattr(args, "target", None):
+        out["target"] = args.target
+    if getattr(args, "layer_format", None):
+        out["layer_format"] = args.layer_format
+    return out
+
+
+def add_layers_parser(sub: Any, common: argparse.ArgumentParser,
+                      reads: argparse.ArgumentParser) -> None:
+    la = sub.add_parser("layers", parents=[common, reads],
+                        help="the layer files an overlay stacks above its image")
+    la.add_argument("name")
+
+
+async def cmd_layers(client: OverlaydClient, args: argparse.Namespace) -> int:
+    """The stack, top first, as overlayfs sees it: the upper, the layers, the image."""
+    p = await client.properties(await client.path_of(args.name))
+    layers = list(p["Layers"])
+    if args.json:
+        print(json.dumps({"name": args.name, "image": p["Image"], "layers": layers,
+                          "stack_depth": p["StackDepth"]}, indent=2))
+        return 0
+    print(f"Overlay '{args.name}': {len(layers)} layer file(s) above the image, "
+          f"{p['StackDepth']} lower layers in all.")
+    print(f"  upper  RAM, {format_size(p['UpperUsed'])} used")
+    for i, path in reversed(list(enumerate(layers, 1))):
+        try:
+            size = format_size(os.stat(path).st_size)
+        except OSError:
+            size = "?"
+        print(f"  {i:>5}  {path} ({size})")
+    print(f"  image  {p['Image']}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(overlayfile.json_schema_text(), end="")
     return 0
@@ -566,7 +620,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 LOCAL_COMMANDS = {"render": cmd_render, "schema": cmd_schema}  # no bus needed
 COMMANDS = {"list": cmd_list, "status": cmd_status, "diff": cmd_diff, "create": cmd_create,
             "commit": cmd_commit, "discard": cmd_discard, "start": cmd_start, "stop": cmd_stop,
-            "root": cmd_root, "jobs": cmd_jobs, "cancel": cmd_cancel}
+            "root": cmd_root, "jobs": cmd_jobs, "cancel": cmd_cancel, "layers": cmd_layers}
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ def _spec_variants(spec: dict[str, Any]) -> tuple[dict[str, Variant], list[int]]
             out[key] = Variant("h", len(fds) - 1)
         elif key == "size":
             out[key] = Variant("t", value)
-        elif key == "mount_options":
+        elif key in ("mount_options", "layers"):
             out[key] = Variant("as", list(value))
         else:
             out[key] = Variant("s", value)
@@ -130,8 +130,13 @@ class OverlaydClient:
         (path,) = await self._manager("Create", "sa{sv}", [name, variants], fds)
         return str(path)
 
-    async def commit(self, name: str, *, at_shutdown: bool = False) -> None:
+    async def commit(self, name: str, *, at_shutdown: bool = False, target: str | None = None,
+                     layer_format: str | None = None) -> None:
         options = {"at_shutdown": Variant("b", True)} if at_shutdown else {}
+        if target is not None:
+            options["target"] = Variant("s", target)
+        if layer_format is not None:
+            options["layer_format"] = Variant("s", layer_format)
         await self._manager("Commit", "sa{sv}", [name, options])
 
     async def root_overlay(self) -> str:
