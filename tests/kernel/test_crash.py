@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from overlayd.model import CommitTarget
 from tests import helpers
 from tests.kernel.conftest import Env
 
@@ -113,3 +114,40 @@ def test_kill_after_every_step(env: Env, image: Path, action: str) -> None:
         helpers.wait_for(lambda: not [d for d, f in helpers.attached_loops().items()
                                       if f == str(image)], what=f"step {k}: loop device left")
         helpers.make_image(image, image.parent / "tree")
+
+
+def test_kill_while_the_tool_writes_the_layer(env: Env, image: Path) -> None:
+    """kill -9 of the daemon while mkfs.erofs is writing the layer (held at one file of the
+    upper by a fanotify gate): the tool dies with it, and after the restart no half layer
+    is left or stacked and every write is still in RAM."""
+    from tests.gate import OpenGate
+
+    prepare(env, image, "commit-layer")
+    env.manager = env.fresh_manager()
+    env.run(env.manager.start())
+    demo = env.manager.get("demo")
+    (Path(demo.mountpoint) / "gate.bin").write_bytes(b"g" * 65536)
+    upper = Path(env.paths(demo).upper_dir)
+    env.run(env.manager.aclose())
+    env.drop_locks()
+    with OpenGate(upper / "gate.bin") as gate:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.kernel.crashing",
+                                 str(env.config.runtime_dir), str(image), "commit-layer", "0"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        tool = gate.wait()
+        layers = env.config.layers_of("demo")
+        assert [f for f in os.listdir(layers) if f.endswith(".tmp")], "the tool is writing"
+        proc.kill()  # the daemon we started, by its PID
+        proc.communicate(timeout=30)
+        helpers.wait_for(lambda: not Path(f"/proc/{tool}").exists() or
+                         "zombie" in Path(f"/proc/{tool}/status").read_text(),
+                         what="the tool dies with the daemon")
+    restart(env)
+    demo = env.manager.get("demo")
+    assert demo.state.value == "active" and demo.layers == ()
+    assert os.listdir(env.config.layers_of("demo")) == [], "no half layer is left"
+    seen = {rel: (Path(demo.mountpoint) / rel).read_text() for rel in WRITES}
+    assert seen == WRITES
+    env.run(env.manager.commit("demo", target=CommitTarget.LAYER))  # and it can finish
+    assert [Path(la.path).name for la in env.manager.get("demo").layers] == ["0001.erofs"]
+    env.run(env.manager.discard("demo"))
