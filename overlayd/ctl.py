@@ -362,7 +362,8 @@ async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
 
     await client.watch_jobs(on_signal)  # before the call: the job is seen from its start
     try:
-        await client.commit(args.name, **layer_options(args))
+        await client.commit(args.name, target=getattr(args, "target", None),
+                            layer_format=getattr(args, "layer_format", None))
     finally:
         view.close()
     if not view.tty:
@@ -573,15 +574,6 @@ def add_layer_options(commit: argparse.ArgumentParser) -> None:
     commit.add_argument("--layer-format", choices=("erofs", "squashfs"),
                         help="the layer's file system (default erofs; squashfs keeps whole "
                              "seconds of mtime and no ACLs)")
-
-
-def layer_options(args: argparse.Namespace) -> dict[str, str]:
-    out = {}
-    if getattr(args, "target", None):
-        out["target"] = args.target
-    if getattr(args, "layer_format", None):
-        out["layer_format"] = args.layer_format
-    return out
 
 
 def add_layers_parser(sub: Any, common: argparse.ArgumentParser,
