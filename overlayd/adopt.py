@@ -4,12 +4,15 @@ table, with the record Create would have written."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from overlayd.config import DaemonConfig
 from overlayd.errors import MountFailed
 from overlayd.host.ports import Host
 from overlayd.layout import Layout, is_within, mount_source
 from overlayd.model import (
     ALLOWED_MOUNT_OPTIONS,
+    Layer,
     Lower,
     LowerKind,
     Merged,
@@ -20,6 +23,8 @@ from overlayd.model import (
     parse_size,
 )
 from overlayd.mountinfo import MountInfo
+
+MountAt = Callable[[str], MountInfo | None]
 
 
 def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec | None,
@@ -57,6 +62,7 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
                           f"{', '.join('up' if x else 'down' for x in layers)}); leaving it "
                           "as it is. If systemd is bringing it up, see 'systemctl status' of "
                           "its mount units.")
+    stacked = _layer_mounts(layout, top, len(spec.layers) if spec is not None else None, name)
     if "ro" not in lower.options:
         raise MountFailed(f"Overlay '{name}': its image is mounted read-write at "
                           f"'{lower.target}'; leaving it as it is.")
@@ -75,6 +81,7 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
         if info.kind is LowerKind.DIRECTORY:
             raise MountFailed(f"Overlay '{name}': its image is a directory.")
         size = tmpfs.super_option("size")
+        stack = tuple(_layer(host, m, name) for m in stacked)
         return Overlay(
             name=name, state=OverlayState.ACTIVE,
             lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
@@ -85,6 +92,37 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
             merged=Merged(mountpoint=merged.target,
                           created=merged.target == cfg.default_mountpoint(name),
                           options=options),
-            owner_uid=0, created_usec=now_usec)
+            owner_uid=0, created_usec=now_usec, layers=stack)
+    finally:
+        host.images.close_image(info)
+
+
+def _layer_mounts(layout: Layout, top: MountAt, expected: int | None,
+                  name: str) -> list[MountInfo]:
+    """The layer files' mounts (issue 14), lowest first: LAYOUT.layer_mount(0), (1)... as
+    long as they are mounted; EXPECTED (its .overlay file's count) must all be there."""
+    found: list[MountInfo] = []
+    while True:
+        m = top(str(layout.layer_mount(len(found))))
+        if m is None:
+            break
+        found.append(m)
+    if expected is not None and len(found) != expected:
+        raise MountFailed(f"Overlay '{name}' is mounted without a state record, and "
+                          f"{len(found)} of its {expected} layer files are mounted; leaving "
+                          "it as it is.")
+    for m in found:
+        if not m.source.startswith("/dev/loop") or "ro" not in m.options:
+            raise MountFailed(f"Overlay '{name}': '{m.target}' is not a read-only layer file "
+                              "on a loop device; leaving it as it is.")
+    return found
+
+
+def _layer(host: Host, m: MountInfo, name: str) -> Layer:
+    path = host.images.loop_backing(m.source) or ""
+    info = host.images.open_image(path, None)
+    try:
+        return Layer(path=info.path, dev=info.dev, ino=info.ino, fstype=m.fstype,
+                     loop_device=m.source)
     finally:
         host.images.close_image(info)

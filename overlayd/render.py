@@ -86,9 +86,11 @@ class RenderedUnits:
     # directory, and its text) that orders it after the three mounts, so that at shutdown
     # it stops (commits, then discards) before any of them is unmounted.
     on_stop: tuple[str, str] | None = None
+    # The layer files above the image (issue 14), lowest first: one mount unit each.
+    layers: tuple[tuple[str, str], ...] = ()
 
     def all(self) -> list[tuple[str, str]]:
-        return [self.lower, self.tmpfs, self.overlay]
+        return [self.lower, *self.layers, self.tmpfs, self.overlay]
 
 
 def instance_unit(name: str) -> str:
@@ -136,7 +138,9 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
                                   "mount point")
     check_boot_mountpoint(mountpoint, cfg)
     size = choose_size(spec, cfg, memory)
-    overlay_opts = [f"lowerdir={layout.lower}", f"upperdir={layout.upper}",
+    layer_mounts = [str(layout.layer_mount(i)) for i in range(len(spec.layers))]
+    lowerdirs = ":".join([*reversed(layer_mounts), str(layout.lower)])  # top first
+    overlay_opts = [f"lowerdir={lowerdirs}", f"upperdir={layout.upper}",
                     f"workdir={layout.work}", *(f"{k}={v}" for k, v in PINNED),
                     *spec.mount_options]
     values = {
@@ -149,9 +153,16 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
         "SOURCE_TAG": mount_source(name), "SIZE": str(size), "SIZE_TEXT": format_size(size),
         "PREPARE_UNIT": prepare_unit(name), "MOUNTPOINT": mountpoint,
         "OVERLAY_OPTIONS": ",".join(overlay_opts),
+        "LAYER_DEPS": "RequiresMountsFor=" + " ".join(f'"{m}"' for m in layer_mounts)
+        if layer_mounts else "",
     }
+    layers = []
+    for i, path in enumerate(spec.layers):
+        check_unit_value(path, "layer path")
+        layers.append((mount_unit(layer_mounts[i]), _fill(_template("overlay-layer.mount.in"), {
+            **values, "INDEX": str(i + 1), "LAYER": path, "LAYER_MOUNT": layer_mounts[i]})))
     mounts = [mount_unit(str(layout.lower)), mount_unit(str(layout.upper_mount)),
-              mount_unit(mountpoint)]
+              *(mount_unit(m) for m in layer_mounts), mount_unit(mountpoint)]
     on_stop = None
     if spec_file.on_stop == "commit":
         on_stop = (f"{instance_unit(name)}.d/50-boot-overlay.conf",
@@ -159,6 +170,6 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
     return RenderedUnits(
         lower=(mounts[0], _fill(_template("overlay-lower.mount.in"), values)),
         tmpfs=(mounts[1], _fill(_template("overlay-rw.mount.in"), values)),
-        overlay=(mounts[2], _fill(_template("overlay.mount.in"), values)),
-        on_stop=on_stop,
+        overlay=(mounts[-1], _fill(_template("overlay.mount.in"), values)),
+        on_stop=on_stop, layers=tuple(layers),
     )

@@ -24,6 +24,7 @@ Layer files the record names are mounted where missing (``steps.ensure_layers``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -88,7 +89,9 @@ def adopt_late(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec,
     overlay is not mounted (yet); MountFailed if only some layers are."""
     layout = Layout.for_overlay(cfg.runtime_dir, name)
     mountpoint = spec.mountpoint or cfg.default_mountpoint(name)
-    tops = host.mounts.at_each([str(layout.lower), str(layout.upper_mount), mountpoint])
+    layer_mounts = [str(layout.layer_mount(i)) for i in range(len(spec.layers))]
+    tops = host.mounts.at_each([str(layout.lower), str(layout.upper_mount), *layer_mounts,
+                                mountpoint])
     merged = tops[mountpoint]
     if merged is None or not host.merge.owns(name)(merged):
         return None
@@ -235,7 +238,12 @@ def _clean_unrecorded(host: Host, cfg: DaemonConfig, name: str) -> None:
     """A directory without a usable record and with nothing mounted: remove what is left
     (the state store removes the record, its temporary and the directory)."""
     layout = Layout.for_overlay(cfg.runtime_dir, name)
-    for d in (str(layout.lower), str(layout.upper_mount)):
+    if host.files.path_kind(str(layout.layer_mounts)) == "directory":
+        # Empty directories only: a layer mount here is not ours to unmount (mount units).
+        for entry in host.files.list_dir(str(layout.layer_mounts)):
+            with contextlib.suppress(OverlaydError):
+                host.files.remove_dir(str(layout.layer_mounts / entry))
+    for d in (str(layout.layer_mounts), str(layout.lower), str(layout.upper_mount)):
         if host.files.path_kind(d) == "directory":
             try:
                 host.files.remove_dir(d)

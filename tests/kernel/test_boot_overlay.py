@@ -93,3 +93,45 @@ def test_without_its_file_the_overlay_is_adopted_from_the_mount_table(env: Env,
     env.run(mgr.commit("edited"))
     env.run(mgr.discard("edited"))
     assert not helpers.mounts_under(str(env.root))
+
+
+def test_a_boot_overlay_over_a_stack_of_layers(env: Env, image: Path) -> None:
+    """Issue 14: layers in the .overlay file render one mount unit each; the daemon adopts
+    the stack, and commits to a new layer on top of it."""
+    from overlayd.model import CommitTarget
+
+    rec = env.create("maker", image)
+    for i in range(2):
+        (Path(rec.mountpoint) / f"gen{i}.txt").write_text(f"{i}\n")
+        env.run(env.manager.commit("maker", target=CommitTarget.LAYER))
+    (Path(rec.mountpoint) / "hello.txt").unlink()
+    env.run(env.manager.commit("maker"))
+    made = [la.path for la in env.manager.get("maker").layers]
+    env.run(env.manager.discard("maker"))
+
+    file = env.root / "stk.overlay"
+    file.write_text(f'image = "{image}"\nsize = "32M"\nboot = true\n'
+                    f'layers = {made!r}\n'.replace("'", '"'))
+    spec_file = overlayfile.load(file)
+    units = render.render("stk", spec_file, file, env.config,
+                          LinuxHost().system.memory_total())
+    assert len(units.layers) == 3
+    for _unit, text in units.all()[:-1]:
+        mount_like_systemd(text)
+    boot.prepare("stk", env.config)
+    mount_like_systemd(units.overlay[1])
+    merged = env.config.mount_root_dir / "stk"
+    assert sorted(p.name for p in merged.iterdir() if p.name != "lost+found") == \
+        ["gen0.txt", "gen1.txt", "sub"]
+
+    env.drop_locks()
+    mgr = OverlayManager(env.config, LinuxHost())
+    result = env.run(mgr.start({"stk": spec_file.spec("stk")}))
+    assert result.booted == ["stk"] and not result.problems, result.problems
+    assert [la.path for la in mgr.get("stk").layers] == made
+    (merged / "gen2.txt").write_text("2\n")
+    env.run(mgr.commit("stk"))  # with layers: to a new layer on top
+    assert len(mgr.get("stk").layers) == 4
+    assert (merged / "gen2.txt").read_text() == "2\n"
+    env.run(mgr.discard("stk"))
+    assert not helpers.mounts_under(str(env.root))
