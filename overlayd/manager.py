@@ -24,6 +24,7 @@ from overlayd.engine import commit as commit_proc
 from overlayd.engine import create as create_proc
 from overlayd.engine import diff as diff_proc
 from overlayd.engine import layercommit as layer_proc
+from overlayd.engine import squash as squash_proc
 from overlayd.engine import teardown as teardown_proc
 from overlayd.engine.recover import Recovery, adopt_late, recover
 from overlayd.errors import (
@@ -37,7 +38,7 @@ from overlayd.errors import (
     OverlayExists,
 )
 from overlayd.events import NOTICE, Event
-from overlayd.host.ports import Host, MountWatch, Progress
+from overlayd.host.ports import Applied, Host, MountWatch, Progress
 from overlayd.host.rootfs import ROOT_NAME, SIZE_RE, RootFs, RootInfo
 from overlayd.jobs import CancelToken
 from overlayd.layout import Layout, hide_internal_paths
@@ -599,6 +600,92 @@ class OverlayManager:
                               checkpoint, cancel=cancel)
         if progress is not None and done.applied is not None and done.error is None:
             progress(done.applied.entries, done.applied.bytes)
+        return done
+
+    async def squash(self, name: str, fmt: LayerFormat = LayerFormat.EROFS, *,
+                     progress: Progress | None = None, cancel: CancelToken | None = None,
+                     started: Callable[[], None] | None = None, caller_uid: int = 0,
+                     created_usec: int | None = None) -> CommitStats:
+        """Merge the overlay's layer files into one (engine/squash.py); the writes in RAM
+        stay as they are."""
+        def run(rec: Overlay, checkpoint: squash_proc.Checkpoint) -> squash_proc.Restacked:
+            return squash_proc.squash(self.host, rec, self._layout(name), self.config, fmt,
+                                      checkpoint, cancel=cancel)
+
+        done = await self._restack(name, "squash", squash_proc.refuse_squash, run,
+                                   started=started, caller_uid=caller_uid,
+                                   created_usec=created_usec)
+        applied = done.applied or Applied(0, 0, 0.0)
+        if progress is not None:
+            progress(applied.entries, applied.bytes)
+        return CommitStats(entries=applied.entries, bytes=applied.bytes,
+                           seconds=applied.seconds)
+
+    async def revert(self, name: str, *, discard: bool = False, caller_uid: int = 0,
+                     created_usec: int | None = None) -> None:
+        """Drop the topmost layer file (engine/squash.py); DISCARD: the writes in RAM too."""
+        layout = self._layout(name)
+
+        def refuse(rec: Overlay) -> None:
+            used = bool(self.host.files.list_dir(str(layout.upper)))
+            squash_proc.refuse_revert(rec, used, discard)
+
+        def run(rec: Overlay, checkpoint: squash_proc.Checkpoint) -> squash_proc.Restacked:
+            refuse(rec)  # again, in the worker: the writes may have come meanwhile
+            return squash_proc.revert(self.host, rec, layout, self.config, checkpoint,
+                                      discard=discard)
+
+        await self._restack(name, "revert", lambda rec: None, run, caller_uid=caller_uid,
+                            created_usec=created_usec)
+
+    async def _restack(self, name: str, what: str, refuse: Callable[[Overlay], None],
+                       run: Callable[[Overlay, squash_proc.Checkpoint],
+                                     squash_proc.Restacked], *,
+                       started: Callable[[], None] | None = None, caller_uid: int = 0,
+                       created_usec: int | None = None) -> squash_proc.Restacked:
+        if self.is_root(name):
+            raise CommitFailed(f"Overlay '{name}' is the root file system; its layers "
+                               "cannot change while the system runs.")
+        async with self._lock(name):
+            rec = self._current(name, created_usec)
+            try:
+                refuse(rec)
+            except OverlaydError as e:
+                self._log_failure(rec, what, e, caller_uid)
+                raise
+            if started is not None:
+                started()
+            before = rec
+            rec = self._move(rec, S.COMMITTING, error="")
+
+            def blocking() -> squash_proc.Restacked:
+                def checkpoint(phase: CommitPhase, layers: tuple[Layer, ...],
+                               pending: str, retired: tuple[str, ...]) -> None:
+                    self.store.save(rec.evolve(commit_phase=phase, layers=layers,
+                                               pending_layer=pending,
+                                               retired_layers=retired))
+                return run(rec, checkpoint)
+
+            try:
+                done = await self._blocking(blocking)
+            except OverlaydError as e:  # nothing was unmounted: back as it was
+                self._move(rec, before.state, error=str(e))
+                self._log_failure(rec, what, e, caller_uid)
+                await self._blocking(self._save_quietly, self.get(name))
+                raise
+            error = done.outcome_error()
+            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED,
+                             error=str(error) if error else "", layers=done.layers,
+                             commit_phase=CommitPhase.NONE, pending_layer="",
+                             retired_layers=())
+            await self._blocking(self._save_quietly, rec)
+            self._in_background(done.free_old_upper)
+            if error is not None:
+                self._log_failure(rec, what, error, caller_uid)
+                raise error
+        log.info("Overlay '%s': %s done; %d layer file(s) above the image now.", name, what,
+                 len(rec.layers), extra=_fields(rec, Event.COMMITTED, uid=caller_uid,
+                                                OVERLAYD_ACTION=what))
         return done
 
     def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:

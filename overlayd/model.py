@@ -346,6 +346,9 @@ class Overlay(BaseModel):
     layers: tuple[Layer, ...] = ()
     # The layer file a commit to a layer is writing (phase LAYERING): not in use yet.
     pending_layer: str = ""
+    # Layer files overlayd made that a squash or revert took out of the stack: removed
+    # next (by recovery if the daemon was killed first).
+    retired_layers: tuple[str, ...] = ()
 
     def evolve(self, **changes: Any) -> Overlay:
         return self.model_copy(update=changes)

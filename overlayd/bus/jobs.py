@@ -149,11 +149,12 @@ class JobRunner:
 
     def start_commit(self, rec: Overlay, caller: "Caller", *,
                      target: CommitTarget | None = None,
-                     layer_format: LayerFormat = LayerFormat.EROFS) -> JobInterface:
+                     layer_format: LayerFormat = LayerFormat.EROFS,
+                     operation: str = "commit") -> JobInterface:
         """Export a job for a commit of REC by CALLER, and start it (TARGET, LAYER_FORMAT:
-        Commit's options, issue 14)."""
+        Commit's options; OPERATION "squash": a Squash of its layers, issue 14)."""
         loop = asyncio.get_running_loop()
-        job = self.jobs.start("commit", rec.name, caller.uid, time.time_ns() // 1000)
+        job = self.jobs.start(operation, rec.name, caller.uid, time.time_ns() // 1000)
         obj = JobInterface(self, job)
         obj.rec = rec
 
@@ -180,10 +181,16 @@ class JobRunner:
         error: OverlaydError | None = None
         stats: CommitStats | None = None
         try:
-            stats = await self.svc.manager.commit(
-                rec.name, progress=job.report, cancel=job.token,
-                started=lambda: self._begin(obj), caller_uid=caller.uid,
-                created_usec=rec.created_usec, target=target, layer_format=layer_format)
+            if job.operation == "squash":
+                stats = await self.svc.manager.squash(
+                    rec.name, layer_format, progress=job.report, cancel=job.token,
+                    started=lambda: self._begin(obj), caller_uid=caller.uid,
+                    created_usec=rec.created_usec)
+            else:
+                stats = await self.svc.manager.commit(
+                    rec.name, progress=job.report, cancel=job.token,
+                    started=lambda: self._begin(obj), caller_uid=caller.uid,
+                    created_usec=rec.created_usec, target=target, layer_format=layer_format)
         except OverlaydError as e:
             error = e
         except Exception as e:  # a bug: logged once here, the caller gets Failed
@@ -206,7 +213,8 @@ class JobRunner:
         job.finish(error is None)
         self.flush(obj, force=True)
         if error is None and stats is not None:
-            message = (f"Committed {stats.entries} entries, {human(stats.bytes)} of data "
+            verb = "Squashed" if job.operation == "squash" else "Committed"
+            message = (f"{verb} {stats.entries} entries, {human(stats.bytes)} of data "
                        f"in {stats.seconds:.1f} s.")
         else:
             message = str(error) if error is not None else ""

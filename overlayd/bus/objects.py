@@ -166,6 +166,14 @@ class ManagerInterface(CheapInterface):
         await self.svc.discard(name, options)
 
     @method()
+    async def Squash(self, name: "s", options: "a{sv}"):
+        await self.svc.squash(name, options)
+
+    @method()
+    async def Revert(self, name: "s", options: "a{sv}"):
+        await self.svc.revert(name, options)
+
+    @method()
     async def SetRootOverlayAtBoot(self, enabled: "b", options: "a{sv}"):
         await self.svc.set_root_at_boot(enabled, options)
 

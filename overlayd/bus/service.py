@@ -33,7 +33,9 @@ from overlayd.bus.objects import ManagerInterface, OverlayInterface, signalled_v
 from overlayd.bus.spec import (
     COMMIT_OPTIONS,
     DISCARD_OPTIONS,
+    REVERT_OPTIONS,
     ROOT_AT_BOOT_OPTIONS,
+    SQUASH_OPTIONS,
     decode_options,
     decode_spec,
 )
@@ -175,6 +177,32 @@ class Service:
             raise InvalidArgs("StartCommit does not take 'at_shutdown'; use Commit.")
         target, fmt = commit_target(opts)
         return self.jobs.start_commit(rec, caller, target=target, layer_format=fmt).path
+
+    async def squash(self, name: str, options: dict[str, Variant]) -> None:
+        """Merge the overlay's layer files into one, as a job (Operation "squash"); the
+        caller waits for its end, as for Commit."""
+        opts = decode_options(options, SQUASH_OPTIONS, "Squash")
+        target, fmt = commit_target(opts)
+        rec = self.lookup(name)
+        caller = await self.caller()
+        await self.authorize(ACTION_COMMIT, rec, caller)
+        if target is CommitTarget.IMAGE:
+            raise InvalidSpec("Squash into the image (target 'image') is not supported yet; "
+                              "squash the layers into one layer file (target 'layer').",
+                              "target")
+        job = self.jobs.start_commit(rec, caller, layer_format=fmt, operation="squash")
+        assert job.task is not None
+        error = await asyncio.shield(job.task)
+        if error is not None:
+            raise error
+
+    async def revert(self, name: str, options: dict[str, Variant]) -> None:
+        opts = decode_options(options, REVERT_OPTIONS, "Revert")
+        rec = self.lookup(name)
+        caller = await self.caller()
+        await self.authorize(ACTION_COMMIT, rec, caller)
+        await self.manager.revert(name, discard=bool(opts.get("discard", False)),
+                                  caller_uid=caller.uid, created_usec=rec.created_usec)
 
     async def discard(self, name: str, options: dict[str, Variant]) -> None:
         opts = decode_options(options, DISCARD_OPTIONS, "Discard")

@@ -26,6 +26,10 @@ SPEC_TYPES: dict[str, tuple[str, ...]] = {
 # "erofs" or "squashfs" (model.CommitTarget, model.LayerFormat).
 COMMIT_OPTIONS: dict[str, str] = {"at_shutdown": "b", "target": "s", "layer_format": "s"}
 DISCARD_OPTIONS: dict[str, str] = {"force": "b", "at_shutdown": "b"}
+# Squash: into one layer file of layer_format (target "image" is refused for now);
+# Revert: discard (b) throws the writes in RAM away with the top layer (issue 14).
+SQUASH_OPTIONS: dict[str, str] = {"target": "s", "layer_format": "s"}
+REVERT_OPTIONS: dict[str, str] = {"discard": "b"}
 ROOT_AT_BOOT_OPTIONS: dict[str, str] = {"size": "s"}
 
 

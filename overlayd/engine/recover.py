@@ -163,6 +163,9 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
         if rec.pending_layer:
             host.layerfiles.remove(rec.pending_layer)
         rec = rec.evolve(commit_phase=CommitPhase.NONE, pending_layer="")
+    for path in rec.retired_layers:  # a squash or revert took them out of the stack
+        host.layerfiles.remove(path)
+    rec = rec.evolve(retired_layers=())
     upper_mount = str(layout.upper_mount)
     upper_alive = mounted(upper_mount, host.upper.owns(rec.name))
     applied = rec.state is OverlayState.COMMITTING and rec.commit_phase is CommitPhase.APPLIED

@@ -81,10 +81,17 @@ def ensure_layers(host: Host, rec: Overlay, layout: Layout) -> Overlay:
     """REC with every layer file mounted (those not mounted yet are mounted now)."""
     layers = list(rec.layers)
     for i, layer in enumerate(rec.layers):
-        found = host.mounts.at(str(layout.layer_mount(i)))
+        target = str(layout.layer_mount(i))
+        found = host.mounts.at(target)
         if found is not None and owns_layer(layout, i)(found):
-            continue
+            if host.images.loop_backing(found.source) == layer.path:
+                layers[i] = layer.model_copy(update={"loop_device": found.source})
+                continue
+            # Another layer file is mounted there (a squash or revert was killed before
+            # it moved the mounts): the record says which one belongs.
+            host.mounts.unmount(target, owns_layer(layout, i), lazy=True)
         layers[i] = layer.model_copy(update={"loop_device": mount_layer(host, layer, layout, i)})
+    drop_layers(host, layout, lazy=True, keep=len(rec.layers))  # mounts above the stack
     return rec.evolve(layers=tuple(layers))
 
 

@@ -88,6 +88,7 @@ class FakeHost:
     locked: set[tuple[int, int]] = field(default_factory=set)
     write_locked: set[tuple[int, int]] = field(default_factory=set)
     _next_id: int = 100
+    _layer_inos: dict[str, int] = field(default_factory=dict)  # layer files: stable inodes
     watcher: FakeWatch | None = None
 
     kind = UpperKind.TMPFS  # as an UpperBackend
@@ -158,7 +159,8 @@ class FakeHost:
         self.open_fds += 1
         if path in self.dirs:
             return ImageInfo(path, LowerKind.DIRECTORY, 1, 2, 0, None, -1)
-        ino = 3 + sorted(self.image_fstypes).index(path)  # one inode per image file
+        ino = self._layer_inos.setdefault(path, 1000 + len(self._layer_inos)) \
+            if path in self.file_data else 3 + sorted(self.image_fstypes).index(path)
         return ImageInfo(path, LowerKind.FILE, 1, ino, 1 << 20,
                          self.image_fstypes[path] or None, 3)
 
@@ -465,6 +467,23 @@ class FakeHost:
         if cancelled is not None and cancelled():
             del self.file_data[tmp]
             raise Cancelled("The commit was cancelled while the layer was written.")
+        self._call("rename_layer")
+        del self.file_data[tmp]
+        self.file_data[path] = b"layer"
+        self.image_fstypes[path] = fmt
+        self.image_data[path] = writes
+        return Applied(len(writes), 0, 0.0)
+
+    def squash(self, sources: list[str], path: str, fmt: str,
+               cancelled: Callable[[], bool] | None = None) -> Applied:
+        """The layers' writes, together; as build, the temporary first."""
+        writes: set[str] = set()
+        for src in sources:
+            image = self._image_at(src)
+            writes |= self.image_data.get(image or "", set())
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
+        self._call("squash_layers")
+        self.file_data[tmp] = b"half"
         self._call("rename_layer")
         del self.file_data[tmp]
         self.file_data[path] = b"layer"

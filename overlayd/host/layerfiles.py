@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -97,21 +98,8 @@ class LinuxLayerFiles:
               cancelled: Callable[[], bool] | None = None) -> Applied:
         start = time.monotonic()
         entries, size = self._clean(upper, fmt)
-        tmp = temporary(path)
         try:
-            self._run(command(fmt, upper, tmp), cancelled)
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fchmod(fd, 0o600)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-            dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self._write(upper, path, fmt, cancelled)
         except OSError as e:
             self.remove(path)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -122,7 +110,50 @@ class LinuxLayerFiles:
             raise
         return Applied(entries, size, time.monotonic() - start)
 
+    def squash(self, sources: list[str], path: str, fmt: str,
+               cancelled: Callable[[], bool] | None = None) -> Applied:
+        """The layers mounted at SOURCES (lowest first) as one layer file PATH, made as
+        ``build`` makes one (whole or not at all); composed on disk beside it first."""
+        start = time.monotonic()
+        stage = stage_of(path)
+        try:
+            if os.path.lexists(stage):
+                shutil.rmtree(stage)
+            entries, size = compose(sources, stage)
+            self._clean(stage, fmt)
+            self._write(stage, path, fmt, cancelled)
+        except OSError as e:
+            self.remove(path)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"No space left to squash into '{path}'.") from None
+            raise CommitFailed(f"Cannot squash the layers into '{path}': {e.strerror}"
+                               f" ('{e.filename}').") from None
+        except BaseException:
+            self.remove(path)
+            raise
+        shutil.rmtree(stage, ignore_errors=True)
+        return Applied(entries, size, time.monotonic() - start)
+
+    def _write(self, tree: str, path: str, fmt: str,
+               cancelled: Callable[[], bool] | None) -> None:
+        """The tool makes TREE into PATH's temporary, fsynced, renamed, directory fsynced."""
+        tmp = temporary(path)
+        self._run(command(fmt, tree, tmp), cancelled)
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o600)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     def remove(self, path: str) -> None:
+        shutil.rmtree(stage_of(path), ignore_errors=True)
         for p in (temporary(path), path):
             try:
                 os.unlink(p)
@@ -201,3 +232,144 @@ class LinuxLayerFiles:
             if "No space" in err:
                 raise NoSpace(f"No space left for the layer: {last[:300]}")
             raise CommitFailed(f"{argv[0]} failed: {last[:300]}")
+
+
+# -- squashing layers ----------------------------------------------------------------------
+
+OPAQUE = "trusted.overlay.opaque"
+
+
+def stage_of(path: str) -> str:
+    """Where the layers are composed before the tool makes PATH of them."""
+    return temporary(path) + ".d"
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_whiteout_entry(path: str, st: os.stat_result) -> bool:
+    """Both forms: a character device 0/0, or a file marked trusted.overlay.whiteout."""
+    if _is_whiteout(st):
+        return True
+    if not stat.S_ISREG(st.st_mode) or st.st_size:
+        return False
+    try:
+        os.getxattr(path, "trusted.overlay.whiteout", follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
+def _opaque(path: str) -> bytes | None:
+    try:
+        return os.getxattr(path, OPAQUE, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _remove_any(path: str) -> None:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _copy_meta(src: str, dst: str, st: os.stat_result, *, replace_xattrs: bool) -> None:
+    """Owner, then mode (chown clears setuid), xattrs (a capability after chown), times."""
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    names = os.listxattr(src, follow_symlinks=False)
+    if replace_xattrs:
+        for n in os.listxattr(dst, follow_symlinks=False):
+            if n not in names:
+                os.removexattr(dst, n, follow_symlinks=False)
+    for n in names:
+        os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+class _Composer:
+    """Compose layers, lowest first, into one directory in the overlayfs format: what a
+    layer above says wins (a whiteout stays a whiteout: the image below still has the
+    name), a directory that is not opaque merges with the one below, and one over a
+    non-directory (or a whiteout) of a layer below becomes opaque, as the kernel sees it."""
+
+    def __init__(self) -> None:
+        self.links: dict[tuple[int, int, int], str] = {}
+        self.layer = 0
+        self.entries = 0
+        self.bytes = 0
+
+    def merge_dir(self, src: str, dst: str, opaque: bool = False) -> None:
+        """SRC over DST; OPAQUE: DST hides everything below it, so a whiteout in it has
+        nothing to hide (and the kernel, reading such a directory as it is, would list
+        it): the entry goes, no whiteout is written."""
+        with os.scandir(src) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            s, d = os.path.join(src, name), os.path.join(dst, name)
+            st = os.lstat(s)
+            try:
+                dst_st: os.stat_result | None = os.lstat(d)
+            except FileNotFoundError:
+                dst_st = None
+            self.entries += 1
+            if stat.S_ISDIR(st.st_mode):
+                self._dir(s, d, st, dst_st)
+            else:
+                if dst_st is not None:
+                    _remove_any(d)
+                if not (opaque and _is_whiteout_entry(s, st)):
+                    self._other(s, d, st)
+
+    def _dir(self, s: str, d: str, st: os.stat_result, dst_st: os.stat_result | None) -> None:
+        s_opq = _opaque(s)
+        if dst_st is not None and stat.S_ISDIR(dst_st.st_mode) and s_opq != b"y":
+            d_opq = _opaque(d)
+            self.merge_dir(s, d, d_opq == b"y")
+            _copy_meta(s, d, st, replace_xattrs=True)
+            if d_opq == b"y" or (d_opq == b"x" and s_opq is None):
+                os.setxattr(d, OPAQUE, d_opq, follow_symlinks=False)
+            os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            return
+        if dst_st is not None:
+            _remove_any(d)
+        os.mkdir(d, 0o700)
+        over_other = dst_st is not None and not stat.S_ISDIR(dst_st.st_mode)
+        self.merge_dir(s, d, s_opq == b"y" or over_other)
+        _copy_meta(s, d, st, replace_xattrs=False)
+        if over_other and s_opq is None:
+            os.setxattr(d, OPAQUE, b"y", follow_symlinks=False)  # the kernel stops here too
+            os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def _other(self, s: str, d: str, st: os.stat_result) -> None:
+        key = (self.layer, st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self.links and os.path.lexists(self.links[key]):
+            os.link(self.links[key], d, follow_symlinks=False)
+            return
+        if stat.S_ISREG(st.st_mode):
+            with open(s, "rb") as fi, open(d, "xb") as fo:
+                shutil.copyfileobj(fi, fo, 1 << 20)
+            self.bytes += st.st_size
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(s), d)
+        else:  # devices, whiteouts (0/0), fifos, sockets
+            os.mknod(d, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+        _copy_meta(s, d, st, replace_xattrs=False)
+        if st.st_nlink > 1:
+            self.links[key] = d
+
+
+def compose(sources: list[str], stage: str) -> tuple[int, int]:
+    """SOURCES (the layers' mounts, lowest first) composed into STAGE (made here): the
+    entries and bytes written."""
+    c = _Composer()
+    os.mkdir(stage, 0o700)
+    for i, src in enumerate(sources):
+        c.layer = i
+        c.merge_dir(src, stage)
+        _copy_meta(src, stage, os.lstat(src), replace_xattrs=True)
+    return c.entries, c.bytes

@@ -86,3 +86,27 @@ def test_commit_to_a_layer_over_the_bus(layered: Daemon, root: Path) -> None:
     r = layered.call("Create", "sa{sv}", "bad", "2", "image", "s", str(img),
                      "layers", "as", "1", str(img))
     assert r.returncode != 0 and "not an erofs or squashfs image" in r.stderr
+
+
+def test_squash_as_a_job_and_revert(layered: Daemon, root: Path) -> None:
+    img = helpers.make_image(root / "disk.img")
+    path = layered.create("sq", img)
+    mp = Path(f"{layered.runtime}/mnt/sq")
+    for i in range(2):
+        (mp / f"f{i}").write_text(f"{i}\n")
+        assert layered.ctl("commit", "sq", "--target", "layer").returncode == 0
+    r = layered.call("Squash", "sa{sv}", "sq", "1", "target", "s", "image")
+    assert r.returncode != 0 and "not supported" in r.stderr
+    (mp / "ram").write_text("kept in RAM\n")
+    r = layered.call("Squash", "sa{sv}", "sq", "0")
+    assert r.returncode == 0, r.stderr
+    assert prop(layered, path, "StackDepth") == "u 2"
+    assert sorted(p.name for p in mp.iterdir() if p.name != "lost+found") == \
+        ["f0", "f1", "ram"]
+    r = layered.call("Revert", "sa{sv}", "sq", "0")
+    assert r.returncode != 0 and "commit them first" in r.stderr
+    r = layered.call("Revert", "sa{sv}", "sq", "1", "discard", "b", "true")
+    assert r.returncode == 0, r.stderr
+    assert prop(layered, path, "Layers") == "as 0"
+    assert sorted(p.name for p in mp.iterdir() if p.name != "lost+found") == []
+    assert os.listdir(root / "layers" / "sq") == [], "the layer files overlayd made are gone"

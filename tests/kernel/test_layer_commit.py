@@ -8,6 +8,7 @@ cannot be committed in place) round-trips through a squashfs layer; stacks of th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -117,7 +118,6 @@ def test_squashfs_image_round_trip(env: Env, root: Path) -> None:
     (mp / "new").mkdir()
     (mp / "new" / "file").write_text("new\n")
     os.setxattr(mp / "new" / "file", "user.note", b"kept")
-    import shutil
     shutil.rmtree(mp / "dir")
     (mp / "dir").mkdir()  # opaque now
     (mp / "dir" / "fresh.txt").write_text("fresh\n")
@@ -200,3 +200,59 @@ def test_layer_file_is_what_the_tool_makes_by_hand(env: Env, root: Path, image: 
     r = subprocess.run(["fsck.erofs", layer], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     env.run(env.manager.discard("fsck"))
+
+
+def test_three_layers_squash_then_revert(env: Env, root: Path) -> None:
+    """Three layers then Squash: the same view (with writes in RAM kept, and every kind of
+    change of test_commit's tree in the layers); Revert: the view before the last commit."""
+    tree = root / "tree"
+    tree.mkdir()
+    build_lower(tree)
+    img = helpers.make_image(root / "disk.img", tree)
+    rec = env.create("sq3", img, size="64M")
+    mp = Path(rec.mountpoint)
+    outside = root / "outside"
+    outside.mkdir()
+    mutate(mp, outside)  # layer 1: every kind of change
+    env.run(env.manager.commit("sq3", target=CommitTarget.LAYER))
+    (mp / "opaque" / "c.txt").unlink()  # layer 2: a file of layer 1 deleted, a dir
+    shutil.move(mp / "file2dir", mp / "dir-moved")  # of layer 1 moved, one of the image
+    shutil.rmtree(mp / "sub")  # gone
+    (mp / "keep.txt").write_text("changed in layer 2\n")
+    before_third = helpers.snapshot(mp)
+    env.run(env.manager.commit("sq3", target=CommitTarget.LAYER))
+    (mp / "sub").mkdir()  # layer 3: a dir again where layer 2 has a whiteout
+    (mp / "sub" / "back.txt").write_text("back\n")
+    (mp / "gone-in-3").write_text("x")
+    os.link(mp / "gone-in-3", mp / "hardlink-in-3")
+    env.run(env.manager.commit("sq3", target=CommitTarget.LAYER))
+    (mp / "in-ram.txt").write_text("not committed\n")
+    view = helpers.snapshot(mp)
+    old = [Path(la.path) for la in env.manager.get("sq3").layers]
+
+    env.run(env.manager.squash("sq3"))
+    rec = env.manager.get("sq3")
+    assert len(rec.layers) == 1 and rec.state.value == "active"
+    problems = helpers.diff_snapshots(view, helpers.snapshot(mp))
+    assert problems == [], "the squashed stack differs:\n" + "\n".join(problems)
+    assert not any(p.exists() for p in old), "the squashed layer files are removed"
+    assert not [f for f in os.listdir(env.config.layers_of("sq3")) if f.startswith(".")]
+    names = layer_xattrs(Path(rec.layers[0].path), root)
+    assert set(names) <= {*ALLOWED_IN_LAYER, "trusted.overlay.overlay.nested"}, names
+
+    # Revert: the writes in RAM must be committed first, or go with the layer.
+    with pytest.raises(CommitFailed, match="commit them first"):
+        env.run(env.manager.revert("sq3"))
+    env.run(env.manager.commit("sq3"))  # a second layer, holding in-ram.txt
+    env.run(env.manager.revert("sq3"))
+    without_ram = {k: v for k, v in view.items() if k != "in-ram.txt"}
+    now = helpers.snapshot(mp)
+    now.pop(".", None), without_ram.pop(".", None)  # the root's mtime saw in-ram.txt
+    assert helpers.diff_snapshots(without_ram, now) == []
+    (mp / "scratch").write_text("thrown away\n")
+    env.run(env.manager.revert("sq3", discard=True))  # the squashed layer goes too
+    assert env.manager.get("sq3").layers == ()
+    assert not (mp / "scratch").exists() and not (mp / "in-ram.txt").exists()
+    assert (mp / "keep.txt").read_text() == "lower keep.txt\n", "the image's view"
+    assert before_third  # (the view before the third commit is inside the squash now)
+    env.run(env.manager.discard("sq3"))

@@ -194,7 +194,8 @@ def test_the_manager_names_what_it_returns() -> None:
     outs = {m.name: [a.name for a in m.out_args] for m in iface.methods}
     assert outs == {"Create": ["overlay"], "GetOverlay": ["overlay"],
                     "ListOverlays": ["overlays"], "Commit": [], "Discard": [],
-                    "SetRootOverlayAtBoot": [], "StartCommit": ["job"]}
+                    "SetRootOverlayAtBoot": [], "StartCommit": ["job"],
+                    "Squash": [], "Revert": []}
 
 
 def test_the_manager_says_whether_the_root_is_on_an_overlay() -> None:

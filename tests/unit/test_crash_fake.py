@@ -82,7 +82,20 @@ PROCEDURES: dict[str, tuple[Setup, Act]] = {
                             lambda m: m.commit("demo", target=CommitTarget.LAYER)),
     "commit-layer-second": (lambda h: with_a_layer(h),
                             lambda m: m.commit("demo", target=CommitTarget.LAYER)),
+    # Squash (two layers into one, MORE2 still in RAM) and Revert (the top layer goes).
+    "squash": (lambda h: with_two_layers(h, more=True), lambda m: m.squash("demo")),
+    "revert": (lambda h: with_two_layers(h, more=False), lambda m: m.revert("demo")),
 }
+
+MORE2 = {"f.txt"}
+
+
+def with_two_layers(host: FakeHost, *, more: bool) -> OverlayManager:
+    mgr = with_a_layer(host)
+    run(mgr.commit("demo", target=CommitTarget.LAYER))
+    if more:
+        host.write_upper(f"{RUN}/demo/rw", *MORE2)
+    return mgr
 
 MORE = {"d.txt", "e.txt"}
 
@@ -182,6 +195,12 @@ def test_kill_after_every_step(proc: str, step: int) -> None:
     check_nothing_leaked(host, after)
     if proc.startswith("commit"):
         assert writes_kept(host, after) >= WRITES, "a write was lost"
+    if proc == "squash":
+        assert writes_kept(host, after) >= WRITES | MORE | MORE2, "a write was lost"
+        assert len(after.get("demo").layers) in (1, 2)
+    if proc == "revert":
+        kept = writes_kept(host, after)
+        assert kept >= WRITES and (kept >= MORE) == (len(after.get("demo").layers) == 2)
     if proc == "commit-layer-second":
         assert writes_kept(host, after) >= WRITES | MORE, "a write was lost"
         assert len(after.get("demo").layers) in (1, 2)
