@@ -40,7 +40,8 @@ class Bench:
         self.settings = settings
         self.paths = paths
         self.tracker = Tracker()
-        self.config = DaemonConfig(runtime_dir=paths.run, default_size=CYCLE_TMPFS)
+        self.config = DaemonConfig(runtime_dir=paths.run, default_size=CYCLE_TMPFS,
+                                   layer_dir=paths.root / "layers")
         self.bus_config = DaemonConfig(runtime_dir=paths.busrun)  # the daemons', for cleanup
         self.daemons: list[Daemon] = []
         self.problems: list[str] = []  # met on the way, not fatal: warnings at the end
