@@ -42,6 +42,7 @@ PRIVATE_PREFIX = "trusted.overlay."
 KEPT = frozenset({"trusted.overlay.opaque", "trusted.overlay.whiteout",
                   "trusted.overlay.whiteouts"})
 ESCAPED_PREFIX = "trusted.overlay.overlay."
+IMPURE = "trusted.overlay.impure"  # on a directory holding entries with origin
 SQUASHFS_PREFIXES = ("user.", "trusted.", "security.")
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
@@ -164,31 +165,40 @@ class LinuxLayerFiles:
 
     def _clean(self, upper: str, fmt: str) -> tuple[int, int]:
         """Drop the private xattrs from the upper (never following a link); refuse what
-        FMT cannot hold. The number of entries and their bytes."""
-        entries = size = 0
-        stack = [upper]
+        FMT cannot hold. The number of entries, and the bytes the file system holding
+        UPPER uses (the tmpfs: what the writes take in RAM).
+
+        This walk is all a layer commit adds to the tool's own time, so it looks only
+        where the bookkeeping can be: every directory (``origin`` of a copied-up one,
+        ``impure``, the root's ``uuid``), and the other entries of an *impure* directory,
+        which overlayfs marks so whenever it holds an entry with ``origin`` (copied up or
+        moved in). An entry of a directory that is not impure was made in the upper and
+        carries none. No stat either: the kind comes with the directory entry. squashfs
+        looks at every entry (an ACL anywhere must be refused)."""
+        entries = 0
+        every = fmt == "squashfs"
         try:
+            stack = [(upper, IMPURE in self._clean_one(upper, fmt))]
             while stack:
-                d = stack.pop()
+                d, impure = stack.pop()
                 with os.scandir(d) as it:
                     for e in it:
                         entries += 1
-                        st = e.stat(follow_symlinks=False)
-                        if stat.S_ISREG(st.st_mode):
-                            size += st.st_size
-                        elif stat.S_ISDIR(st.st_mode):
-                            stack.append(e.path)
-                        self._clean_one(e.path, fmt)
-            self._clean_one(upper, fmt)
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append((e.path, IMPURE in self._clean_one(e.path, fmt)))
+                        elif impure or every:
+                            self._clean_one(e.path, fmt)
+            vfs = os.statvfs(upper)
         except OSError as e:
             raise CommitFailed(f"Cannot read the writes in RAM: {e.strerror} "
                                f"('{e.filename}').") from None
-        return entries, size
+        return entries, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
 
-    def _clean_one(self, path: str, fmt: str) -> None:
+    def _clean_one(self, path: str, fmt: str) -> list[str]:
+        """PATH's xattrs as they were; the private ones are removed."""
         names = os.listxattr(path, follow_symlinks=False)
         if not names:
-            return
+            return names
         if fmt == "squashfs":
             bad = [n for n in names if not n.startswith(SQUASHFS_PREFIXES)]
             if bad:
@@ -200,6 +210,7 @@ class LinuxLayerFiles:
             if n.startswith(PRIVATE_PREFIX) and n not in KEPT \
                     and not n.startswith(ESCAPED_PREFIX):
                 os.removexattr(path, n, follow_symlinks=False)
+        return names
 
     def _run(self, argv: list[str], cancelled: Callable[[], bool] | None) -> None:
         # Its messages go to a file: a pipe nobody reads while it runs could fill and stop it.
