@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import shutil
 import stat
 import subprocess
@@ -224,14 +225,17 @@ class LinuxLayerFiles:
                 raise CommitFailed(f"Cannot run {argv[0]} ({e.strerror}); install "
                                    f"{package}.") from None
             try:
-                while True:
-                    try:
-                        proc.wait(timeout=POLL)
-                        break
-                    except subprocess.TimeoutExpired:
+                # A pidfd is readable the moment the tool exits: no polling delay at the
+                # end (Popen.wait with a timeout sleeps up to 50 ms between looks).
+                pidfd = os.pidfd_open(proc.pid)
+                try:
+                    while not select.select([pidfd], [], [], POLL)[0]:
                         if cancelled is not None and cancelled():
                             raise Cancelled("The commit was cancelled while the layer was "
-                                            "written; the part written was removed.") from None
+                                            "written; the part written was removed.")
+                finally:
+                    os.close(pidfd)
+                proc.wait()
             finally:
                 if proc.poll() is None:
                     proc.kill()  # our own child, by its PID
