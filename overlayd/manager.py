@@ -605,9 +605,15 @@ class OverlayManager:
     async def squash(self, name: str, fmt: LayerFormat = LayerFormat.EROFS, *,
                      progress: Progress | None = None, cancel: CancelToken | None = None,
                      started: Callable[[], None] | None = None, caller_uid: int = 0,
-                     created_usec: int | None = None) -> CommitStats:
-        """Merge the overlay's layer files into one (engine/squash.py); the writes in RAM
-        stay as they are."""
+                     created_usec: int | None = None,
+                     target: CommitTarget = CommitTarget.LAYER) -> CommitStats:
+        """Merge the overlay's layer files into one (engine/squash.py), or with TARGET
+        image into the image in place (``_squash_into_image``); the writes in RAM stay as
+        they are."""
+        if target is CommitTarget.IMAGE:
+            return await self._squash_into_image(name, progress=progress, cancel=cancel,
+                                                 started=started, caller_uid=caller_uid,
+                                                 created_usec=created_usec)
         def run(rec: Overlay, checkpoint: squash_proc.Checkpoint) -> squash_proc.Restacked:
             return squash_proc.squash(self.host, rec, self._layout(name), self.config, fmt,
                                       checkpoint, cancel=cancel)
@@ -620,6 +626,102 @@ class OverlayManager:
             progress(applied.entries, applied.bytes)
         return CommitStats(entries=applied.entries, bytes=applied.bytes,
                            seconds=applied.seconds)
+
+    async def _squash_into_image(self, name: str, *, progress: Progress | None,
+                                 cancel: CancelToken | None,
+                                 started: Callable[[], None] | None, caller_uid: int,
+                                 created_usec: int | None) -> CommitStats:
+        """The layer files applied to the image in place, lowest first, with Commit's merge
+        and Commit's rules (an exclusive, writable image; its lock; checkpoints); then the
+        stack is empty and the upper as it was. Killed while writing the image: the record
+        still stacks every layer, and the view is the same (every change applied so far is
+        in a layer above too); the overlay is half-committed, and Squash again finishes."""
+        if self.is_root(name):
+            raise CommitFailed(f"Overlay '{name}' is the root file system; its layers "
+                               "cannot change while the system runs.")
+        async with self._lock(name):
+            rec = self._current(name, created_usec)
+            try:
+                squash_proc.refuse_into_image(rec)
+                commit_proc.refuse_early(rec, caller_uid, layers_ok=True)
+            except OverlaydError as e:
+                self._log_failure(rec, "squash", e, caller_uid)
+                raise
+            self._refuse_shared_commit(rec, caller_uid)
+            if started is not None:
+                started()
+            before = rec
+            rec = self._move(rec, S.COMMITTING, error="")
+            retired = tuple(la.path for la in rec.layers
+                            if squash_proc.ours(self.config, name, la))
+            try:
+                done = await self._blocking(self._squash_into_image_blocking, rec, progress,
+                                            caller_uid, cancel, retired)
+            except OverlaydError as e:
+                self._move(rec, before.state, error=str(e))
+                self._log_failure(rec, "squash", e, caller_uid)
+                await self._blocking(self._save_quietly, self.get(name))
+                raise
+            if done.error is None and done.remounted:  # before the record forgets them
+                await self._blocking(self._remove_layer_files, retired)
+            error = done.outcome_error(self.upper_dir(name))
+            changes: dict[str, Any] = {"error": str(error) if error else "",
+                                       "commit_phase": CommitPhase.NONE,
+                                       # left to remove (by recovery) if not removed yet
+                                       "retired_layers": retired if done.error is None
+                                       and not done.remounted else ()}
+            if done.loop_device is not None:
+                changes["lowers"] = (rec.lowers[0].model_copy(
+                    update={"loop_device": done.loop_device}), *rec.lowers[1:])
+            if done.error is None:
+                changes["layers"] = ()
+            elif done.image_touched:
+                changes["half_committed"] = True
+            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED, **changes)
+            await self._blocking(self._save_quietly, rec)
+            if error is not None:
+                self._log_failure(rec, "squash", error, caller_uid)
+                raise error
+        applied = done.applied or Applied(0, 0, 0.0)
+        log.info("Squashed the layers of overlay '%s' into '%s': %d entries, %d bytes.",
+                 name, rec.image, applied.entries, applied.bytes,
+                 extra=_fields(rec, Event.COMMITTED, uid=caller_uid, OVERLAYD_ACTION="squash"))
+        return CommitStats(entries=applied.entries, bytes=applied.bytes,
+                           seconds=applied.seconds)
+
+    def _squash_into_image_blocking(self, rec: Overlay, progress: Progress | None,
+                                    caller_uid: int, cancel: CancelToken | None,
+                                    retired: tuple[str, ...]) -> commit_proc.Committed:
+        key = image_key(rec)
+        layout = self._layout(rec.name)
+        with self._shared.locked(key):
+            commit_proc.claim_image(self.host, rec, layout,
+                                    self._shared.users(key, but=rec.name))
+            try:
+                self.store.save(rec)
+
+                def checkpoint(phase: CommitPhase) -> None:
+                    self._save_quietly(rec.evolve(commit_phase=phase))
+
+                def finish() -> Overlay:
+                    after = rec.evolve(layers=(), commit_phase=CommitPhase.NONE,
+                                       retired_layers=retired)
+                    self.store.save(after)
+                    return after
+
+                sources = [str(layout.layer_mount(i)) for i in range(len(rec.layers))]
+                return commit_proc.run(self.host, rec, layout, progress, checkpoint,
+                                       as_uid=caller_uid, cancel=cancel, sources=sources,
+                                       finish=finish)
+            finally:
+                commit_proc.release_image(self.host, rec)
+
+    def _remove_layer_files(self, paths: tuple[str, ...]) -> None:
+        for path in paths:
+            try:
+                self.host.layerfiles.remove(path)
+            except OverlaydError as e:  # unstacked: harmless, and recovery tries again
+                log.warning("Cannot remove the layer file '%s': %s", path, e)
 
     async def revert(self, name: str, *, discard: bool = False, caller_uid: int = 0,
                      created_usec: int | None = None) -> None:

@@ -185,7 +185,8 @@ class JobRunner:
                 stats = await self.svc.manager.squash(
                     rec.name, layer_format, progress=job.report, cancel=job.token,
                     started=lambda: self._begin(obj), caller_uid=caller.uid,
-                    created_usec=rec.created_usec)
+                    created_usec=rec.created_usec,
+                    target=target or CommitTarget.LAYER)
             else:
                 stats = await self.svc.manager.commit(
                     rec.name, progress=job.report, cancel=job.token,

@@ -186,11 +186,8 @@ class Service:
         rec = self.lookup(name)
         caller = await self.caller()
         await self.authorize(ACTION_COMMIT, rec, caller)
-        if target is CommitTarget.IMAGE:
-            raise InvalidSpec("Squash into the image (target 'image') is not supported yet; "
-                              "squash the layers into one layer file (target 'layer').",
-                              "target")
-        job = self.jobs.start_commit(rec, caller, layer_format=fmt, operation="squash")
+        job = self.jobs.start_commit(rec, caller, target=target, layer_format=fmt,
+                                     operation="squash")
         assert job.task is not None
         error = await asyncio.shield(job.task)
         if error is not None:

@@ -26,7 +26,7 @@ SPEC_TYPES: dict[str, tuple[str, ...]] = {
 # "erofs" or "squashfs" (model.CommitTarget, model.LayerFormat).
 COMMIT_OPTIONS: dict[str, str] = {"at_shutdown": "b", "target": "s", "layer_format": "s"}
 DISCARD_OPTIONS: dict[str, str] = {"force": "b", "at_shutdown": "b"}
-# Squash: into one layer file of layer_format (target "image" is refused for now);
+# Squash: into one layer file of layer_format, or (target "image") into the image;
 # Revert: discard (b) throws the writes in RAM away with the top layer (issue 14).
 SQUASH_OPTIONS: dict[str, str] = {"target": "s", "layer_format": "s"}
 REVERT_OPTIONS: dict[str, str] = {"discard": "b"}

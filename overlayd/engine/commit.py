@@ -82,9 +82,10 @@ class Committed:
         return None
 
 
-def refuse_early(rec: Overlay, as_uid: int) -> None:
-    """What makes a commit impossible before anything is touched."""
-    if rec.layers:
+def refuse_early(rec: Overlay, as_uid: int, *, layers_ok: bool = False) -> None:
+    """What makes a commit impossible before anything is touched. LAYERS_OK: a Squash
+    into the image, which applies the layer files (``run``'s SOURCES)."""
+    if rec.layers and not layers_ok:
         raise CommitFailed(f"Overlay '{rec.name}' stacks layer files above its image; "
                            "merging its writes into the image under them would change what "
                            "they mean. Commit with target 'layer'. Nothing was changed.")
@@ -132,9 +133,14 @@ def release_image(host: Host, rec: Overlay) -> None:
 
 
 def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
-        checkpoint: Checkpoint, *, as_uid: int = 0, cancel: CancelToken | None = None
+        checkpoint: Checkpoint, *, as_uid: int = 0, cancel: CancelToken | None = None,
+        sources: list[str] | None = None, finish: Callable[[], Overlay] | None = None
         ) -> Committed:
-    refuse_early(rec, as_uid)
+    """SOURCES and FINISH (Squash into the image, issue 14): apply these directories (the
+    layer files' mounts, lowest first) instead of the upper, which stays as it is; once
+    they are in the image, FINISH records the stack without them and gives the record to
+    mount the overlay again by."""
+    refuse_early(rec, as_uid, layers_ok=sources is not None)
     if cancel is not None and cancel.asked:  # cancelled while it waited its turn
         raise Cancelled(f"Commit of overlay '{rec.name}' was cancelled before it started; "
                         "nothing changed.")
@@ -155,7 +161,7 @@ def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
             raise
     try:
         return _commit_opened(host, rec, layout, progress, checkpoint, rw, ro, dir_fd,
-                              cancel)
+                              cancel, sources, finish)
     finally:
         for info in (rw, ro):
             if info is not None:
@@ -166,7 +172,9 @@ def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
 
 def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
                    checkpoint: Checkpoint, rw: ImageInfo | None, ro: ImageInfo | None,
-                   dir_fd: int | None, cancel: CancelToken | None = None) -> Committed:
+                   dir_fd: int | None, cancel: CancelToken | None = None,
+                   sources: list[str] | None = None,
+                   finish: Callable[[], Overlay] | None = None) -> Committed:
     # Computed before anything is unmounted: a failure here must leave the overlay up.
     driver = steps.driver_for(host, rec.fstype) if rec.fstype else ""
     try:
@@ -190,7 +198,11 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
         if cancel is not None:
             cancel.check()  # the first safe point: nothing written yet
         out.image_touched = True
-        out.applied = host.layers.apply_upper(str(layout.upper), target, progress)
+        for source in sources if sources is not None else [str(layout.upper)]:
+            done = host.layers.apply_upper(source, target, progress)
+            out.applied = done if out.applied is None else Applied(
+                out.applied.entries + done.entries, out.applied.bytes + done.bytes,
+                out.applied.seconds + done.seconds)
         if cancel is not None:
             cancel.seal()  # the last safe point: a cancel asked until now stops it here
         host.mounts.syncfs(target)
@@ -203,7 +215,7 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
             host.mounts.close_detached(rw_fd)
         except OverlaydError as e:
             out.error = out.error or e
-    _restore(host, rec, layout, driver, ro, dir_fd, checkpoint, out)
+    _restore(host, rec, layout, driver, ro, dir_fd, checkpoint, out, finish)
     return out
 
 
@@ -216,7 +228,8 @@ def _sync_quietly(host: Host, target: str, out: Committed) -> None:
 
 
 def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInfo | None,
-             dir_fd: int | None, checkpoint: Checkpoint, out: Committed) -> None:
+             dir_fd: int | None, checkpoint: Checkpoint, out: Committed,
+             finish: Callable[[], Overlay] | None = None) -> None:
     """Back to read-only, a fresh upper if the writes are in the image, the overlay up."""
     def step(what: str, fn: Callable[[], object]) -> bool:
         try:
@@ -244,7 +257,13 @@ def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInf
                                                     read_only=True)
             if not step("mount the image read-only", remount):
                 return
-    if out.error is None:
+    if out.error is None and finish is not None:
+        def restack() -> None:  # the layers are in the image: the stack goes, the upper stays
+            nonlocal rec
+            rec = steps.ensure_layers(host, finish(), layout)
+        if not step("record the layers merged", restack):
+            return
+    elif out.error is None:
         def renew() -> None:
             checkpoint(CommitPhase.APPLIED)
             upper_mount = str(layout.upper_mount)

@@ -83,6 +83,12 @@ def ours(cfg: DaemonConfig, name: str, layer: Layer) -> bool:
         os.path.dirname(layer.path) == str(cfg.layers_of(name))
 
 
+def refuse_into_image(rec: Overlay) -> None:
+    if not rec.layers:
+        raise CommitFailed(f"Overlay '{rec.name}' stacks no layer file above its image: "
+                           "there is nothing to squash into it. Nothing was changed.")
+
+
 def refuse_squash(rec: Overlay) -> None:
     if len(rec.layers) < 2:
         raise CommitFailed(f"Overlay '{rec.name}' stacks {len(rec.layers)} layer file(s) "

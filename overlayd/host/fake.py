@@ -422,7 +422,8 @@ class FakeHost:
     def apply_upper(self, upper: str, lower: str, progress: Progress | None) -> Applied:
         """Copies the writes one by one: a crash in the middle leaves part of them."""
         tmpfs, image = self._tmpfs_of(upper), self._image_at(lower)
-        writes = sorted(self.upper_data.get(tmpfs, set())) if tmpfs is not None else []
+        writes = sorted(self.upper_data.get(tmpfs, set())) if tmpfs is not None else \
+            sorted(self.image_data.get(self._image_at(upper) or "", set()))  # a layer
         self._call("apply_upper")
         for i, name in enumerate(writes, 1):
             self._call("apply_entry")

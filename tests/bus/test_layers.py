@@ -95,8 +95,8 @@ def test_squash_as_a_job_and_revert(layered: Daemon, root: Path) -> None:
     for i in range(2):
         (mp / f"f{i}").write_text(f"{i}\n")
         assert layered.ctl("commit", "sq", "--target", "layer").returncode == 0
-    r = layered.call("Squash", "sa{sv}", "sq", "1", "target", "s", "image")
-    assert r.returncode != 0 and "not supported" in r.stderr
+    r = layered.call("Squash", "sa{sv}", "sq", "1", "target", "s", "nowhere")
+    assert r.returncode != 0 and "Invalid 'target'" in r.stderr
     (mp / "ram").write_text("kept in RAM\n")
     r = layered.call("Squash", "sa{sv}", "sq", "0")
     assert r.returncode == 0, r.stderr
@@ -110,3 +110,11 @@ def test_squash_as_a_job_and_revert(layered: Daemon, root: Path) -> None:
     assert prop(layered, path, "Layers") == "as 0"
     assert sorted(p.name for p in mp.iterdir() if p.name != "lost+found") == []
     assert os.listdir(root / "layers" / "sq") == [], "the layer files overlayd made are gone"
+    # Squash into the image in place: the stack goes into the image, the view stays.
+    (mp / "into-image").write_text("x\n")
+    assert layered.ctl("commit", "sq", "--target", "layer").returncode == 0
+    r = layered.call("Squash", "sa{sv}", "sq", "1", "target", "s", "image")
+    assert r.returncode == 0, r.stderr
+    assert prop(layered, path, "Layers") == "as 0"
+    assert (mp / "into-image").read_text() == "x\n"
+    assert helpers.sha256(img) != "", "the image was written"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.errors import CommitFailed
+from overlayd.errors import CommitFailed, ImageInUse
 from overlayd.model import CommitTarget, LayerFormat
 from tests import helpers
 from tests.kernel.conftest import Env
@@ -256,3 +256,51 @@ def test_three_layers_squash_then_revert(env: Env, root: Path) -> None:
     assert (mp / "keep.txt").read_text() == "lower keep.txt\n", "the image's view"
     assert before_third  # (the view before the third commit is inside the squash now)
     env.run(env.manager.discard("sq3"))
+
+
+def test_squash_into_the_image(env: Env, root: Path) -> None:
+    """Squash with target image: the layer files applied to the image in place with
+    Commit's merge; the view is the same, the stack empty, the writes in RAM kept; the
+    image on its own holds the layers (e2fsck clean); a shared image is refused."""
+    tree = root / "tree"
+    tree.mkdir()
+    build_lower(tree)
+    img = helpers.make_image(root / "disk.img", tree)
+    rec = env.create("into", img, size="64M")
+    mp = Path(rec.mountpoint)
+    outside = root / "outside"
+    outside.mkdir()
+    mutate(mp, outside)
+    env.run(env.manager.commit("into", target=CommitTarget.LAYER))
+    (mp / "keep.txt").write_text("layer 2\n")
+    shutil.rmtree(mp / "new")
+    env.run(env.manager.commit("into", target=CommitTarget.LAYER))
+    in_layers = helpers.snapshot(mp)
+    (mp / "ram.txt").write_text("stays in RAM\n")
+    view = helpers.snapshot(mp)
+    layer_files = [Path(la.path) for la in env.manager.get("into").layers]
+
+    other = env.create("reader", img)
+    with pytest.raises(ImageInUse, match="read by"):
+        env.run(env.manager.squash("into", target=CommitTarget.IMAGE))
+    env.run(env.manager.discard(other.name))
+
+    env.run(env.manager.squash("into", target=CommitTarget.IMAGE))
+    rec = env.manager.get("into")
+    assert rec.layers == () and rec.state.value == "active" and not rec.half_committed
+    problems = helpers.diff_snapshots(view, helpers.snapshot(mp))
+    assert problems == [], "the view changed:\n" + "\n".join(problems)
+    assert (mp / "ram.txt").read_text() == "stays in RAM\n"
+    assert not any(p.exists() for p in layer_files)
+    env.run(env.manager.discard("into"))
+    assert subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True).returncode == 0
+    check = root / "check"
+    check.mkdir()
+    helpers.sh("mount", "-o", "ro,loop", img, check)
+    try:
+        raw = helpers.snapshot(check, unescape=True)
+    finally:
+        helpers.sh("umount", check)
+    in_layers.pop(".", None), raw.pop(".", None)
+    problems = helpers.diff_snapshots(in_layers, raw)
+    assert problems == [], "the image differs from the layers' view:\n" + "\n".join(problems)
