@@ -3,7 +3,7 @@ child process by test_crash.py. Fault injection around the real LinuxHost: every
 really happens on the kernel, and nothing after the Nth does.
 
     python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N
-ACTION is create, commit, commit-layer, discard or discard-force, or create-shared or discard-shared
+ACTION is create, commit, commit-layer, squash, squash-into-image, discard or discard-force, or create-shared or discard-shared
 (another overlay of the image, made beforehand, shares the lower); N = 0 runs to the end
 and prints the number of calls it made.
 """
@@ -77,6 +77,10 @@ async def main(runtime: str, image: str, action: str, kill_at: int) -> None:
         await mgr.commit("demo")
     elif action == "commit-layer":
         await mgr.commit("demo", target=CommitTarget.LAYER)
+    elif action == "squash":
+        await mgr.squash("demo")
+    elif action == "squash-into-image":
+        await mgr.squash("demo", target=CommitTarget.IMAGE)
     else:
         await mgr.discard("demo", force=action == "discard-force")  # or -shared
     await mgr.aclose()

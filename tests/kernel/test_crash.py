@@ -18,8 +18,8 @@ from tests.kernel.conftest import Env
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = {"a.txt": "first\n", "sub/b.txt": "second\n", "hello.txt": "changed\n"}
-ACTIONS = ["create", "commit", "commit-layer", "discard", "discard-force", "create-shared",
-           "discard-shared"]
+ACTIONS = ["create", "commit", "commit-layer", "squash", "squash-into-image", "discard",
+           "discard-force", "create-shared", "discard-shared"]
 
 
 def child(env: Env, image: Path, action: str, kill_at: int) -> subprocess.CompletedProcess[str]:
@@ -40,6 +40,10 @@ def prepare(env: Env, image: Path, action: str) -> None:
     for rel, text in WRITES.items():
         (Path(rec.mountpoint) / rel).parent.mkdir(exist_ok=True)
         (Path(rec.mountpoint) / rel).write_text(text)
+        if action.startswith("squash"):  # each write in a layer of its own
+            env.run(env.manager.commit("demo", target=CommitTarget.LAYER))
+    if action.startswith("squash"):
+        (Path(rec.mountpoint) / "ram.txt").write_text("in RAM\n")
     env.run(env.manager.aclose())
 
 
@@ -81,7 +85,7 @@ def test_kill_after_every_step(env: Env, image: Path, action: str) -> None:
             f"step {k}: {r.stderr[-2000:]}"
         restart(env)
         live = env.manager.list()
-        if action.startswith("commit"):
+        if action.startswith(("commit", "squash")):
             rec = env.manager.get("demo")
             assert rec.state.value == "active"
             seen = {rel: (Path(rec.mountpoint) / rel).read_text() for rel in WRITES}
@@ -94,6 +98,14 @@ def test_kill_after_every_step(env: Env, image: Path, action: str) -> None:
             assert len(stacked) <= 1
             if stacked:  # the writes are in the layer, and no longer in RAM
                 assert os.listdir(env.paths(rec).upper_dir) == [], f"step {k}"
+        if action.startswith("squash"):  # no half or retired layer left; RAM kept
+            layers = env.config.layers_of("demo")
+            made = sorted(os.listdir(layers))
+            stacked = [os.path.basename(layer.path) for layer in rec.layers]
+            assert made == stacked, f"step {k}: layer files {made}, stacked {stacked}"
+            assert len(stacked) in ((0, 3) if action.endswith("image") else (1, 3)), \
+                f"step {k}: {stacked}"
+            assert (Path(rec.mountpoint) / "ram.txt").read_text() == "in RAM\n"
         if action.endswith("-shared"):  # the kill cost the sharer nothing
             other = env.manager.get("other")
             assert other.state.value == "active", f"step {k}"
