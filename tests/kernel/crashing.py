@@ -3,8 +3,8 @@ child process by test_crash.py. Fault injection around the real LinuxHost: every
 really happens on the kernel, and nothing after the Nth does.
 
     python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N
-ACTION is create, commit, commit-layer, squash, squash-into-image, discard or discard-force, or create-shared or discard-shared
-(another overlay of the image, made beforehand, shares the lower); N = 0 runs to the end
+ACTION is create, commit, commit-layer, squash, squash-into-image, discard or
+discard-force, or create-shared or discard-shared (another overlay of the image, made beforehand, shares the lower); N = 0 runs to the end
 and prints the number of calls it made.
 """
 
