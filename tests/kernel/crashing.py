@@ -4,8 +4,9 @@ really happens on the kernel, and nothing after the Nth does.
 
     python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N
 ACTION is create, commit, commit-layer, squash, squash-into-image, discard or
-discard-force, or create-shared or discard-shared (another overlay of the image, made beforehand, shares the lower); N = 0 runs to the end
-and prints the number of calls it made.
+discard-force, or create-shared or discard-shared (another overlay of the image, made
+beforehand, shares the lower); N = 0 runs to the end and prints the number of calls it
+made.
 """
 
 from __future__ import annotations
