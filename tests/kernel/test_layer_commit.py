@@ -304,3 +304,37 @@ def test_squash_into_the_image(env: Env, root: Path) -> None:
     in_layers.pop(".", None), raw.pop(".", None)
     problems = helpers.diff_snapshots(in_layers, raw)
     assert problems == [], "the image differs from the layers' view:\n" + "\n".join(problems)
+
+
+def test_cancel_while_the_tool_writes(env: Env, image: Path) -> None:
+    """Cancel while mkfs.erofs writes the layer (held at one file by a fanotify gate): the
+    tool is killed, its part removed, no layer stacked, the writes still in RAM."""
+    import threading
+
+    from overlayd.errors import Cancelled
+    from overlayd.jobs import CancelToken
+    from tests.gate import OpenGate
+
+    rec = env.create("cancel", image)
+    mp = Path(rec.mountpoint)
+    (mp / "a.txt").write_text("a\n")
+    (mp / "gate.bin").write_bytes(b"g" * 4096)
+    token = CancelToken()
+
+    def cancel_when_held(gate: OpenGate) -> None:
+        gate.wait()
+        assert [f for f in os.listdir(env.config.layers_of("cancel")) if f.endswith(".tmp")]
+        token.cancel()
+        gate.release()
+
+    with OpenGate(Path(env.paths(rec).upper_dir) / "gate.bin") as gate:
+        t = threading.Thread(target=cancel_when_held, args=(gate,))
+        t.start()
+        with pytest.raises(Cancelled, match="no layer was added"):
+            env.run(env.manager.commit("cancel", target=CommitTarget.LAYER, cancel=token))
+        t.join()
+    rec = env.manager.get("cancel")
+    assert rec.state.value == "active" and rec.layers == ()
+    assert os.listdir(env.config.layers_of("cancel")) == []
+    assert (mp / "a.txt").read_text() == "a\n"
+    env.run(env.manager.discard("cancel"))
