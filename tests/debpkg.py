@@ -3,8 +3,10 @@ is empty, then the offline build), for tests/install and the system tests."""
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,9 @@ def deb_unavailable() -> str | None:
     return None
 
 
-def build_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The directory holding overlayd_*.deb, its .changes, build.log and lintian.txt."""
+def build_deb() -> Path:
+    """The directory holding overlayd_*.deb, its .changes, build.log and lintian.txt (a
+    temporary directory of the session's, removed at its end)."""
     if "out" in _built:
         return _built["out"]
     why = deb_unavailable()
@@ -31,7 +34,8 @@ def build_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
         r = subprocess.run(["bash", str(REPO / "tools/deb.sh"), "fetch"], capture_output=True,
                            text=True)
         assert r.returncode == 0, r.stdout + r.stderr
-    out = tmp_path_factory.mktemp("deb")
+    out = Path(tempfile.mkdtemp(prefix="overlayd-deb-"))
+    atexit.register(shutil.rmtree, out, True)
     r = subprocess.run(["bash", str(REPO / "tools/deb.sh"), "build", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

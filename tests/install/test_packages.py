@@ -21,8 +21,8 @@ def sh(*cmd: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def debout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_deb(tmp_path_factory)
+def debout() -> Path:
+    return build_deb()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,8 @@ def test_the_deb_depends_on_debians_python_packages(debout: Path) -> None:
 
 def test_maintainer_scripts_handle_units_tmpfiles_and_the_catalog(control: Path) -> None:
     postinst = (control / "postinst").read_text()
-    assert "deb-systemd-helper enable 'overlayd.service'" in postinst
+    assert "deb-systemd-helper update-state 'overlayd.service'" in postinst  # not enabled
+    assert "systemctl --system daemon-reload" in postinst
     assert "deb-systemd-invoke $_dh_action 'overlayd.service'" in postinst
     assert "systemd-tmpfiles" in postinst and "--create overlayd.conf" in postinst
     assert "journalctl --update-catalog" in postinst
