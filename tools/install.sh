@@ -93,6 +93,16 @@ done
 # the login message on a protected root (pam_motd runs /etc/update-motd.d/*)
 put 0755 packaging/root/update-motd.d/50-overlayd-root "$SYSCONFDIR/update-motd.d/50-overlayd-root"
 
+say "man pages -> $D$PREFIX/share/man"
+for m in man/*.[0-9]; do  # generated from the parsers (python -m tools.manpages)
+    put 0644 "$m" "$PREFIX/share/man/man${m##*.}/$(basename "$m")"
+done
+for s in man/*.scd; do  # written in scdoc
+    page=$(basename "$s" .scd)
+    install -d "$D$PREFIX/share/man/man${page##*.}"
+    scdoc < "$s" > "$D$PREFIX/share/man/man${page##*.}/$page"
+done
+
 say "units, bus, polkit, tmpfiles, catalog, schema, docs"
 for u in overlayd.service overlayd@.service overlayd-prepare@.service; do
     put 0644 "units/$u" "$UNITDIR/$u"

@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 # e2fsprogs, squashfs-tools, erofs-utils, xfsprogs, btrfs-progs: images for tests and the demo.
 # dbus-daemon: overlayd --standalone runs its own; polkitd: authorization (polkit issue).
 # systemd (busctl), libglib2.0-bin (gdbus): the bus tests and the demo call the daemon with them.
+# scdoc: the man pages (make install).
 # systemd-container (systemd-nspawn): the system tests boot a throw-away container; without
 # recommends, since libnss-mymachines would edit nsswitch.conf.
 PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
-      dbus-daemon polkitd systemd libglib2.0-bin systemd-container)
+      dbus-daemon polkitd systemd libglib2.0-bin systemd-container scdoc)
 # --deb (make test, make deb): what building and checking the Debian package needs: debhelper,
 # lintian, python3-pip (the bundled pydantic), and the Debian packages the .deb depends on,
 # which the system tests' container (an overlay of this /) installs it beside; man-db renders

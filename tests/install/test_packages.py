@@ -48,7 +48,10 @@ def test_the_deb_has_every_file_in_its_place(debout: Path) -> None:
               "/usr/lib/tmpfiles.d/overlayd.conf", "/usr/lib/systemd/catalog/overlayd.catalog",
               "/usr/share/dbus-1/system.d/org.overlayd.Overlayd1.conf",
               "/usr/share/polkit-1/actions/org.overlayd.overlayd1.policy",
-              "/usr/share/doc/overlayd/copyright",
+              "/usr/share/doc/overlayd/copyright", "/usr/share/man/man1/overlayctl.1.gz",
+              "/usr/share/man/man8/overlayd.8.gz", "/usr/share/man/man5/overlayd.overlay.5.gz",
+              "/usr/share/man/man5/overlayd.conf.5.gz",
+              "/usr/share/man/man8/overlayd-generator.8.gz",
               "/usr/lib/overlayd/site/overlayd/templates/overlay.mount.in",
               "/usr/lib/overlayd/site/overlayd/ctl.py"):
         assert f in files, f
