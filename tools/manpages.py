@@ -32,7 +32,8 @@ def pages() -> dict[str, str]:
                 "include": str(MAN / f"{name}.include"), "url": None,
                 "authors": ["overlayd developers"]}
         parser.epilog = None  # overlayctl's exit codes: the EXIT STATUS section instead
-        out[f"{name}.{section}"] = str(Manpage(parser, _data=data, format="single-commands-section"))
+        page = Manpage(parser, _data=data, format="single-commands-section")
+        out[f"{name}.{section}"] = str(page)
     return out
 
 

@@ -1,5 +1,5 @@
-"""overlayd under a real systemd: the Debian package (``dpkg -i``) into a throw-away container, boot it, and
-drive it the way an admin does (systemctl, busctl, journalctl).
+"""overlayd under a real systemd: the Debian package (``dpkg -i``) into a throw-away
+container, boot it, and drive it the way an admin does (systemctl, busctl, journalctl).
 
 The tests in this module run in order against one container (booting takes about a
 second); each says what state it leaves for the next.
