@@ -13,17 +13,21 @@
     overlayctl render NAME [--directory DIR]  the mount units of a boot overlay
     overlayctl schema                         JSON Schema of .overlay files
 
-Exit codes (for scripts):
+Global options, before or after the command: --no-ask-password, --json (what a command did,
+as JSON), --no-legend (no header and footer in tables), -q/--quiet (no messages), --version.
+
+Exit codes, for scripts, in the manner of sysexits(3): systemd never names them as LSB codes:
     0  success
     1  the operation failed (MountFailed, CommitFailed, NoSpace, LimitExceeded, Failed,
        LimitsExceeded, UnknownMethod)
-    2  bad usage or invalid arguments (InvalidArgs, InvalidSpec)
-    3  no such overlay (NoSuchOverlay)
-    4  not authorized (AccessDenied, InteractiveAuthorizationRequired)
-    5  busy: the overlay or its image is in use (OverlayBusy, ImageInUse)
-    6  an overlay of that name exists already (OverlayExists)
-    7  overlayd cannot be reached
-    8  cancelled (Cancelled): the commit was cancelled, nothing was lost
+   64  bad usage or invalid arguments (InvalidArgs)
+   65  an invalid overlay description: a NAME.overlay file, a spec (InvalidSpec)
+   66  no such overlay (NoSuchOverlay)
+   69  overlayd cannot be reached
+   73  an overlay of that name exists already (OverlayExists)
+   75  busy: the overlay or its image is in use (OverlayBusy, ImageInUse)
+   77  not authorized (AccessDenied, InteractiveAuthorizationRequired)
+   79  cancelled (Cancelled): the commit was cancelled, nothing was lost
   130  interrupted by Ctrl-C; a commit goes on in overlayd as a job
 """
 
@@ -39,9 +43,9 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from overlayd import overlayfile
+from overlayd import __version__, overlayfile
 from overlayd.bus.client import ClientError, OverlaydClient
 from overlayd.bus.errors import AccessDenied, InvalidArgs
 from overlayd.bus.names import JOB_IFACE, job_id_of, overlay_path
@@ -59,13 +63,22 @@ from overlayd.jobs import human
 from overlayd.model import format_size, parse_size
 from overlayd.render import render
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NO_SUCH, EXIT_DENIED, EXIT_BUSY, EXIT_EXISTS, EXIT_UNREACHABLE = \
-    1, 2, 3, 4, 5, 6, 7
-EXIT_CANCELLED, EXIT_INTERRUPTED = 8, 130
+# sysexits(3)-style, 64 and up, so that they never read as the LSB names systemd prints for
+# a unit's exit status (5 is NOTINSTALLED there); 1 is any other failure.
+EXIT_FAILED = 1
+EXIT_USAGE = 64        # EX_USAGE: bad usage or invalid arguments
+EXIT_DATAERR = 65      # EX_DATAERR: an invalid overlay description (.overlay file, spec)
+EXIT_NO_SUCH = 66      # EX_NOINPUT: no such overlay
+EXIT_UNREACHABLE = 69  # EX_UNAVAILABLE: overlayd cannot be reached
+EXIT_EXISTS = 73       # EX_CANTCREAT: an overlay of that name exists already
+EXIT_BUSY = 75         # EX_TEMPFAIL: busy, try again later
+EXIT_DENIED = 77       # EX_NOPERM: not authorized
+EXIT_CANCELLED = 79    # overlayd's own: the commit was cancelled, nothing was lost
+EXIT_INTERRUPTED = 130
 # The exit code of each class of the error table (bus/errors.py ERRORS) that is not
 # EXIT_FAILED; a subclass has its base's (InteractiveAuthorizationRequired: AccessDenied's).
 EXIT_CODES: dict[type[Exception], int] = {
-    InvalidArgs: EXIT_USAGE, InvalidSpec: EXIT_USAGE, NoSuchOverlay: EXIT_NO_SUCH,
+    InvalidArgs: EXIT_USAGE, InvalidSpec: EXIT_DATAERR, NoSuchOverlay: EXIT_NO_SUCH,
     AccessDenied: EXIT_DENIED, OverlayBusy: EXIT_BUSY, OverlayExists: EXIT_EXISTS,
     Cancelled: EXIT_CANCELLED,
     ImageInUse: EXIT_BUSY,
@@ -78,23 +91,71 @@ def exit_code(error: type[Exception]) -> int:
 
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad usage exits with EXIT_USAGE (64), not argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# The global options: one table, given to the main parser (with their defaults) and to every
+# command (with no default, so that one given before the command is not reset after it).
+GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("--no-ask-password",), "do not let polkit ask for a password; fail instead"),
+    (("--json",), "print what the command shows or did as JSON"),
+    (("--no-legend",), "tables without their header and footer"),
+    (("-q", "--quiet"), "no messages; only data, errors and the exit code"),
+)
+
+
+def _global_options(default: bool) -> Parser:
+    g = Parser(add_help=False)
+    for flags, text in GLOBAL_OPTIONS:
+        g.add_argument(*flags, action="store_true", help=text,
+                       default=False if default else argparse.SUPPRESS)
+    return g
+
+
+def say(args: argparse.Namespace, text: str) -> None:
+    """A message for a person: not with --json or -q."""
+    if not (getattr(args, "json", False) or getattr(args, "quiet", False)):
+        print(text, flush=True)
+
+
+def did(args: argparse.Namespace, **result: Any) -> None:
+    """What a command did, for --json: gathered, printed once as one object at the end."""
+    args.result = {**getattr(args, "result", {}), **result}
+
+
+def table(args: argparse.Namespace, header: tuple[str, ...], rows: list[tuple[Any, ...]],
+          what: str) -> None:
+    """Columns; with the legend (a header and 'N WHATs listed.') unless --no-legend."""
+    lines = rows if args.no_legend else [header, *rows]
+    if lines:
+        widths = [max(len(str(x)) for x in col) for col in zip(*lines, strict=False)]
+        for line in lines:
+            print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=False)).rstrip())
+    if not args.no_legend:
+        if rows:
+            print()
+        print(f"{len(rows)} {what}{'s' if len(rows) != 1 else ''} listed.")
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--no-ask-password", action="store_true",
-                        help="do not let polkit ask for a password; fail instead")
-    reads = argparse.ArgumentParser(add_help=False)
-    reads.add_argument("--json", action="store_true", help="print JSON")
-    p = argparse.ArgumentParser(prog="overlayctl", parents=[common],
+    common = _global_options(default=False)
+    p = Parser(prog="overlayctl", parents=[_global_options(default=True)],
                                 description="Control overlayd: read-only images with their "
                                             "writes in RAM, committed or discarded.",
                                 epilog=__doc__.split("Exit codes", 1)[1].join(["Exit codes", ""])
                                 if __doc__ else None,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"overlayctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("list", parents=[common, reads], help="list the overlays")
-    s = sub.add_parser("status", parents=[common, reads], help="show one overlay")
+    sub.add_parser("list", parents=[common], help="list the overlays")
+    s = sub.add_parser("status", parents=[common], help="show one overlay")
     s.add_argument("name")
-    d = sub.add_parser("diff", parents=[common, reads], help="what the writes changed")
+    d = sub.add_parser("diff", parents=[common], help="what the writes changed")
     d.add_argument("name")
     c = sub.add_parser("create", parents=[common], help="create an overlay of an image")
     c.add_argument("name")
@@ -106,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--fstype", help="file system of the image (detected if not given)")
     m = sub.add_parser("commit", parents=[common], help="merge the writes into the image")
     m.add_argument("name")
-    sub.add_parser("jobs", parents=[common, reads], help="list the jobs (commits) running")
+    sub.add_parser("jobs", parents=[common], help="list the jobs (commits) running")
     cj = sub.add_parser("cancel", parents=[common],
                         help="cancel a job: its number, or the name of the overlay it commits")
     cj.add_argument("job", metavar="JOB|NAME")
@@ -126,13 +187,14 @@ def parser() -> argparse.ArgumentParser:
                         help="do what NAME.overlay's on_stop says: discard, or commit first")
     sp.add_argument("name")
     sp.add_argument("--file", type=Path, help="the .overlay file (default: search)")
-    r = sub.add_parser("render", help="print the mount units of the overlay in NAME.overlay")
+    r = sub.add_parser("render", parents=[common],
+                       help="print the mount units of the overlay in NAME.overlay")
     r.add_argument("name")
     r.add_argument("--file", type=Path, help="the .overlay file (default: search)")
     r.add_argument("--directory", type=Path, help="write the units into DIR instead")
     r.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help=f"overlayd's configuration (default {DEFAULT_CONFIG})")
-    sub.add_parser("schema", help="print the JSON Schema of .overlay files")
+    sub.add_parser("schema", parents=[common], help="print the JSON Schema of .overlay files")
     return p
 
 
@@ -152,15 +214,9 @@ async def cmd_list(client: OverlaydClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    if rows:
-        header = ("NAME", "STATE", "USED", "IMAGE", "MOUNT POINT")
-        table = [(r["Name"], r["State"], format_size(r["UpperUsed"]), r["Image"],
-                  r["MountPoint"]) for r in rows]
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=False)]
-        for line in (header, *table):
-            print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=False)).rstrip())
-        print()
-    print(f"{len(rows)} overlay{'s' if len(rows) != 1 else ''} listed.")
+    table(args, ("NAME", "STATE", "USED", "IMAGE", "MOUNT POINT"),
+          [(r["Name"], r["State"], format_size(r["UpperUsed"]), r["Image"], r["MountPoint"])
+           for r in rows], "overlay")
     return 0
 
 
@@ -238,7 +294,9 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
         if fd is not None:
             os.close(fd)
     p = await client.properties(path)
-    print(f"Created overlay '{args.name}' of {p['Image']} at {p['MountPoint']}.")
+    say(args, f"Created overlay '{args.name}' of {p['Image']} at {p['MountPoint']}.")
+    did(args, overlay=args.name, created=True, object_path=path, image=p["Image"],
+        mountpoint=p["MountPoint"], size=p["UpperSize"])
     return 0
 
 
@@ -258,8 +316,9 @@ class CommitView:
     """What overlayctl commit shows: on a terminal a progress bar (rich) with percent, bytes,
     rate and time left from the Job; elsewhere one line at the start and one at the end."""
 
-    def __init__(self, name: str, used: int, tty: bool) -> None:
+    def __init__(self, name: str, used: int, tty: bool, quiet: bool = False) -> None:
         self.name = name
+        self.quiet = quiet
         self.used = used
         self.tty = tty
         self.job: int | None = None
@@ -280,7 +339,7 @@ class CommitView:
         self.update({})
 
     def announce(self) -> None:
-        if not self.announced:
+        if not self.announced and not self.quiet:
             self.announced = True
             job = f" as job {self.job}" if self.job is not None else ""
             print(f"Committing overlay '{self.name}' ({human(self.used)} in RAM){job}...",
@@ -336,11 +395,13 @@ async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
     used = p["UpperUsed"]
     if path == await client.root_overlay():  # / cannot be unmounted while it runs
         await client.commit(args.name, at_shutdown=True)
-        print(f"The changes to the root file system ({format_size(used)} in RAM now) will be "
+        did(args, overlay=args.name, committed=False, commit_at_shutdown=True)
+        say(args, f"The changes to the root file system ({format_size(used)} in RAM now) will be "
               f"written to {p['Image']} when the system shuts down or reboots. Until then "
               "they are in RAM only; 'overlayctl discard root' cancels.")
         return 0
-    view = args.view = CommitView(args.name, used, sys.stderr.isatty())
+    quiet = args.json or args.quiet
+    view = args.view = CommitView(args.name, used, sys.stderr.isatty() and not quiet, quiet)
     uid = os.getuid()
 
     def on_signal(obj: str, iface: str, member: str, body: list[Any]) -> None:
@@ -364,7 +425,8 @@ async def cmd_commit(client: OverlaydClient, args: argparse.Namespace) -> int:
         view.announce()
     summary = view.message.removeprefix("Committed ").rstrip(".")
     done = f": {summary}" if summary else ""
-    print(f"Committed overlay '{args.name}'{done}.")
+    say(args, f"Committed overlay '{args.name}'{done}.")
+    did(args, overlay=args.name, committed=True, job=view.job, message=view.message)
     return 0
 
 
@@ -390,22 +452,17 @@ async def cmd_jobs(client: OverlaydClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
-    if jobs:
-        header = ("JOB", "OPERATION", "OVERLAY", "PROGRESS", "BYTES", "RATE", "LEFT", "UID")
-        table = []
-        for j in jobs:
-            overlays = ",".join(j["Overlays"])
-            progress = f"{j['Progress'] * 100:.1f}%" if j.get("ProgressValid") else "-"
-            table.append((str(j["Id"]), j["Operation"], overlays, progress,
-                          human(j["Bytes"]) if j.get("Bytes") else "-",
-                          f"{human(j['Rate'])}/s" if j.get("Rate") else "-",
-                          time_left(j.get("ExpectedEndTime", 0)) or "-",
-                          str(j["StartedByUID"])))
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=False)]
-        for line in (header, *table):
-            print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=False)).rstrip())
-        print()
-    print(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} listed.")
+    rows = []
+    for j in jobs:
+        overlays = ",".join(j["Overlays"])
+        progress = f"{j['Progress'] * 100:.1f}%" if j.get("ProgressValid") else "-"
+        rows.append((str(j["Id"]), j["Operation"], overlays, progress,
+                     human(j["Bytes"]) if j.get("Bytes") else "-",
+                     f"{human(j['Rate'])}/s" if j.get("Rate") else "-",
+                     time_left(j.get("ExpectedEndTime", 0)) or "-",
+                     str(j["StartedByUID"])))
+    table(args, ("JOB", "OPERATION", "OVERLAY", "PROGRESS", "BYTES", "RATE", "LEFT", "UID"),
+          rows, "job")
     return 0
 
 
@@ -447,11 +504,14 @@ async def cmd_cancel(client: OverlaydClient, args: argparse.Namespace) -> int:
         success, message = ended[j["ObjectPath"]]
         target = ",".join(f"'{names.get(o, o.rsplit('/', 1)[1])}'" for o in j.get("Objects", []))
         if success:
-            print(f"Job {j['Id']} ({j['Operation']} of overlay {target}) ended before it "
-                  "could be cancelled.")
+            say(args, f"Job {j['Id']} ({j['Operation']} of overlay {target}) ended before it "
+                      "could be cancelled.")
         else:
-            print(f"Cancelled job {j['Id']} ({j['Operation']} of overlay {target}). "
-                  f"{message}".rstrip())
+            say(args, f"Cancelled job {j['Id']} ({j['Operation']} of overlay {target}). "
+                      f"{message}".rstrip())
+    did(args, jobs=[{"job": j["Id"], "operation": j["Operation"], "objects": j.get("Objects", []),
+                     "cancelled": not ended[j["ObjectPath"]][0],
+                     "message": ended[j["ObjectPath"]][1]} for j in chosen])
     return 0
 
 
@@ -459,11 +519,13 @@ async def cmd_discard(client: OverlaydClient, args: argparse.Namespace) -> int:
     path = await client.path_of(args.name)
     if path == await client.root_overlay():
         await client.discard(args.name, force=args.force)
-        print("The writes to the root file system will be thrown away at the next reboot "
+        did(args, overlay=args.name, discarded=False, discard_at_reboot=True)
+        say(args, "The writes to the root file system will be thrown away at the next reboot "
               "(nothing is unmounted now); no commit at shutdown is pending.")
         return 0
     await client.discard(args.name, force=args.force)
-    print(f"Discarded overlay '{args.name}'.")
+    say(args, f"Discarded overlay '{args.name}'.")
+    did(args, overlay=args.name, discarded=True)
     return 0
 
 
@@ -487,10 +549,11 @@ async def cmd_root(client: OverlaydClient, args: argparse.Namespace) -> int:
     what = "on an overlay (its writes in RAM)" if enabled else "mounted as it is"
     where = "the setting is written into the real root file system at shutdown" \
         if protected else "set in /etc/overlayd/root.overlay"
-    print(f"From the next boot on, the root file system will be {what}; {where}.")
+    say(args, f"From the next boot on, the root file system will be {what}; {where}.")
     cmdline = _kernel_root_setting()
+    did(args, root_overlay_at_boot=enabled, kernel_command_line=cmdline)
     if cmdline is not None:
-        print(f"Note: this boot's kernel command line has overlayd.root={cmdline}, which "
+        say(args, f"Note: this boot's kernel command line has overlayd.root={cmdline}, which "
               "wins over the setting while it is there.")
     return 0
 
@@ -518,11 +581,16 @@ async def cmd_start(client: OverlaydClient, args: argparse.Namespace) -> int:
         if p["Image"] != os.path.realpath(spec_file.image) or p["OwnerUID"] != 0 \
                 or p["MountPoint"] != os.path.realpath(wanted_mp):
             raise  # someone else's overlay of that name: not ours to take over (or stop)
-        print(f"Overlay '{args.name}' is up already.")
+        say(args, f"Overlay '{args.name}' is up already.")
+        did(args, created=False)
     else:
         p = await client.properties(obj)
-        print(f"Created overlay '{args.name}' from {path}.")
-    print(f"Overlay '{args.name}': {p['State']}, {p['Image']} at {p['MountPoint']}, "
+        say(args, f"Created overlay '{args.name}' from {path}.")
+        did(args, created=True)
+    did(args, overlay=args.name, file=str(path), object_path=obj, state=p["State"],
+        image=p["Image"], mountpoint=p["MountPoint"], size=p["UpperSize"],
+        on_stop=spec_file.on_stop)
+    say(args, f"Overlay '{args.name}': {p['State']}, {p['Image']} at {p['MountPoint']}, "
           f"{format_size(p['UpperSize'])} of RAM for writes, on stop: {spec_file.on_stop}.")
     return 0
 
@@ -535,11 +603,13 @@ async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
     except ClientError as e:
         if not e.is_a(NoSuchOverlay):
             raise
-        print(f"Overlay '{args.name}' is not up; nothing to do.")
+        say(args, f"Overlay '{args.name}' is not up; nothing to do.")
+        did(args, overlay=args.name, committed=False, discarded=False, was_up=False)
         return 0
     if spec_file.on_stop == "commit":
         await cmd_commit(client, args)
-    return await cmd_discard(client, argparse.Namespace(name=args.name, force=False))
+    args.force = False
+    return await cmd_discard(client, args)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -552,7 +622,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         if args.directory is not None:
             (args.directory / unit).parent.mkdir(exist_ok=True)
             (args.directory / unit).write_text(text)
-            print(args.directory / unit)
+            did(args, units={**getattr(args, "result", {}).get("units", {}),
+                             unit: str(args.directory / unit)})
+            say(args, str(args.directory / unit))
+        elif args.json:
+            did(args, units={**getattr(args, "result", {}).get("units", {}), unit: text})
         else:
             print(f"# {unit}\n{text}")
     return 0
@@ -579,6 +653,13 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    code = _main(args)
+    if args.json and getattr(args, "result", None) is not None:
+        print(json.dumps(args.result, indent=2))
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command in LOCAL_COMMANDS:
             return LOCAL_COMMANDS[args.command](args)
@@ -590,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_SUCH
     except OverlaydError as e:  # a bad NAME.overlay
         print(f"overlayctl: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_DATAERR
     except ClientError as e:
         print(f"overlayctl: {e}", file=sys.stderr)
         if e.unreachable:
