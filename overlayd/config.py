@@ -22,8 +22,7 @@ from pydantic import (
 
 from overlayd.errors import InvalidSpec
 from overlayd.model import check_size, parse_size
-
-DEFAULT_CONFIG = Path("/etc/overlayd/overlayd.conf")
+from overlayd.places import DEFAULT_CONFIG as DEFAULT_CONFIG  # re-exported
 
 
 class DaemonConfig(BaseModel):

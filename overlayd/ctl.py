@@ -43,13 +43,12 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from overlayd import __version__, overlayfile
+from overlayd import __version__
 from overlayd.bus.client import ClientError, OverlaydClient
 from overlayd.bus.errors import AccessDenied, InvalidArgs
 from overlayd.bus.names import JOB_IFACE, job_id_of, overlay_path
-from overlayd.config import DEFAULT_CONFIG, load_config
 from overlayd.errors import (
     Cancelled,
     ImageInUse,
@@ -60,8 +59,11 @@ from overlayd.errors import (
     OverlayExists,
 )
 from overlayd.jobs import human
-from overlayd.model import format_size, parse_size
-from overlayd.render import render
+from overlayd.places import DEFAULT_CONFIG, SEARCH_PATH
+from overlayd.sizes import format_size, parse_size
+
+if TYPE_CHECKING:
+    from overlayd.overlayfile import OverlayFile
 
 # sysexits(3)-style, 64 and up, so that they never read as the LSB names systemd prints for
 # a unit's exit status (5 is NOTINSTALLED there); 1 is any other failure.
@@ -182,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
                         help="create overlay NAME from its NAME.overlay file")
     st.add_argument("name")
     st.add_argument("--file", type=Path, help="the .overlay file (default: search "
-                    + ", ".join(str(d) for d in overlayfile.SEARCH_PATH) + ")")
+                    + ", ".join(str(d) for d in SEARCH_PATH) + ")")
     sp = sub.add_parser("stop", parents=[common],
                         help="do what NAME.overlay's on_stop says: discard, or commit first")
     sp.add_argument("name")
@@ -558,7 +560,9 @@ async def cmd_root(client: OverlaydClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlay_file(args: argparse.Namespace) -> tuple[Path, overlayfile.OverlayFile]:
+def _overlay_file(args: argparse.Namespace) -> tuple[Path, OverlayFile]:
+    from overlayd import overlayfile  # pydantic: only the commands that read a file need it
+
     if args.file is not None:
         overlayfile.check_file_name(args.name)
         return args.file, overlayfile.load(args.file)
@@ -613,7 +617,9 @@ async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from overlayd.config import load_config
     from overlayd.host.linux import LinuxHost  # memory size only; the bus commands need none
+    from overlayd.render import render
 
     path, spec_file = _overlay_file(args)
     units = render(args.name, spec_file, path, load_config(args.config),
@@ -633,6 +639,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from overlayd import overlayfile
+
     print(overlayfile.json_schema_text(), end="")
     return 0
 
