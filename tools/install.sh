@@ -103,6 +103,10 @@ for s in man/*.scd; do  # written in scdoc
     scdoc < "$s" > "$D$PREFIX/share/man/man${page##*.}/$page"
 done
 
+say "shell completion -> $D$PREFIX/share/bash-completion, $D$PREFIX/share/zsh"
+put 0644 packaging/completion/overlayctl.bash "$PREFIX/share/bash-completion/completions/overlayctl"
+put 0644 packaging/completion/overlayctl.zsh "$PREFIX/share/zsh/vendor-completions/_overlayctl"
+
 say "units, bus, polkit, tmpfiles, catalog, schema, docs"
 for u in overlayd.service overlayd@.service overlayd-prepare@.service; do
     put 0644 "units/$u" "$UNITDIR/$u"

@@ -17,10 +17,10 @@ PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
 # --deb (make test, make deb): what building and checking the Debian package needs: debhelper,
 # lintian, python3-pip (the bundled pydantic), and the Debian packages the .deb depends on,
 # which the system tests' container (an overlay of this /) installs it beside; man-db renders
-# the man pages in tests.
+# the man pages in tests; zsh checks its completion script.
 if [[ " $* " == *" --deb "* ]]; then
     PKGS+=(debhelper lintian dpkg-dev python3-pip python3-dbus-next python3-systemd python3-rich
-           man-db)
+           man-db zsh)
 fi
 missing=()
 for p in "${PKGS[@]}"; do
