@@ -126,5 +126,8 @@ for f in packaging/example.overlay polkit/*.rules.example README.md; do
     put 0644 "$f" "$PREFIX/share/doc/overlayd/$(basename "$f")"
 done
 install -d -m 0755 "$D$SYSCONFDIR/overlayd"
+# every setting with its default, commented out (a conffile of the .deb); an admin's is kept
+[ -e "$D$SYSCONFDIR/overlayd/overlayd.conf" ] ||
+    install -m 0644 packaging/overlayd.conf "$D$SYSCONFDIR/overlayd/overlayd.conf"
 say "done. On a live system: systemctl daemon-reload; systemd-tmpfiles --create overlayd.conf;"
 say "journalctl --update-catalog; then systemctl start overlayd (or any bus call starts it)."

@@ -52,7 +52,7 @@ def test_the_deb_has_every_file_in_its_place(debout: Path) -> None:
               "/usr/share/man/man8/overlayd.8.gz", "/usr/share/man/man5/overlayd.overlay.5.gz",
               "/usr/share/man/man5/overlayd.conf.5.gz",
               "/usr/share/man/man8/overlayd-generator.8.gz",
-              "/usr/share/bash-completion/completions/overlayctl",
+              "/usr/share/bash-completion/completions/overlayctl", "/etc/overlayd/overlayd.conf",
               "/usr/share/zsh/vendor-completions/_overlayctl",
               "/usr/lib/overlayd/site/overlayd/templates/overlay.mount.in",
               "/usr/lib/overlayd/site/overlayd/ctl.py"):
