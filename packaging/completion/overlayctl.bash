@@ -26,7 +26,7 @@ _overlayctl() {
         if [[ $cur == -* ]]; then
             mapfile -t COMPREPLY < <(compgen -W "$globals" -- "$cur")
         else
-            mapfile -t COMPREPLY < <(compgen -W 'list status diff create commit jobs cancel discard root start stop render schema' -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W 'list status diff create discard root start stop commit jobs cancel render schema' -- "$cur")
         fi
         return 0
     fi
@@ -65,29 +65,6 @@ _overlayctl() {
             case $npos in
                 0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_names)" -- "$cur") ;;
                 1) mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
-            esac
-            ;;
-        commit)
-            if [[ $cur == -* ]]; then
-                mapfile -t COMPREPLY < <(compgen -W '--help --json --no-ask-password --no-legend --quiet -h -q' -- "$cur"); return 0
-            fi
-            case $npos in
-                0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_names)" -- "$cur") ;;
-            esac
-            ;;
-        jobs)
-            if [[ $cur == -* ]]; then
-                mapfile -t COMPREPLY < <(compgen -W '--help --json --no-ask-password --no-legend --quiet -h -q' -- "$cur"); return 0
-            fi
-            case $npos in
-            esac
-            ;;
-        cancel)
-            if [[ $cur == -* ]]; then
-                mapfile -t COMPREPLY < <(compgen -W '--help --json --no-ask-password --no-legend --quiet -h -q' -- "$cur"); return 0
-            fi
-            case $npos in
-                0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_jobs) $(_overlayctl_names)" -- "$cur") ;;
             esac
             ;;
         discard)
@@ -132,6 +109,29 @@ _overlayctl() {
             fi
             case $npos in
                 0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_names)" -- "$cur") ;;
+            esac
+            ;;
+        commit)
+            if [[ $cur == -* ]]; then
+                mapfile -t COMPREPLY < <(compgen -W '--help --json --no-ask-password --no-legend --quiet -h -q' -- "$cur"); return 0
+            fi
+            case $npos in
+                0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_names)" -- "$cur") ;;
+            esac
+            ;;
+        jobs)
+            if [[ $cur == -* ]]; then
+                mapfile -t COMPREPLY < <(compgen -W '--help --json --no-ask-password --no-legend --quiet -h -q' -- "$cur"); return 0
+            fi
+            case $npos in
+            esac
+            ;;
+        cancel)
+            if [[ $cur == -* ]]; then
+                mapfile -t COMPREPLY < <(compgen -W '--help --json --no-ask-password --no-legend --quiet -h -q' -- "$cur"); return 0
+            fi
+            case $npos in
+                0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_jobs) $(_overlayctl_names)" -- "$cur") ;;
             esac
             ;;
         render)
