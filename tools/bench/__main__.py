@@ -15,7 +15,7 @@ from overlayd.errors import OverlaydError
 from overlayd.host.linux import LinuxHost
 from overlayd.manager import OverlayManager
 from tools.bench import __doc__ as package_doc
-from tools.bench import jobs, layers, overlays
+from tools.bench import jobs, layers, overlays, startup
 from tools.bench.cleanup import cleanup, ignore_signals, interrupt
 from tools.bench.daemon import OVERLAYD
 from tools.bench.measures import Bench
@@ -36,6 +36,7 @@ async def run(bench: Bench) -> list[Row]:
     rows.append(await bench.small(mgr))
     rows += await jobs.rows(bench, mgr)
     rows += await layers.rows(bench, mgr)
+    rows += startup.rows(bench.paths.root)
     return rows
 
 
