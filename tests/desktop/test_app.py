@@ -1,0 +1,156 @@
+"""The Overlays app, driven through AT-SPI against a real overlayd (see conftest.py).
+
+The app is a desktop user's (uid 65534): overlays named granted-* are theirs to commit and
+discard; anything else polkit refuses, and the app must say so in the daemon's words.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+from tests.desktop.conftest import NOBODY, Gui, new_image
+
+pytestmark = pytest.mark.usefixtures("shot")
+
+
+def create(gui: Gui, name: str, image: Path, *extra: str) -> str:
+    r = gui.daemon.ctl("create", name, str(image), *extra, uid=NOBODY)
+    assert r.returncode == 0, r.stderr
+    return gui.daemon.ctl("status", name, "--json").stdout
+
+
+def mountpoint(gui: Gui, name: str) -> str:
+    return gui.daemon.prop(f"/org/overlayd/Overlayd1/overlay/{name.replace('-', '_2d')}",
+                           "MountPoint")
+
+
+def row_labels(gui: Gui, name: str) -> list[str]:
+    """The names of everything the row of overlay NAME shows, as AT-SPI reads them."""
+    tree, out, inside = gui.tree(), [], False
+    for role, label in tree:
+        if role == "list item":
+            inside = label == name
+        elif inside:
+            out.append(label)
+    return out
+
+
+def test_an_overlay_made_with_overlayctl_appears_live(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-appear")
+    mark = gui.mark()
+    create(gui, "granted-appear", img)
+    gui.wait_line("OBJECTS 1 granted-appear", after=mark)
+    assert ("list item", "granted-appear") in gui.tree()
+    shown = " ".join(row_labels(gui, "granted-appear"))
+    assert str(img) in shown and "active" in shown and "RAM" in shown, shown
+    for button in ("Commit", "Discard", "Changes", "Open"):
+        assert button in row_labels(gui, "granted-appear")
+    gui.daemon.ctl("discard", "granted-appear", uid=NOBODY)
+    gui.wait_line("OBJECTS 0", after=mark)
+
+
+def test_commit_shows_progress_and_the_image_holds_the_change(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-commit")
+    create(gui, "granted-commit", img)
+    mnt = mountpoint(gui, "granted-commit")
+    Path(mnt, "new.txt").write_text("from the app's test\n")
+    mark = gui.mark()
+    gui.click("granted-commit", "Commit")
+    gui.wait_line("JOB granted-commit", after=mark)
+    done = gui.wait_line("COMPLETED granted-commit", after=mark)
+    assert "True" in done, done
+    r = helpers.sh("debugfs", "-R", "cat /new.txt", str(img))
+    assert r.stdout == "from the app's test\n"
+    gui.daemon.ctl("discard", "granted-commit", uid=NOBODY)
+
+
+def test_cancel_during_a_large_commit_keeps_every_write(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-cancel", size="1200M")
+    create(gui, "granted-cancel", img, "--size", "1100M")
+    mnt = mountpoint(gui, "granted-cancel")
+    for i in range(4):
+        with open(Path(mnt, f"big{i}"), "wb") as f:
+            f.write(os.urandom(1 << 20) * 200)
+    before = helpers.snapshot(mnt)
+    mark = gui.mark()
+    gui.click("granted-cancel", "Commit")
+    gui.wait_line("JOB granted-cancel", after=mark)
+    gui.click("granted-cancel", "Cancel")
+    done = gui.wait_line("COMPLETED granted-cancel", after=mark)
+    assert "False" in done, done
+    shown = gui.wait_line("SHOWN Commit of granted-cancel", after=mark)
+    assert "ancel" in shown
+    helpers.wait_for(lambda: gui.daemon.prop(
+        "/org/overlayd/Overlayd1/overlay/granted_2dcancel", "State") == "active", 60,
+        "the overlay to be mounted again")
+    assert helpers.diff_snapshots(before, helpers.snapshot(mnt)) == []
+    gui.daemon.ctl("discard", "granted-cancel", "--force", uid=NOBODY)
+
+
+def test_discard_asks_with_the_number_of_changes_then_removes(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-discard")
+    create(gui, "granted-discard", img)
+    mnt = mountpoint(gui, "granted-discard")
+    for i in range(3):
+        Path(mnt, f"f{i}").write_text("x")
+    mark = gui.mark()
+    gui.click("granted-discard", "Discard")
+    assert gui.wait_line("ASK discard granted-discard", after=mark).endswith(" 3")
+    assert any("3 changes" in label for _, label in gui.tree())
+    gui.screenshot("discard-confirmation")
+    gui.click_dialog("Discard 3 changes")
+    gui.wait_line("OK Could not discard granted-discard", after=mark)  # the call's label
+    gui.wait_line("OBJECTS 0", after=mark)
+    assert ("list item", "granted-discard") not in gui.tree()
+
+
+def test_new_overlay_from_an_image_file_end_to_end(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-new")
+    mark = gui.mark()
+    gui.activate("create", str(img), "granted-new")  # what the file chooser leads to
+    gui.wait_line("OK create granted-new", after=mark)
+    gui.wait_line("OBJECTS 1 granted-new", after=mark)
+    assert gui.daemon.prop("/org/overlayd/Overlayd1/overlay/granted_2dnew", "Image") == str(img)
+    assert gui.daemon.prop("/org/overlayd/Overlayd1/overlay/granted_2dnew",
+                           "OwnerUID").endswith("65534")
+    gui.daemon.ctl("discard", "granted-new", uid=NOBODY)
+    gui.wait_line("OBJECTS 0", after=mark)
+
+
+def test_an_image_the_user_cannot_read_is_refused_in_words(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-secret")
+    img.chmod(0o600)
+    mark = gui.mark()
+    gui.activate("create", str(img), "granted-secret")
+    shown = gui.wait_line("SHOWN Could not open", after=mark)
+    assert "Permission denied" in shown
+
+
+def test_a_denied_action_shows_the_daemons_message(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-denied")
+    r = gui.daemon.ctl("create", "mine", str(img))  # root's: nobody may not commit it
+    assert r.returncode == 0, r.stderr
+    mark = gui.mark()
+    gui.wait_line("OBJECTS 1 mine", after=mark - 5)
+    gui.click("mine", "Commit")
+    shown = gui.wait_line("SHOWN Could not commit mine", after=mark)
+    assert "Not authorized" in shown and "GDBus" not in shown and ".Error." not in shown
+    assert any("Not authorized" in label for _, label in gui.tree())
+    gui.daemon.ctl("discard", "mine")
+
+
+def test_a_daemon_restart_empties_and_refills_the_list(gui: Gui, images: Path) -> None:
+    """The daemon's bus goes with it in --standalone, so here the name owner changes by
+    the list emptying on InterfacesRemoved and filling on InterfacesAdded; the name-owner
+    path is the unit of the same code (on_owner)."""
+    img = new_image(images, "granted-again")
+    mark = gui.mark()
+    create(gui, "granted-again", img)
+    gui.wait_line("OBJECTS 1 granted-again", after=mark)
+    gui.daemon.ctl("discard", "granted-again", uid=NOBODY)
+    gui.wait_line("OBJECTS 0", after=mark)
+    assert any(label == "No overlay" for _, label in gui.tree())
