@@ -65,12 +65,17 @@ def main():
         for _ in range(50):
             for w in range(1, app.get_child_count()):
                 for _d, role, name, acc in walk(app.get_child_at_index(w)):
-                    if role == "push button" and name == button:
+                    # libadwaita 1.2 names response buttons twice ("Keep Keep"); of the
+                    # squeezer's two layouts, either does
+                    if role == "push button" and name in (button, f"{button} {button}"):
                         acc.do_action(0)
                         print("clicked", button)
                         return 0
             time.sleep(0.1)
         print("no dialog button", button)
+        for w in range(app.get_child_count()):
+            for d, role, name, _ in walk(app.get_child_at_index(w)):
+                print(f"{w}:{d}\t{role}\t{name}".replace("\n", " / "))
         return 1
     return 2
 

@@ -120,7 +120,7 @@ class Gui:
 
     def activate(self, action: str, *args: str) -> None:
         """A GAction of the app, over its session bus (what scripts can do)."""
-        tup = "(" + ", ".join(f"'{a}'" for a in args) + ",)" if args else ""
+        tup = "(" + ", ".join(f"'{a}'" for a in args) + ("," if len(args) == 1 else "") + ")"
         env = {"DBUS_SESSION_BUS_ADDRESS": self.session_bus, "PATH": os.environ["PATH"]}
         r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                             "--clear-groups", "gdbus", "call", "--session", "--dest",
@@ -207,9 +207,11 @@ def gui(desktop_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture
 def shot(gui: Gui, request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every desktop test leaves a screenshot of how it ended, passed or not."""
+    """Every desktop test leaves a screenshot of how it ended, passed or not, and no
+    overlay."""
     yield
     gui.screenshot(request.node.name)
+    gui.daemon.discard_all()
 
 
 @pytest.fixture(scope="session")
@@ -225,4 +227,5 @@ def new_image(images: Path, name: str, size: str = "64M") -> Path:
     (tree / "hello.txt").write_text("hello\n")
     img = helpers.make_image(images / f"{name}.img", tree, size=size)
     img.chmod(0o644)
+    os.chown(img, NOBODY, NOBODY)  # the desktop user's own image: commits write into it
     return img
