@@ -493,7 +493,8 @@ class Window(Adw.ApplicationWindow):  # type: ignore[misc]
         d.add_response("create", "Create")
         d.set_response_appearance("create", Adw.ResponseAppearance.SUGGESTED)
         d.set_default_response("create")
-        d.connect("response", lambda _d, r: r == "create" and self.create(path, entry.get_text()))
+        d.connect("response", lambda _d, r: self.create(path, entry.get_text())
+                  if r == "create" else None)
         d.present()
 
     def create(self, path: str, name: str) -> None:
@@ -546,8 +547,12 @@ class App(Adw.Application):  # type: ignore[misc]
         self.win: Window | None = None
         # app.create(PATH, NAME): New overlay after the file chooser, for scripts and tests
         act = Gio.SimpleAction.new("create", GLib.VariantType("(ss)"))
-        act.connect("activate", lambda _a, p: self.win and self.win.create(*p.unpack()))
+        act.connect("activate", self.on_create)
         self.add_action(act)
+
+    def on_create(self, _action: Gio.SimpleAction, param: GLib.Variant) -> None:
+        if self.win is not None:
+            self.win.create(*param.unpack())
 
     def do_startup(self) -> None:
         Adw.Application.do_startup(self)

@@ -2,7 +2,7 @@
 
     /usr/bin/python3 atspi_driver.py dump
     /usr/bin/python3 atspi_driver.py click ROW BUTTON      (a button in the row named ROW)
-    /usr/bin/python3 atspi_driver.py click-dialog BUTTON   (a button in a window other than the main one)
+    /usr/bin/python3 atspi_driver.py click-dialog BUTTON   (a button in another window: a dialog)
 
 Runs with Debian's python3 (gir1.2-atspi-2.0), on the app's session bus
 (DBUS_SESSION_BUS_ADDRESS). dump prints one line per node: depth, role, name.
