@@ -23,6 +23,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,11 +163,9 @@ def app_copy(dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def gui(desktop_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gui]:
-    home = tmp_path_factory.mktemp("gui-home")
-    shots = Path(os.environ.get("OVERLAYD_DESKTOP_SHOTS") or tmp_path_factory.mktemp("shots"))
-    shots.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def running_gui(home: Path, shots: Path, daemon: Daemon) -> Iterator[Gui]:
+    """xvfb-run, dbus-run-session and the app as nobody, on DAEMON's bus, until the end."""
     app_copy(home / "app")
     shutil.copy(HERE / "atspi_driver.py", home)
     (home / "run").mkdir(mode=0o700)
@@ -176,7 +175,7 @@ def gui(desktop_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Ite
     inner = (f'echo "$DBUS_SESSION_BUS_ADDRESS $DISPLAY $$" > {info}; '
              f"exec {SYSTEM_PY} -m overlayd.desktop")
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(home / "run"),
-           "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": desktop_daemon.address,
+           "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": daemon.address,
            "GDK_BACKEND": "x11", "GSK_RENDERER": "cairo", "LANG": "C.UTF-8",
            "GTK_THEME": "Adwaita", "PYTHONDONTWRITEBYTECODE": "1"}
     with open(log, "wb") as out:
@@ -191,7 +190,7 @@ def gui(desktop_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Ite
         helpers.wait_for(lambda: info.exists() and len(info.read_text().split()) == 3, 60,
                          "the GUI session to start")
         bus, display, pid = info.read_text().split()
-        g = Gui(proc, home, log, shots, bus, display, int(pid), desktop_daemon)
+        g = Gui(proc, home, log, shots, bus, display, int(pid), daemon)
         g.wait_line("OBJECTS")
         yield g
     finally:
@@ -203,6 +202,20 @@ def gui(desktop_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Ite
             proc.kill()
             proc.wait()
             raise
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = Path(os.environ.get("OVERLAYD_DESKTOP_SHOTS") or tmp_path_factory.mktemp("shots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gui(desktop_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory,
+        shots: Path) -> Iterator[Gui]:
+    with running_gui(tmp_path_factory.mktemp("gui-home"), shots, desktop_daemon) as g:
+        yield g
 
 
 @pytest.fixture

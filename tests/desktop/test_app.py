@@ -144,16 +144,3 @@ def test_a_denied_action_shows_the_daemons_message(gui: Gui, images: Path) -> No
     assert "GDBus" not in shown and ".Error." not in shown, shown
     assert any("overlays of other users" in label for _, label in gui.tree())
     gui.daemon.ctl("discard", "mine")
-
-
-def test_a_daemon_restart_empties_and_refills_the_list(gui: Gui, images: Path) -> None:
-    """The daemon's bus goes with it in --standalone, so here the name owner changes by
-    the list emptying on InterfacesRemoved and filling on InterfacesAdded; the name-owner
-    path is the unit of the same code (on_owner)."""
-    img = new_image(images, "granted-again")
-    mark = gui.mark()
-    create(gui, "granted-again", img)
-    gui.wait_line("OBJECTS 1 granted-again", after=mark)
-    gui.daemon.ctl("discard", "granted-again", uid=NOBODY)
-    gui.wait_line("OBJECTS 0", after=mark)
-    assert any(label == "No overlay" for _, label in gui.tree())
