@@ -144,3 +144,30 @@ def test_a_denied_action_shows_the_daemons_message(gui: Gui, images: Path) -> No
     assert "GDBus" not in shown and ".Error." not in shown, shown
     assert any("overlays of other users" in label for _, label in gui.tree())
     gui.daemon.ctl("discard", "mine")
+
+
+def test_changes_lists_the_diff(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-changes")
+    create(gui, "granted-changes", img)
+    mnt = mountpoint(gui, "granted-changes")
+    Path(mnt, "added.txt").write_text("new\n")
+    Path(mnt, "hello.txt").unlink()
+    mark = gui.mark()
+    gui.click("granted-changes", "Changes")
+    assert gui.wait_line("CHANGES granted-changes", after=mark).endswith(" 2")
+    tree = gui.tree()
+    assert ("list item", "/added.txt") in tree and ("list item", "/hello.txt") in tree
+    assert ("label", "added") in tree and ("label", "deleted") in tree
+    gui.screenshot("changes")
+    gui.click_dialog("Close")
+
+
+def test_high_usage_raises_a_notification_and_colours_the_bar(gui: Gui, images: Path) -> None:
+    img = new_image(images, "granted-full")
+    create(gui, "granted-full", img, "--size", "8M")
+    mark = gui.mark()
+    with open(Path(mountpoint(gui, "granted-full"), "fill"), "wb") as f:
+        f.write(b"x" * (7 << 20))
+    line = gui.wait_line("NOTIFY granted-full", after=mark)
+    assert line.split()[-1] in ("high", "critical", "full")
+    assert any("RAM for the writes" in label for _, label in gui.tree())

@@ -17,7 +17,7 @@ import pytest
 
 from tests import helpers
 from tests.bus.conftest import VENV_BIN, Daemon
-from tests.desktop.conftest import Gui, new_image, running_gui
+from tests.desktop.conftest import new_image, running_gui
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
