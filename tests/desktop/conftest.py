@@ -177,7 +177,7 @@ def running_gui(home: Path, shots: Path, daemon: Daemon) -> Iterator[Gui]:
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(home / "run"),
            "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": daemon.address,
            "GDK_BACKEND": "x11", "GSK_RENDERER": "cairo", "LANG": "C.UTF-8",
-           "GTK_THEME": "Adwaita", "PYTHONDONTWRITEBYTECODE": "1"}
+           "PYTHONDONTWRITEBYTECODE": "1"}
     with open(log, "wb") as out:
         # launch.py: a subreaper that exits only once everything the session started is gone
         proc = subprocess.Popen(
