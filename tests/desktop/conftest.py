@@ -95,6 +95,12 @@ class Gui:
                          "\n".join(self.lines()[-15:]))
         return found[0]
 
+    def notifications(self) -> list[str]:
+        """What the session's notification server was asked to show."""
+        path = self.home / "notify.log"
+        return [ln for ln in path.read_text().splitlines() if ln.startswith("NOTIFY ")] \
+            if path.exists() else []
+
     def mark(self) -> int:
         return len(self.lines())
 
@@ -168,11 +174,14 @@ def running_gui(home: Path, shots: Path, daemon: Daemon) -> Iterator[Gui]:
     """xvfb-run, dbus-run-session and the app as nobody, on DAEMON's bus, until the end."""
     app_copy(home / "app")
     shutil.copy(HERE / "atspi_driver.py", home)
+    shutil.copy(HERE / "notification_server.py", home)
     (home / "run").mkdir(mode=0o700)
     helpers.traversable(home)
     subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(home)], check=True)
     log, info = home / "app.log", home / "info"
-    inner = (f'echo "$DBUS_SESSION_BUS_ADDRESS $DISPLAY $$" > {info}; '
+    # the desktop's notification server, then the app; both end with the session bus
+    inner = (f"{SYSTEM_PY} {home / 'notification_server.py'} > {home / 'notify.log'} 2>&1 & "
+             f'echo "$DBUS_SESSION_BUS_ADDRESS $DISPLAY $$" > {info}; '
              f"exec {SYSTEM_PY} -m overlayd.desktop")
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(home / "run"),
            "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": daemon.address,

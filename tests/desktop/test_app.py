@@ -170,4 +170,7 @@ def test_high_usage_raises_a_notification_and_colours_the_bar(gui: Gui, images: 
         f.write(b"x" * (7 << 20))
     line = gui.wait_line("NOTIFY granted-full", after=mark)
     assert line.split()[-1] in ("high", "critical", "full")
+    helpers.wait_for(lambda: any("Overlay granted-full: RAM for the writes" in n
+                                 for n in gui.notifications()), 30,
+                     "the notification server to be asked")
     assert any("RAM for the writes" in label for _, label in gui.tree())
