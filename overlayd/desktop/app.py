@@ -148,6 +148,8 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
             if text.USAGE_LEVELS.index(self.usage) > text.USAGE_LEVELS.index(old) and \
                     self.usage != "ok":
                 self.win.notify_usage(self.name, self.usage)
+        if "CommitAtShutdown" in values and self.proxy.get_object_path() == self.win.root_row:
+            self.win.show_root()
         self.refresh()
 
     def read_used(self) -> None:
@@ -416,6 +418,8 @@ class Window(Adw.ApplicationWindow):  # type: ignore[misc]
             for job in self.jobs.values():
                 if path in prop(job, "Objects", []):
                     row.track(job)
+            if path == self.root_row:
+                self.show_root()
             self.sync()
         job = obj.get_interface(JOB)
         if job is not None and path not in self.jobs:
