@@ -174,7 +174,7 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         job.connect("g-signal", self.on_job_signal)
         self.job_box.set_visible(True)
         self.show_job()
-        self.refresh()
+        self.read_used()  # what the commit is about to write
 
     def show_job(self) -> None:
         job = self.job
