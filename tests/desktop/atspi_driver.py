@@ -60,6 +60,24 @@ def main():
                 return 0
         print("no button", button, "in row", row_name)
         return 1
+    if cmd == "click-window":  # a button of the main window outside the list: New overlay
+        for _d, role, name, acc in walk(app.get_child_at_index(0)):
+            if role == "push button" and name == sys.argv[2]:
+                acc.do_action(0)
+                print("clicked", name)
+                return 0
+        return 1
+    if cmd == "type":  # keys to whatever has the keyboard focus, then Return
+        for ch in sys.argv[2]:
+            Atspi.generate_keyboard_event(ord(ch), None, Atspi.KeySynthType.SYM)
+            time.sleep(0.01)
+        Atspi.generate_keyboard_event(0xFF0D, None, Atspi.KeySynthType.SYM)
+        return 0
+    if cmd == "dump-all":
+        for w in range(app.get_child_count()):
+            for d, role, name, _ in walk(app.get_child_at_index(w)):
+                print(f"{w}:{d}\t{role}\t{name}".replace("\n", " / "))
+        return 0
     if cmd == "click-dialog":
         button = sys.argv[2]
         for _ in range(50):

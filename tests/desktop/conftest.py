@@ -117,6 +117,13 @@ class Gui:
         return [(p[1], p[2]) for p in (ln.split("\t", 2) for ln in r.stdout.splitlines())
                 if len(p) == 3]
 
+    def tree_all(self) -> list[tuple[str, str]]:
+        """Every window's nodes, dialogs too."""
+        r = self.atspi("dump-all")
+        assert r.returncode == 0, r.stdout + r.stderr
+        return [(p[1], p[2]) for p in (ln.split("\t", 2) for ln in r.stdout.splitlines())
+                if len(p) == 3]
+
     def click(self, row: str, button: str) -> None:
         r = self.atspi("click", row, button)
         assert r.returncode == 0, r.stdout + r.stderr + "\n".join(self.lines()[-10:])

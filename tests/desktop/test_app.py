@@ -117,16 +117,35 @@ def test_discard_asks_with_the_number_of_changes_then_removes(gui: Gui, images: 
 
 
 def test_new_overlay_from_an_image_file_end_to_end(gui: Gui, images: Path) -> None:
+    """New overlay, the file chooser (the path typed as a person would: keys through AT-SPI),
+    the name asked, Create: the daemon got the image as image_fd from the user."""
     img = new_image(images, "granted-new")
     mark = gui.mark()
-    gui.activate("create", str(img), "granted-new")  # what the file chooser leads to
+    r = gui.atspi("click-window", "New overlay")
+    assert r.returncode == 0, r.stdout + r.stderr
+    helpers.wait_for(lambda: ("push button", "Choose Choose") in gui.tree_all(), 30,
+                     "the file chooser")
+    r = gui.atspi("type", str(img))  # typing a path opens the chooser's location entry
+    assert r.returncode == 0, r.stdout + r.stderr
+    helpers.wait_for(lambda: any(str(img) in label and "as:" in label
+                                 for _, label in gui.tree_all()), 30, "the name dialog")
+    assert ("text", "GtkEntry") in gui.tree_all()
+    gui.screenshot("new-overlay-name")
+    gui.click_dialog("Create")
     gui.wait_line("OK create granted-new", after=mark)
     gui.wait_line("OBJECTS 1 granted-new", after=mark)
-    assert gui.daemon.prop("/org/overlayd/Overlayd1/overlay/granted_2dnew", "Image") == str(img)
-    assert gui.daemon.prop("/org/overlayd/Overlayd1/overlay/granted_2dnew",
-                           "OwnerUID").endswith("65534")
-    gui.daemon.ctl("discard", "granted-new", uid=NOBODY)
-    gui.wait_line("OBJECTS 0", after=mark)
+    path = "/org/overlayd/Overlayd1/overlay/granted_2dnew"
+    assert gui.daemon.prop(path, "Image") == str(img)
+    assert gui.daemon.prop(path, "OwnerUID").endswith("65534")
+
+
+def test_new_overlay_by_the_apps_action(gui: Gui, images: Path) -> None:
+    """app.create(PATH, NAME) on the session bus: the part after the chooser, for scripts."""
+    img = new_image(images, "granted-action")
+    mark = gui.mark()
+    gui.activate("create", str(img), "granted-action")
+    gui.wait_line("OK create granted-action", after=mark)
+    gui.wait_line("OBJECTS 1 granted-action", after=mark)
 
 
 def test_an_image_the_user_cannot_read_is_refused_in_words(gui: Gui, images: Path) -> None:
