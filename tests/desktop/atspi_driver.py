@@ -14,7 +14,7 @@ import time
 import gi
 
 gi.require_version("Atspi", "2.0")
-from gi.repository import Atspi  # noqa: E402
+from gi.repository import Atspi, GLib  # noqa: E402
 
 APP = "overlayd-gtk"
 
@@ -98,5 +98,18 @@ def main():
     return 2
 
 
+def main_retrying():
+    """A window that opens or closes during the walk ("The application no longer exists")
+    makes the walk start again; every click happens after a whole walk, so none is doubled."""
+    for _ in range(30):
+        try:
+            return main()
+        except GLib.Error as e:
+            last = e
+            time.sleep(0.1)
+    print("AT-SPI kept failing:", last.message)
+    return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_retrying())

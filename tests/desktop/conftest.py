@@ -111,25 +111,37 @@ class Gui:
                                "--clear-groups", SYSTEM_PY, str(self.home / "atspi_driver.py"),
                                *args], env=env, text=True, capture_output=True, timeout=60)
 
+    def read(self, command: str) -> subprocess.CompletedProcess[str]:
+        """A dump, again in a fresh process when a window came or went during the walk
+        (libatspi then calls the app gone for the rest of that process)."""
+        return self.retried(command)
+
+    def retried(self, *args: str) -> subprocess.CompletedProcess[str]:
+        for _ in range(10):
+            r = self.atspi(*args)
+            if r.returncode == 0 or "AT-SPI kept failing" not in r.stdout:
+                break  # done, or a real answer (no such button): not worth another walk
+        return r
+
     def tree(self) -> list[tuple[str, str]]:
-        r = self.atspi("dump")
+        r = self.read("dump")
         assert r.returncode == 0, r.stdout + r.stderr
         return [(p[1], p[2]) for p in (ln.split("\t", 2) for ln in r.stdout.splitlines())
                 if len(p) == 3]
 
     def tree_all(self) -> list[tuple[str, str]]:
         """Every window's nodes, dialogs too."""
-        r = self.atspi("dump-all")
+        r = self.read("dump-all")
         assert r.returncode == 0, r.stdout + r.stderr
         return [(p[1], p[2]) for p in (ln.split("\t", 2) for ln in r.stdout.splitlines())
                 if len(p) == 3]
 
     def click(self, row: str, button: str) -> None:
-        r = self.atspi("click", row, button)
+        r = self.retried("click", row, button)
         assert r.returncode == 0, r.stdout + r.stderr + "\n".join(self.lines()[-10:])
 
     def click_dialog(self, button: str) -> None:
-        r = self.atspi("click-dialog", button)
+        r = self.retried("click-dialog", button)
         assert r.returncode == 0, r.stdout + r.stderr
 
     def activate(self, action: str, *args: str) -> None:
