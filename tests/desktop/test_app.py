@@ -166,8 +166,11 @@ def test_a_denied_action_shows_the_daemons_message(gui: Gui, images: Path) -> No
     gui.wait_line("OBJECTS 1 mine", after=mark)
     gui.click("mine", "Commit")
     shown = gui.wait_line("SHOWN Could not commit mine", after=mark)
-    # the daemon's sentence (here: no agent to ask for a password), not an error name
+    # the daemon's sentence, not an error name; "no polkit authentication agent answered"
+    # is its answer to a call that allowed interactive authorization (without the flag it
+    # says the call did not allow it): the app sets ALLOW_INTERACTIVE_AUTHORIZATION
     assert "overlays of other users" in shown, shown
+    assert "no polkit authentication agent answered" in shown, shown
     assert "GDBus" not in shown and ".Error." not in shown, shown
     assert any("overlays of other users" in label for _, label in gui.tree())
     gui.daemon.ctl("discard", "mine")
