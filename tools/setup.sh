@@ -11,9 +11,14 @@ cd "$(dirname "$0")/.."
 # scdoc: the man pages (make install).
 # systemd-container (systemd-nspawn): the system tests boot a throw-away container; without
 # recommends, since libnss-mymachines would edit nsswitch.conf.
+# python3-gi, gir1.2-gtk-4.0, gir1.2-adw-1: the desktop app (overlayd/desktop, Debian's python3);
+# its tests: xvfb + xauth (xvfb-run), at-spi2-core + gir1.2-atspi-2.0 (AT-SPI driving),
+# imagemagick (screenshots), desktop-file-utils + appstream (validating packaging/desktop).
 PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
-      dbus-daemon polkitd systemd libglib2.0-bin systemd-container scdoc)
+      dbus-daemon polkitd systemd libglib2.0-bin systemd-container scdoc
+      python3-gi gir1.2-gtk-4.0 gir1.2-adw-1 gir1.2-atspi-2.0 at-spi2-core xvfb xauth
+      imagemagick desktop-file-utils appstream)
 # --deb (make test, make deb): what building and checking the Debian package needs: debhelper,
 # lintian, python3-pip (the bundled pydantic), and the Debian packages the .deb depends on,
 # which the system tests' container (an overlay of this /) installs it beside; man-db renders
