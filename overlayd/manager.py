@@ -324,8 +324,9 @@ class OverlayManager:
         return str(self._layout(name).upper)
 
     async def usage(self, name: str) -> UpperUsage:
-        self.get(name)
-        return await self._blocking(self.host.upper.usage, str(self._layout(name).upper_mount))
+        rec = self.get(name)
+        return await self._blocking(self.host.upper.usage, str(self._layout(name).upper_mount),
+                                    rec.upper)
 
     def fd_path(self, fd: int) -> str:
         """What an image fd refers to, for messages and polkit details."""
@@ -336,7 +337,7 @@ class OverlayManager:
         reads may call it on the event loop. Zeros while the tmpfs is being replaced."""
         rec = self.get(name)
         try:
-            return self.host.upper.usage(str(self._layout(name).upper_mount))
+            return self.host.upper.usage(str(self._layout(name).upper_mount), rec.upper)
         except OverlaydError:
             return UpperUsage(size=rec.size, used=0, inodes_used=0)
 

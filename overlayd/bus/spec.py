@@ -18,7 +18,8 @@ from overlayd.model import OverlaySpec, parse_spec
 # first is the one an error message asks for.
 SPEC_TYPES: dict[str, tuple[str, ...]] = {
     "image": ("s",), "image_fd": ("h",), "fstype": ("s",), "mountpoint": ("s",),
-    "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",),
+    "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",), "upper": ("s",),
+    "compressor": ("s",),
 }
 # at_shutdown: the root overlay's writes are committed (Commit) or thrown away (Discard,
 # also the default for it) when the system shuts down; only the root overlay has it.

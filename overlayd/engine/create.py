@@ -78,7 +78,7 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
         name=spec.name, state=OverlayState.CREATING,
         lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
                       fstype=fstype, shared=info.kind is not LowerKind.DIRECTORY),),
-        upper=Upper(kind=host.upper.kind, size=size),
+        upper=Upper(kind=spec.upper, size=size, compressor=spec.compressor or ""),
         merged=Merged(mountpoint=mountpoint, created=is_default, options=options),
         owner_uid=owner_uid, created_usec=now_usec,
     )
@@ -104,9 +104,9 @@ def build(host: Host, cfg: DaemonConfig, p: Prepared,
             rec = rec.evolve(lowers=(rec.lowers[0].model_copy(update={"loop_device": device}),
                                      *rec.lowers[1:]))
         _make_dir(host, rb, str(layout.upper_mount), 0o700)
-        host.upper.make(rec.name, str(layout.upper_mount), rec.size)
-        rb.push(f"unmount the {rec.upper.kind}", host.mounts.unmount, str(layout.upper_mount),
-                host.upper.owns(rec.name))
+        rec = rec.evolve(upper=host.upper.make(rec.name, str(layout.upper_mount), rec.upper))
+        rb.push(f"unmount the {rec.upper.kind}", host.upper.unmake, rec.name,
+                str(layout.upper_mount), rec.upper)
         host.layers.prepare_upper(steps.lower_sources(rec, layout)[0], str(layout.upper),
                                   str(layout.work))
         if rec.merged.created:

@@ -16,7 +16,7 @@ from overlayd.host.images import LinuxImages
 from overlayd.host.layers import LinuxLayers
 from overlayd.host.mounts import LinuxMounts
 from overlayd.host.overlaymount import KernelOverlay
-from overlayd.host.uppers import TmpfsUpper
+from overlayd.host.uppers import Uppers
 
 
 class LinuxSystem:
@@ -47,5 +47,5 @@ class LinuxHost:
         self.mounts = LinuxMounts()
         self.files = LinuxFiles()
         self.layers = LinuxLayers()
-        self.upper = TmpfsUpper()
+        self.upper = Uppers(self.mounts)
         self.merge = KernelOverlay()
