@@ -416,6 +416,7 @@ class OverlayManager:
             built = create_proc.build(
                 self.host, self.config, prepared,
                 finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)),
+                note=self.store.save,
                 first_user=not self._shared.in_use(key))
             self._shared.add(built)
         return built

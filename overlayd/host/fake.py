@@ -303,6 +303,9 @@ class FakeHost:
         src = mount_source(name)
         return lambda m: m.source == src
 
+    def plan(self, upper: Upper) -> Upper:
+        return upper
+
     def make(self, name: str, target: str, upper: Upper) -> Upper:
         self._mount("mount_tmpfs", mount_source(name), target, "tmpfs",
                     super_options=("rw", f"size={upper.size // 1024}k"))

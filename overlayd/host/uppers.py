@@ -28,6 +28,7 @@ from overlayd.host.syscalls import (
 )
 from overlayd.layout import mount_source
 from overlayd.model import Upper, UpperKind, UpperUsage
+from overlayd.mountinfo import MountInfo
 
 
 class TmpfsUpper:
@@ -35,6 +36,9 @@ class TmpfsUpper:
 
     def __init__(self, mounts: LinuxMounts | None = None) -> None:
         self.mounts = mounts or LinuxMounts()
+
+    def plan(self, upper: Upper) -> Upper:
+        return upper
 
     def owns(self, name: str, upper: Upper | None = None) -> Owned:
         """Our tmpfs carries our source string."""
@@ -161,12 +165,25 @@ class ZramUpper:
     def __init__(self, mounts: LinuxMounts | None = None) -> None:
         self.mounts = mounts or LinuxMounts()
 
+    def plan(self, upper: Upper) -> Upper:
+        """The file system's UUID, chosen before anything exists: the first record has it,
+        so a daemon killed once the device is mounted finds it at the upper mount."""
+        return upper.model_copy(update={"fs_uuid": str(uuid.uuid4())})
+
     def owns(self, name: str, upper: Upper | None = None) -> Owned:
+        """A zram device's ext4 that is the recorded device, or (a record saved before the
+        device was known) carries the recorded UUID."""
         device = upper.device if upper is not None else ""
-        zid = _zram_id(device)
-        majmin = _read_sys(_sys(zid, "dev")) if zid is not None else None
-        return lambda m: (zid is not None and m.fstype == "ext4" and m.source == device
-                          and (majmin is None or m.device == majmin))
+        fs_uuid = upper.fs_uuid if upper is not None else ""
+
+        def owned(m: MountInfo) -> bool:
+            zid = _zram_id(m.source)
+            if zid is None or m.fstype != "ext4" or m.device != _read_sys(_sys(zid, "dev")):
+                return False
+            if device:
+                return m.source == device
+            return bool(fs_uuid) and _ext4_uuid(m.source) == fs_uuid
+        return owned
 
     def _ours_unmounted(self, upper: Upper) -> int | None:
         """The recorded device's number if it exists and carries the recorded UUID."""
@@ -187,7 +204,7 @@ class ZramUpper:
             return upper
         zid = self._hot_add()
         device = f"/dev/zram{zid}"
-        fs_uuid = str(uuid.uuid4())
+        fs_uuid = upper.fs_uuid or str(uuid.uuid4())
         try:
             if upper.compressor:
                 self._set_compressor(zid, upper.compressor)
@@ -203,8 +220,12 @@ class ZramUpper:
 
     def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
         """Unmount (if ours is mounted at TARGET) and remove the device (if ours)."""
-        was = self.mounts.unmount(target, self.owns(name, upper), lazy=lazy)
-        zid = self._ours_unmounted(upper)
+        owned = self.owns(name, upper)
+        top = self.mounts.at(target)
+        zid = _zram_id(top.source) if top is not None and owned(top) else None
+        was = self.mounts.unmount(target, owned, lazy=lazy)
+        if zid is None:
+            zid = self._ours_unmounted(upper)
         if zid is not None:
             self._hot_remove(zid)
         return was
@@ -300,6 +321,9 @@ class Uppers:
 
     def _of(self, upper: Upper | None) -> TmpfsUpper | ZramUpper:
         return self.backends[upper.kind if upper is not None else UpperKind.TMPFS]
+
+    def plan(self, upper: Upper) -> Upper:
+        return self._of(upper).plan(upper)
 
     def owns(self, name: str, upper: Upper | None = None) -> Owned:
         return self._of(upper).owns(name, upper)
