@@ -2,6 +2,7 @@
 
     overlayctl list | status NAME | diff NAME          [--json]
     overlayctl create NAME IMAGE [--mountpoint P] [--size S] [--option O]... [--fstype T]
+                                 [--upper tmpfs|zram] [--compressor ALGO]
     overlayctl commit NAME                    a progress bar on a terminal; Ctrl-C leaves it
                                               running in overlayd as a job; for "root": at
                                               shutdown
@@ -104,6 +105,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--option", action="append", default=[], dest="options", metavar="OPTION",
                    help="mount option of the merged view (nosuid, nodev, noexec, ro, ...)")
     c.add_argument("--fstype", help="file system of the image (detected if not given)")
+    c.add_argument("--upper", choices=["tmpfs", "zram"],
+                   help="where the writes live: tmpfs (default) or zram (compressed RAM)")
+    c.add_argument("--compressor", help="with --upper zram: the compression algorithm "
+                                        "(default: the kernel's)")
     m = sub.add_parser("commit", parents=[common], help="merge the writes into the image")
     m.add_argument("name")
     sub.add_parser("jobs", parents=[common, reads], help="list the jobs (commits) running")
@@ -181,6 +186,7 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
                    f"{p['UpperInodesUsed']} inodes"),
         ("Usage", f"{p.get('UpperUsage', 'ok')} ({_percent(p['UpperUsed'], p['UpperSize'])} "
                   "of the RAM for writes)"),
+        ("Upper", _upper_line(p)),
         ("Options", ",".join(p["MountOptions"]) or "-"),
         ("Owner", f"uid {p['OwnerUID']}"),
         ("Created", _since(p["CreatedUSec"])),
@@ -233,6 +239,10 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
             spec["mount_options"] = [o for opt in args.options for o in opt.split(",") if o]
         if args.fstype:
             spec["fstype"] = args.fstype
+        if args.upper:
+            spec["upper"] = args.upper
+        if args.compressor:
+            spec["compressor"] = args.compressor
         path = await client.create(args.name, spec)
     finally:
         if fd is not None:
@@ -240,6 +250,16 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
     p = await client.properties(path)
     print(f"Created overlay '{args.name}' of {p['Image']} at {p['MountPoint']}.")
     return 0
+
+
+def _upper_line(p: dict[str, Any]) -> str:
+    """tmpfs; or zram with what the writes take compressed, and the ratio."""
+    kind = str(p.get("UpperKind", "tmpfs"))
+    if kind != "zram":
+        return kind
+    orig, comp = p.get("UpperOriginalSize", 0), p.get("UpperCompressedSize", 0)
+    ratio = f", ratio {orig / comp:.2f}" if comp else ""
+    return f"zram: {format_size(orig)} stored in {format_size(comp)} of RAM{ratio}"
 
 
 def _percent(used: int, size: int) -> str:

@@ -18,7 +18,6 @@ from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, parse_spec
 from tests import helpers
 
-
 UPPERS = ["tmpfs", "zram"]
 
 

@@ -39,7 +39,7 @@ def test_compressor_size_and_compression_seen_in_usage(env: Env, image: Path) ->
 
 
 def test_an_unknown_compressor_says_which_there_are(env: Env, image: Path) -> None:
-    with pytest.raises(MountFailed, match="not offered.*offers: "):
+    with pytest.raises(MountFailed, match=r"not offered.*offers: "):
         env.create("z", image, upper="zram", compressor="nope")
     assert env.manager.list() == []  # and the env checks that no device is left
 
