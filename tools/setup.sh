@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 # systemd (busctl), libglib2.0-bin (gdbus): the bus tests and the demo call the daemon with them.
 # systemd-container (systemd-nspawn): the system tests boot a throw-away container; without
 # recommends, since libnss-mymachines would edit nsswitch.conf.
+# kmod (modprobe): upper = zram needs the zram module where it is not built in.
 PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
-      dbus-daemon polkitd systemd libglib2.0-bin systemd-container)
+      dbus-daemon polkitd systemd libglib2.0-bin systemd-container kmod)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -22,6 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# zram: hot_add/hot_remove need /sys/class/zram-control; load the module with no devices of
+# its own (num_devices=0) if it is a module and not loaded. Built in: nothing to do.
+if [ ! -e /sys/class/zram-control ]; then
+    modprobe zram num_devices=0 2>/dev/null || echo "setup: no zram here (upper = zram tests skip)"
 fi
 
 PY=${PYTHON:-python3}
