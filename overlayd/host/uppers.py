@@ -147,6 +147,30 @@ def _ext4_uuid(device: str) -> str | None:
     return str(uuid.UUID(bytes=sb[0x68:0x78]))
 
 
+def _namespaces_mounting(zid: int) -> list[str]:
+    """Processes (one per mount namespace) whose namespace has /dev/zramZID mounted: the
+    failure path only (it reads every process's mountinfo)."""
+    majmin = _read_sys(_sys(zid, "dev"))
+    if majmin is None:
+        return []
+    seen: dict[str, str] = {}
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in seen:
+                continue
+            with open(f"/proc/{pid}/mountinfo") as f:
+                if any(line.split(" ", 3)[2] == majmin for line in f):
+                    with open(f"/proc/{pid}/comm") as c:
+                        seen[ns] = f"{c.read().strip()} (PID {pid})"
+                else:
+                    seen[ns] = ""
+        except (OSError, IndexError):
+            continue
+    own = os.readlink("/proc/self/ns/mnt")
+    return [who for ns, who in seen.items() if who and ns != own][:5]
+
+
 class ZramUpper:
     """ext4 without a journal on a zram device this daemon hot-added.
 
@@ -312,7 +336,16 @@ class ZramUpper:
                     return True
                 raise MountFailed(f"Cannot remove /dev/zram{zid}: {e.strerror}.") from None
             return True
-        _until_free(f"remove /dev/zram{zid}", remove)
+        try:
+            _until_free(f"remove /dev/zram{zid}", remove)
+        except MountFailed:
+            where = _namespaces_mounting(zid)
+            if not where:
+                raise
+            raise MountFailed(
+                f"Cannot remove /dev/zram{zid}: it is unmounted here but still mounted in "
+                f"another mount namespace (that of {', '.join(where)}), which copied it "
+                "while it was mounted. Discard again once that process has ended.") from None
 
 
 class Uppers:
