@@ -299,7 +299,17 @@ class ZramUpper:
                     return False
                 raise MountFailed(f"Cannot open {device}: {e.strerror}.") from None
             return True
-        _until_free(f"format {device}", free)
+        try:
+            _until_free(f"format {device}", free)
+        except MountFailed:
+            zid = _zram_id(device)
+            where = _namespaces_mounting(zid) if zid is not None else []
+            if not where:
+                raise
+            raise MountFailed(
+                f"Cannot format {device} again: it is unmounted here but still mounted in "
+                f"another mount namespace (that of {', '.join(where)}), which copied it "
+                "while it was mounted.") from None
         # lazy_itable_init=0: the inode tables are written now, not by ext4lazyinit in the
         # background after the mount (zeros cost zram nothing: it keeps same-filled pages
         # as a number), so nothing works on the device but its users.
