@@ -2,14 +2,25 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup setup-vm demo test test-unit test-kernel lint bench install clean
+.PHONY: setup setup-vm setup-deb deb-fetch deb demo test test-unit test-kernel lint bench install clean
 
 setup:
 	@bash tools/setup.sh
 
 # also qemu, mmdebstrap and the cached Debian guest of the root-on-overlay VM tests
 setup-vm:
-	@bash tools/setup.sh --vm
+	@bash tools/setup.sh --vm --deb
+
+# the Debian package: fetching what it bundles (network) is its own step, the build is offline
+setup-deb:
+	@bash tools/setup.sh --deb
+
+deb-fetch: setup-deb
+	@bash tools/deb.sh fetch
+
+# the .deb lands in $(OUT) (default build/deb), never in the parent directory
+deb: deb-fetch
+	@bash tools/deb.sh build "$(or $(OUT),build/deb)"
 
 demo: setup
 	@$(PY) -m overlayd.demo

@@ -22,8 +22,7 @@ from pydantic import (
 
 from overlayd.errors import InvalidSpec
 from overlayd.model import check_size, parse_size
-
-DEFAULT_CONFIG = Path("/etc/overlayd/overlayd.conf")
+from overlayd.places import DEFAULT_CONFIG as DEFAULT_CONFIG  # re-exported
 
 
 class DaemonConfig(BaseModel):
@@ -90,11 +89,14 @@ class DaemonConfig(BaseModel):
 def load_config(path: Path = DEFAULT_CONFIG, **overrides: Any) -> DaemonConfig:
     """Merge PATH and PATH.d/*.conf (sorted), then OVERRIDES; a missing file is fine."""
     data: dict[str, Any] = {}
+    origin: dict[str, Path] = {}  # the file each key was last set in
     files = [path, *sorted(Path(str(path) + ".d").glob("*.conf"))]
     for f in files:
         try:
             with open(f, "rb") as fh:
-                data.update(tomllib.load(fh))
+                read = tomllib.load(fh)
+            data.update(read)
+            origin.update(dict.fromkeys(read, f))
         except FileNotFoundError:
             continue
         except (tomllib.TOMLDecodeError, OSError) as e:
@@ -108,4 +110,10 @@ def load_config(path: Path = DEFAULT_CONFIG, **overrides: Any) -> DaemonConfig:
         msg = first["msg"].removeprefix("Value error, ")
         if not key:  # a rule between settings
             raise InvalidSpec(f"Invalid configuration: {msg}.") from None
-        raise InvalidSpec(f"Invalid setting '{key}' in the configuration: {msg}.") from None
+        top = str(first["loc"][0])
+        where = f"'{origin[top]}'" if top in origin else "the configuration"
+        if first["type"] == "extra_forbidden":
+            valid = ", ".join(DaemonConfig.model_fields)
+            raise InvalidSpec(f"Unknown setting '{key}' in {where}; the valid settings are: "
+                              f"{valid}.") from None
+        raise InvalidSpec(f"Invalid setting '{key}' in {where}: {msg}.") from None

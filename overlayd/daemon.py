@@ -32,7 +32,8 @@ from overlayd.standalone import StandaloneBus
 log = logging.getLogger("overlayd")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """overlayd's options (also the source of overlayd(8), tools/manpages.py)."""
     p = argparse.ArgumentParser(prog="overlayd", description=(
         "Serve org.overlayd.Overlayd1: read-only images with their writes in RAM, "
         "committed or discarded on request."))
@@ -51,6 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="state and layers (default from the configuration: /run/overlayd)")
     p.add_argument("--debug", action="store_true", help="log debug messages")
     p.add_argument("--version", action="version", version=f"overlayd {__version__}")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     if (args.discard_on_exit or args.polkit_rules) and not args.standalone:
         p.error("--discard-on-exit and --polkit-rules only go with --standalone")

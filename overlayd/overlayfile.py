@@ -21,9 +21,8 @@ from pydantic import Field, ValidationError
 
 from overlayd.errors import InvalidSpec, NoSuchOverlay
 from overlayd.model import OverlaySpec, SpecSettings, check_name, spec_error
-
-SEARCH_PATH = (Path("/etc/overlayd"), Path("/run/overlayd"), Path("/usr/lib/overlayd"))
-SUFFIX = ".overlay"
+from overlayd.places import SEARCH_PATH as SEARCH_PATH  # re-exported
+from overlayd.places import SUFFIX as SUFFIX
 
 
 class OverlayFile(SpecSettings):

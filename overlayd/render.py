@@ -1,6 +1,6 @@
 """Mount units for a boot overlay, rendered from its ``.overlay`` file.
 
-Pure text: the templates in units/templates/ filled from the same model the bus uses.
+Pure text: the templates in overlayd/templates/ filled from the same model the bus uses.
 ``overlayctl render NAME`` prints them; ``overlayd-generator`` writes them at boot. The
 three layers are the image (read-only, through a loop device that mount(8) sets up),
 the tmpfs and the overlay; overlayd-prepare@NAME.service makes the upper and work
@@ -21,10 +21,8 @@ from overlayd.model import format_size
 from overlayd.overlayfile import OverlayFile
 from overlayd.overlayfs import PINNED
 
-_TEMPLATE_DIRS = (
-    Path(__file__).parent / "templates",  # installed: make install copies them here
-    Path(__file__).parent.parent / "units" / "templates",  # a source tree
-)
+# Package data (overlayd/templates/): in a source tree, a wheel, the .deb's private site.
+_TEMPLATE_DIRS = (Path(__file__).parent / "templates",)
 _UNIT_SAFE = frozenset(string.ascii_letters + string.digits + ":_.")
 
 

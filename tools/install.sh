@@ -10,6 +10,10 @@ PREFIX=${PREFIX:-/usr}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 PYTHON=${PYTHON:-/usr/bin/python3}
 PIP=${PIP:-.venv/bin/pip}
+# WHEELS=DIR (the Debian package): offline, only pydantic and what it needs from the wheels in
+# DIR (tools/deb.sh fetch), and the overlayd package copied as it is; dbus-next, systemd and
+# rich then come from Debian's python3-dbus-next, python3-systemd, python3-rich.
+WHEELS=${WHEELS:-}
 
 # dbus-daemon, polkitd and journalctl --update-catalog read only these places, whatever
 # PREFIX is (systemd itself also reads /usr/local/lib/systemd/...).
@@ -23,10 +27,13 @@ DRACUTDIR=${DRACUTDIR:-/usr/lib/dracut/modules.d}
 D=$DESTDIR
 SITE=$PREFIX/lib/overlayd/site
 LIBEXEC=$PREFIX/libexec/overlayd
-UNITDIR=$PREFIX/lib/systemd/system
+UNITDIR=${UNITDIR:-$PREFIX/lib/systemd/system}  # the .deb: /lib/systemd/system (Debian 12)
 GENDIR=$PREFIX/lib/systemd/system-generators
 
 say() { echo "install: $*"; }
+python_dep() {  # python_dep NAME: its requirement as pyproject.toml states it
+    sed -n "s/^ *\"\($1[^\"]*\)\",\$/\1/p" pyproject.toml
+}
 put() {  # put MODE SRC DEST: copy, rewriting /usr/bin and /usr/libexec for another PREFIX
     install -D -m "$1" "$2" "$D$3"
     if [ "$PREFIX" != /usr ]; then
@@ -50,14 +57,21 @@ PY
 say "Python package and dependencies -> $D$SITE"
 rm -rf "$D$SITE"
 install -d "$D$SITE"
-had_build=$([ -e build ] && echo yes || echo no)
-if ! "$PIP" install --quiet --no-compile --disable-pip-version-check --target "$D$SITE" . \
-        > "${TMPDIR:-/tmp}/overlayd-install-pip.log" 2>&1; then
-    cat "${TMPDIR:-/tmp}/overlayd-install-pip.log"; echo "install: pip failed" >&2; exit 1
+if [ -n "$WHEELS" ]; then
+    "$PYTHON" -m pip install --quiet --no-compile --disable-pip-version-check --no-index \
+        --find-links "$WHEELS" --target "$D$SITE" "$(python_dep pydantic)"
+    cp -r overlayd "$D$SITE/overlayd"
+    find "$D$SITE" -name __pycache__ -prune -exec rm -rf {} +
+    rm -rf "$D$SITE/bin"
+else
+    had_build=$([ -e build ] && echo yes || echo no)
+    if ! "$PIP" install --quiet --no-compile --disable-pip-version-check --target "$D$SITE" . \
+            > "${TMPDIR:-/tmp}/overlayd-install-pip.log" 2>&1; then
+        cat "${TMPDIR:-/tmp}/overlayd-install-pip.log"; echo "install: pip failed" >&2; exit 1
+    fi
+    rm -rf "$D$SITE/bin" overlayd.egg-info
+    [ "$had_build" = yes ] || rm -rf build/lib build/bdist.*  # setuptools' scratch, if ours
 fi
-rm -rf "$D$SITE/bin" overlayd.egg-info
-[ "$had_build" = yes ] || rm -rf build  # setuptools' scratch directory, if we made it
-cp -r units/templates "$D$SITE/overlayd/templates"
 
 say "commands -> $D$PREFIX/bin, $D$LIBEXEC, $D$GENDIR"
 wrapper "$PREFIX/bin/overlayd" overlayd.daemon main
@@ -79,6 +93,20 @@ done
 # the login message on a protected root (pam_motd runs /etc/update-motd.d/*)
 put 0755 packaging/root/update-motd.d/50-overlayd-root "$SYSCONFDIR/update-motd.d/50-overlayd-root"
 
+say "man pages -> $D$PREFIX/share/man"
+for m in man/*.[0-9]; do  # generated from the parsers (python -m tools.manpages)
+    put 0644 "$m" "$PREFIX/share/man/man${m##*.}/$(basename "$m")"
+done
+for s in man/*.scd; do  # written in scdoc
+    page=$(basename "$s" .scd)
+    install -d "$D$PREFIX/share/man/man${page##*.}"
+    scdoc < "$s" > "$D$PREFIX/share/man/man${page##*.}/$page"
+done
+
+say "shell completion -> $D$PREFIX/share/bash-completion, $D$PREFIX/share/zsh"
+put 0644 packaging/completion/overlayctl.bash "$PREFIX/share/bash-completion/completions/overlayctl"
+put 0644 packaging/completion/overlayctl.zsh "$PREFIX/share/zsh/vendor-completions/_overlayctl"
+
 say "units, bus, polkit, tmpfiles, catalog, schema, docs"
 for u in overlayd.service overlayd@.service overlayd-prepare@.service; do
     put 0644 "units/$u" "$UNITDIR/$u"
@@ -98,5 +126,8 @@ for f in packaging/example.overlay polkit/*.rules.example README.md; do
     put 0644 "$f" "$PREFIX/share/doc/overlayd/$(basename "$f")"
 done
 install -d -m 0755 "$D$SYSCONFDIR/overlayd"
+# every setting with its default, commented out (a conffile of the .deb); an admin's is kept
+[ -e "$D$SYSCONFDIR/overlayd/overlayd.conf" ] ||
+    install -m 0644 packaging/overlayd.conf "$D$SYSCONFDIR/overlayd/overlayd.conf"
 say "done. On a live system: systemctl daemon-reload; systemd-tmpfiles --create overlayd.conf;"
 say "journalctl --update-catalog; then systemctl start overlayd (or any bus call starts it)."

@@ -8,12 +8,26 @@ cd "$(dirname "$0")/.."
 # e2fsprogs, squashfs-tools, erofs-utils, xfsprogs, btrfs-progs: images for tests and the demo.
 # dbus-daemon: overlayd --standalone runs its own; polkitd: authorization (polkit issue).
 # systemd (busctl), libglib2.0-bin (gdbus): the bus tests and the demo call the daemon with them.
+# scdoc: the man pages (make install).
 # systemd-container (systemd-nspawn): the system tests boot a throw-away container; without
 # recommends, since libnss-mymachines would edit nsswitch.conf.
 # kmod (modprobe): upper = zram needs the zram module where it is not built in.
+# python3-gi, gir1.2-gtk-4.0, gir1.2-adw-1: the desktop app (overlayd/desktop, Debian's python3);
+# its tests: xvfb + xauth (xvfb-run), at-spi2-core + gir1.2-atspi-2.0 (AT-SPI driving),
+# imagemagick (screenshots), desktop-file-utils + appstream (validating packaging/desktop).
 PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
-      dbus-daemon polkitd systemd libglib2.0-bin systemd-container kmod)
+      dbus-daemon polkitd systemd libglib2.0-bin systemd-container scdoc
+      python3-gi gir1.2-gtk-4.0 gir1.2-adw-1 gir1.2-atspi-2.0 at-spi2-core xvfb xauth
+      imagemagick desktop-file-utils appstream kmod)
+# --deb (make test, make deb): what building and checking the Debian package needs: debhelper,
+# lintian, python3-pip (the bundled pydantic), and the Debian packages the .deb depends on,
+# which the system tests' container (an overlay of this /) installs it beside; man-db renders
+# the man pages in tests; zsh checks its completion script.
+if [[ " $* " == *" --deb "* ]]; then
+    PKGS+=(debhelper lintian dpkg-dev python3-pip python3-dbus-next python3-systemd python3-rich
+           man-db zsh)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -48,6 +62,6 @@ fi
 
 # --vm (make test, .ci/run): what the root-on-overlay VM tests need: qemu, mmdebstrap, and the
 # Debian 12 guest tree, cached per machine under /var/cache/overlayd-tests/ (tools/vm-root.sh).
-if [ "${1:-}" = --vm ]; then
+if [[ " $* " == *" --vm "* ]]; then
     bash tools/vm-root.sh > /dev/null
 fi

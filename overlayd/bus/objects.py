@@ -20,6 +20,7 @@ from dbus_next import introspection as intr
 from dbus_next.constants import PropertyAccess
 from dbus_next.service import dbus_property, method
 
+from overlayd import __version__
 from overlayd.bus.connection import CheapInterface
 from overlayd.bus.names import MANAGER_IFACE, OVERLAY_IFACE, overlay_path
 from overlayd.errors import NoSuchOverlay
@@ -84,6 +85,7 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
 SIGNALLED_PROPERTIES = tuple(p for p in PROPERTIES if p.changes == SIGNALLED)
 # The Manager's one property: the root overlay's object when / is on an overlay, else "/".
 MANAGER_ROOT_OVERLAY = OverlayProperty("RootOverlay", "o", CONST, lambda r: None)
+MANAGER_VERSION = OverlayProperty("Version", "s", CONST, lambda r: None)
 
 
 def property_values(reading: Reading) -> dict[str, Variant]:
@@ -140,7 +142,8 @@ class ManagerInterface(CheapInterface):
 
     def describe(self, iface: intr.Interface) -> intr.Interface:
         # fixed for the daemon's life: the root overlay is adopted at start or never
-        iface.properties = [AnnotatedProperty(MANAGER_ROOT_OVERLAY)]
+        iface.properties = [AnnotatedProperty(MANAGER_ROOT_OVERLAY),
+                            AnnotatedProperty(MANAGER_VERSION)]
         return name_out_args(iface)
 
     def root_overlay(self) -> str:
@@ -148,11 +151,16 @@ class ManagerInterface(CheapInterface):
         return overlay_path(rec.name) if rec is not None else "/"
 
     def property_values(self) -> dict[str, Variant]:
-        return {"RootOverlay": Variant("o", self.root_overlay())}
+        return {"RootOverlay": Variant("o", self.root_overlay()),
+                "Version": Variant("s", __version__)}
 
     @dbus_property(access=PropertyAccess.READ)
     def RootOverlay(self) -> "o":
         return self.root_overlay()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":
+        return __version__
 
     @method()
     async def Create(self, name: "s", spec: "a{sv}") -> "o":

@@ -7,6 +7,7 @@ reverse when a later one fails; ``release`` closes what ``prepare`` opened.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from overlayd.host.ports import Host, ImageInfo
 from overlayd.layout import Layout
 from overlayd.model import Lower, LowerKind, Merged, Overlay, OverlaySpec, OverlayState, Upper
 from overlayd.rollback import Rollback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,6 +62,16 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
         claim(mountpoint)  # first: another overlay's name says more than the mount table
         checks.check_mountpoint(mountpoint, kind, is_default=is_default, cfg=cfg,
                                 mounts=host.mounts.containing(nearest))
+        if not is_default and host.files.has_entries(mountpoint):
+            # what is there is hidden while the overlay is mounted: root may, as systemd
+            # mounts over a non-empty directory with a warning; nobody else
+            if owner_uid != 0:
+                raise InvalidSpec(f"The mount point '{mountpoint}' is not empty; as uid "
+                                  f"{owner_uid} you may mount only on an empty directory.",
+                                  "mountpoint")
+            log.warning("The mount point '%s' is not empty; what it holds is hidden while "
+                        "overlay '%s' is mounted.", mountpoint, spec.name,
+                        extra={"OVERLAYD_NAME": spec.name, "OVERLAYD_MOUNTPOINT": mountpoint})
         info = host.images.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
         rb.push("close the image", host.images.close_image, info)
         shown = spec.image or info.path

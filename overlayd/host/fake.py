@@ -352,6 +352,11 @@ class FakeHost:
                  if p.startswith(prefix)}
         return sorted(names)
 
+    def has_entries(self, path: str) -> bool:
+        self._call("has_entries", can_fail=False)
+        prefix = path.rstrip("/") + "/"
+        return any(p.startswith(prefix) for p in self.dirs | set(self.file_data))
+
     def read_file(self, path: str) -> bytes | None:
         self._call("read_file")
         if path in self.dirs:

@@ -27,6 +27,11 @@ class LinuxFiles:
             except FileNotFoundError:
                 return []
 
+    def has_entries(self, path: str) -> bool:
+        """Whether the directory PATH holds anything: one entry read, whatever its size."""
+        with map_os_errors(f"list '{path}'", Op.FILE), os.scandir(path) as it:
+            return next(it, None) is not None
+
     def read_file(self, path: str) -> bytes | None:
         with map_os_errors(f"read '{path}'", Op.FILE):
             try:

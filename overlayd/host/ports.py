@@ -123,6 +123,7 @@ class StateFiles(Protocol):
 
     def path_kind(self, path: str) -> str: ...  # "missing" | "directory" | "other"
     def list_dir(self, path: str) -> list[str]: ...
+    def has_entries(self, path: str) -> bool: ...  # a directory with anything in it
     def read_file(self, path: str) -> bytes | None: ...  # None: no such file
     def write_file(self, path: str, data: bytes) -> None: ...  # atomic: temp file + rename
     def make_dir(self, path: str, mode: int = 0o755) -> None: ...

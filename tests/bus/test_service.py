@@ -12,6 +12,7 @@ from typing import Any
 from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 
+import overlayd
 from tests import helpers
 from tests.bus.conftest import MANAGER, Daemon, start_daemon, stop_daemon
 
@@ -138,12 +139,17 @@ def test_overlayctl(clean: Daemon, root: Path) -> None:
     assert "ctl" in text and "1 overlay listed." in text
     assert "Mount point:" in clean.ctl("status", "ctl").stdout
     assert clean.ctl("commit", "ctl").returncode == 0
-    assert clean.ctl("discard", "ghost").returncode == 3
-    assert clean.ctl("create", "ctl", str(img)).returncode == 6
-    assert clean.ctl("create", "bad/x", str(img)).returncode == 2
-    assert clean.ctl("create", "y", str(img), "--size", "12Q").returncode == 2
+    # sysexits-style codes (overlayctl(1), EXIT STATUS)
+    assert clean.ctl("discard", "ghost").returncode == 66
+    assert clean.ctl("create", "ctl", str(img)).returncode == 73
+    assert clean.ctl("create", "bad/x", str(img)).returncode == 65  # InvalidSpec
+    assert clean.ctl("create", "y", str(img), "--size", "12Q").returncode == 64
+    assert clean.ctl("frobnicate").returncode == 64  # argparse's usage error too
     r = clean.ctl("--no-ask-password", "discard", "ctl", uid=65534)
-    assert r.returncode == 4 and "uid 65534" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 77 and "uid 65534" in r.stderr and "Traceback" not in r.stderr
+    # the global option after the command works the same
+    r = clean.ctl("discard", "ctl", "--no-ask-password", uid=65534)
+    assert r.returncode == 77 and "uid 65534" in r.stderr
     assert clean.ctl("discard", "ctl").returncode == 0
     assert "0 overlays listed." in clean.ctl("list").stdout
 
@@ -152,7 +158,7 @@ def test_overlayctl_without_a_daemon(root: Path) -> None:
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={root}/nothing")
     r = subprocess.run([str(Path(os.sys.executable).parent / "overlayctl"), "list"],
                        env=env, capture_output=True, text=True)
-    assert r.returncode == 7 and "Cannot connect" in r.stderr
+    assert r.returncode == 69 and "Cannot connect" in r.stderr
 
 
 def test_managed_objects_agree_with_the_property_getters(clean: Daemon, root: Path,
@@ -214,3 +220,31 @@ def test_polkitd_does_not_pin_the_overlays_it_saw_at_start(root: Path) -> None:
     finally:
         stop_daemon(second)
     assert helpers.mounts_under(str(root)) == []
+
+
+def test_overlayctl_global_options_json_legend_quiet_version(clean: Daemon, root: Path) -> None:
+    """Global options before or after the command; --json says what a command did;
+    --no-legend and -q as in systemctl; --version and the Manager's Version."""
+    img = helpers.make_image(root / "opts.img")
+    r = clean.ctl("--json", "create", "opts", str(img), "--size", "32M")
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    assert made["overlay"] == "opts" and made["created"] is True
+    assert made["size"] == 32 << 20 and made["object_path"].endswith("/opts")
+    assert json.loads(clean.ctl("--json", "list").stdout)[0]["Name"] == "opts"
+    assert json.loads(clean.ctl("list", "--json").stdout)[0]["Name"] == "opts"
+    # --no-legend: the rows only
+    assert clean.ctl("--no-legend", "list").stdout.split()[0:2] == ["opts", "active"]
+    assert "listed" not in clean.ctl("list", "--no-legend").stdout
+    # -q: no messages, the exit code says it
+    (Path(made["mountpoint"]) / "f").write_text("f")
+    r = clean.ctl("-q", "commit", "opts")
+    assert r.returncode == 0 and r.stdout == "", r.stdout
+    r = clean.ctl("commit", "opts", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["committed"] is True, r.stdout
+    r = clean.ctl("--json", "discard", "opts")
+    assert json.loads(r.stdout) == {"overlay": "opts", "discarded": True}
+    r = clean.ctl("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"overlayctl {overlayd.__version__}"
+    r = clean.busctl("get-property", *MANAGER[:2], "org.overlayd.Overlayd1.Manager", "Version")
+    assert r.stdout.strip() == f's "{overlayd.__version__}"', r.stderr

@@ -55,6 +55,9 @@ def test_every_file_lands_in_its_place(prefix: Path) -> None:
                 "share/polkit-1/actions/org.overlayd.overlayd1.policy",
                 "lib/tmpfiles.d/overlayd.conf", "lib/systemd/catalog/overlayd.catalog",
                 "share/overlayd/overlay.schema.json", "share/doc/overlayd/example.overlay",
+                "share/man/man1/overlayctl.1", "share/man/man8/overlayd.8",
+                "share/man/man5/overlayd.conf.5", "share/man/man5/overlayd.overlay.5",
+                "share/man/man8/overlayd-generator.8",
                 "lib/overlayd/site/overlayd/templates/overlay.mount.in"):
         assert (prefix / rel).is_file(), rel
     for exe in ("bin/overlayd", "bin/overlayctl",
@@ -94,14 +97,16 @@ def test_the_root_on_an_overlay_lands_in_its_place(prefix: Path) -> None:
     assert not [f for f in listed if "pydantic" in f or "dbus_next" in f]
 
 
-def _verify(*units: Path) -> None:
-    r = sh("systemd-analyze", "verify", "--man=no", *units)
+def _verify(prefix: Path, *units: Path) -> None:
+    # with the man pages checked: Documentation= names only pages that were installed
+    r = sh("systemd-analyze", "verify", *units,
+           env={**os.environ, "MANPATH": str(prefix / "share/man")})
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
 
 
 def test_systemd_analyze_verify_shipped_units(prefix: Path) -> None:
     d = prefix / "lib/systemd/system"
-    _verify(d / "overlayd.service", d / "overlayd@.service", d / "overlayd@demo.service",
+    _verify(prefix, d / "overlayd.service", d / "overlayd@.service", d / "overlayd@demo.service",
             d / "overlayd-prepare@.service", d / "overlayd-prepare@demo.service")
 
 
@@ -118,7 +123,7 @@ def test_systemd_analyze_verify_rendered_mount_units(prefix: Path, tmp_path: Pat
     shutil.copy(prefix / "lib/systemd/system/overlayd-prepare@.service", out)
     mounts = sorted(out.glob("*.mount"))
     assert len(mounts) == 3
-    _verify(*mounts)
+    _verify(prefix, *mounts)
 
 
 def test_generator_runs_as_systemd_runs_it(prefix: Path, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import pytest
 
+from tests.debpkg import build_deb, the_deb
 from tests.system.container import Container
 
 REQUIRE_ENV = "OVERLAYD_REQUIRE_SYSTEM"
@@ -38,6 +39,19 @@ def make_install(root: Path) -> None:
                        env={**os.environ, "DESTDIR": str(root),
                             "PIP": str(REPO / ".venv/bin/pip")})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def deb_install(root: Path) -> None:
+    """Install the Debian package into ROOT as an admin would (dpkg -i; tests/debpkg.py
+    builds it once per session). The container's root is an overlay of this machine's /, so
+    dpkg finds the dependencies that `make setup-deb` installed here; the maintainer scripts
+    run chrooted into ROOT, before the container's systemd starts."""
+    deb = the_deb(build_deb())
+    r = subprocess.run(["dpkg", f"--root={root}", "-i", str(deb)],
+                       text=True, capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (root / "usr/lib/overlayd/site/pydantic").is_dir()
 
 
 def system_unavailable() -> str | None:

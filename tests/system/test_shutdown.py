@@ -14,14 +14,14 @@ import pytest
 
 from tests import helpers
 from tests.system.container import Container
-from tests.system.fixtures import make_install, require_system
+from tests.system.fixtures import deb_install, require_system
 
 pytestmark = pytest.mark.system
 INSIDE = "/var/lib/overlayd-shutdown"
 
 
 def _install(root: Path) -> None:
-    make_install(root)
+    deb_install(root)
     etc = root / "etc/overlayd"
     (etc / "keep.overlay").write_text(f'image = "{INSIDE}/keep.img"\non_stop = "commit"\n')
     (etc / "toss.overlay").write_text(f'image = "{INSIDE}/toss.img"\n')

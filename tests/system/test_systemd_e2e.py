@@ -1,5 +1,5 @@
-"""overlayd under a real systemd: ``make install`` into a throw-away container, boot it, and
-drive it the way an admin does (systemctl, busctl, journalctl).
+"""overlayd under a real systemd: the Debian package (``dpkg -i``) into a throw-away
+container, boot it, and drive it the way an admin does (systemctl, busctl, journalctl).
 
 The tests in this module run in order against one container (booting takes about a
 second); each says what state it leaves for the next.
@@ -18,7 +18,7 @@ from overlayd.events import MESSAGE_IDS, Event
 from tests import helpers
 from tests.gate import OpenGate
 from tests.system.container import CommandFailed, Container
-from tests.system.fixtures import container_fixture, make_install
+from tests.system.fixtures import container_fixture, deb_install
 
 IMAGES = "/var/lib/overlayd-test"
 MANAGER = ("org.overlayd.Overlayd1", "/org/overlayd/Overlayd1", "org.overlayd.Overlayd1.Manager")
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.system
 
 
 def install(root: Path) -> None:
-    """What a package would do: make install, plus the admin's .overlay files and images."""
-    make_install(root)
+    """The Debian package (dpkg -i), plus the admin's .overlay files and images."""
+    deb_install(root)
     images = root / IMAGES.lstrip("/")
     images.mkdir(parents=True)
     tree = root / "tmp" / "image-tree"
@@ -70,7 +70,8 @@ def journal(ct: Container, *match: str) -> list[dict[str, str]]:
 
 
 def test_units_verify_inside_the_container(ct: Container) -> None:
-    ct.run("systemd-analyze", "verify", "--man=no", "overlayd.service", "overlayd@demo.service",
+    # man pages checked too: the package installed every page Documentation= names
+    ct.run("systemd-analyze", "verify", "overlayd.service", "overlayd@demo.service",
            "overlayd-prepare@early.service", f"/run/systemd/generator/{BOOT_MOUNT}")
 
 

@@ -100,7 +100,7 @@ def test_shown() -> None:
 # -- overlayctl -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("cls", "code"), [
-    (InvalidArgs, ctl.EXIT_USAGE), (errors.InvalidSpec, ctl.EXIT_USAGE),
+    (InvalidArgs, ctl.EXIT_USAGE), (errors.InvalidSpec, ctl.EXIT_DATAERR),
     (errors.NoSuchOverlay, ctl.EXIT_NO_SUCH), (AccessDenied, ctl.EXIT_DENIED),
     (InteractiveAuthorizationRequired, ctl.EXIT_DENIED), (errors.OverlayBusy, ctl.EXIT_BUSY),
     (errors.OverlayExists, ctl.EXIT_EXISTS), (errors.MountFailed, ctl.EXIT_FAILED),
@@ -119,7 +119,7 @@ def test_the_exit_codes_overlayctl_documents() -> None:
     lines: dict[int, str] = {}
     code = 0
     for line in ctl.__doc__.split("Exit codes", 1)[1].splitlines():
-        m = re.match(r"\s+(\d)  ", line)
+        m = re.match(r"\s+(\d+)  ", line)
         code = int(m[1]) if m else code  # a line without a code goes on the one before
         lines[code] = lines.get(code, "") + line
     documented = {name: code for code, text in lines.items()

@@ -12,6 +12,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from dbus_next import Variant
 
+import overlayd
 from overlayd.bus.names import bus_label, overlay_path
 from overlayd.bus.objects import (
     CONST,
@@ -200,14 +201,16 @@ def test_the_manager_names_what_it_returns() -> None:
 def test_the_manager_says_whether_the_root_is_on_an_overlay() -> None:
     manager = StubManager(Record())
     iface = ManagerInterface(StubService(manager))  # type: ignore[arg-type]
-    assert iface.property_values() == {"RootOverlay": Variant("o", "/")}
+    version = Variant("s", overlayd.__version__)
+    assert iface.property_values() == {"RootOverlay": Variant("o", "/"), "Version": version}
     manager.records["root"] = Record(name="root")
     assert iface.property_values() == {
-        "RootOverlay": Variant("o", "/org/overlayd/Overlayd1/overlay/root")}
+        "RootOverlay": Variant("o", "/org/overlayd/Overlayd1/overlay/root"), "Version": version}
+    assert iface.Version == overlayd.__version__
     assert iface.RootOverlay == "/org/overlayd/Overlayd1/overlay/root"
     xml = ET.tostring(iface.introspect().to_xml(), encoding="unicode")
     assert xml_properties(f"<node>{xml}</node>", "org.overlayd.Overlayd1.Manager") == {
-        "RootOverlay": ("o", "read", "const")}
+        "RootOverlay": ("o", "read", "const"), "Version": ("s", "read", "const")}
     written = (DBUS_DIR / "org.overlayd.Overlayd1.Manager.xml").read_text()
     assert xml_properties(written, "org.overlayd.Overlayd1.Manager") == {
-        "RootOverlay": ("o", "read", "const")}
+        "RootOverlay": ("o", "read", "const"), "Version": ("s", "read", "const")}

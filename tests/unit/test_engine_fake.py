@@ -286,3 +286,38 @@ def test_create_commit_discard_never_read_the_whole_mount_table() -> None:
 
     run(go())
     assert "table" not in host.calls and "list_dir" not in host.calls
+
+
+def test_a_mount_point_that_is_not_empty(caplog: pytest.LogCaptureFixture) -> None:
+    """Root may mount over a directory that holds something (a warning says it is hidden, as
+    systemd does); another caller may not. An empty one says nothing."""
+    host = new_host()
+    host.dirs |= {"/srv/full", "/srv/full/old", "/srv/empty", "/media/nobody",
+                  "/media/nobody/full"}
+    host.file_data["/media/nobody/full/f"] = b"x"
+    mgr = manager(host)
+
+    async def go() -> None:
+        await mgr.start()
+        with caplog.at_level("WARNING", logger="overlayd"):
+            await mgr.create(spec("empty", mountpoint="/srv/empty"))
+            assert not [r for r in caplog.records if "not empty" in r.getMessage()]
+            rec = await mgr.create(spec("full", mountpoint="/srv/full"))
+        assert rec.mountpoint == "/srv/full"
+        warned = [r.getMessage() for r in caplog.records if "not empty" in r.getMessage()]
+        assert warned == ["The mount point '/srv/full' is not empty; what it holds is hidden "
+                          "while overlay 'full' is mounted."]
+        with pytest.raises(InvalidSpec, match="is not empty; as uid 65534"):
+            await mgr.create(spec("theirs", mountpoint="/media/nobody/full"), owner_uid=65534)
+        assert "theirs" not in {r.name for r in mgr.list()}
+
+    run(go())
+
+
+def test_linux_files_has_entries(tmp_path: Path) -> None:
+    from overlayd.host.files import LinuxFiles
+
+    files = LinuxFiles()
+    assert files.has_entries(str(tmp_path)) is False
+    (tmp_path / ".hidden").write_text("")
+    assert files.has_entries(str(tmp_path)) is True

@@ -15,7 +15,7 @@ from overlayd.errors import OverlaydError
 from overlayd.host.linux import LinuxHost
 from overlayd.manager import OverlayManager
 from tools.bench import __doc__ as package_doc
-from tools.bench import jobs, overlays, uppers
+from tools.bench import jobs, overlays, startup, uppers
 from tools.bench.cleanup import cleanup, ignore_signals, interrupt
 from tools.bench.daemon import OVERLAYD
 from tools.bench.measures import Bench
@@ -35,6 +35,7 @@ async def run(bench: Bench) -> list[Row]:
     rows.append(await bench.big(mgr))
     rows.append(await bench.small(mgr))
     rows += await jobs.rows(bench, mgr)
+    rows += startup.rows(bench.paths.root)
     rows += await uppers.rows(bench, mgr)
     return rows
 

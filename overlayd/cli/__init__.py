@@ -1,0 +1,1 @@
+"""overlayctl's commands, one module per group; overlayd/ctl.py puts their tables together."""
