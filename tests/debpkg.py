@@ -23,8 +23,8 @@ def deb_unavailable() -> str | None:
 
 
 def build_deb() -> Path:
-    """The directory holding overlayd_*.deb, its .changes, build.log and lintian.txt (a
-    temporary directory of the session's, removed at its end)."""
+    """The directory holding overlayd_*.deb and overlayd-gtk_*.deb, their .changes, build.log
+    and lintian.txt (a temporary directory of the session's, removed at its end)."""
     if "out" in _built:
         return _built["out"]
     why = deb_unavailable()
@@ -45,4 +45,9 @@ def build_deb() -> Path:
 
 def the_deb(out: Path) -> Path:
     (deb,) = out.glob("overlayd_*.deb")
+    return deb
+
+
+def the_gtk_deb(out: Path) -> Path:
+    (deb,) = out.glob("overlayd-gtk_*.deb")
     return deb

@@ -5,7 +5,8 @@
 #                             python3, into debian/wheels/ (not in git)
 #   tools/deb.sh build OUT    offline: dpkg-buildpackage -us -uc -b in a copy of the tree
 #                             under OUT (dpkg-buildpackage writes its results to the parent
-#                             directory), then lintian; overlayd_*.deb and lintian.txt in OUT
+#                             directory), then lintian; overlayd_*.deb, overlayd-gtk_*.deb and
+#                             lintian.txt in OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -44,7 +45,7 @@ build() {
     # lintian's findings are reported, not fatal: debian/README.source lists what remains
     lintian --info --display-info --pedantic "$out"/overlayd_*.changes > "$out/lintian.txt" 2>&1 \
         || true
-    echo "deb: $(ls "$out"/overlayd_*.deb); lintian: $out/lintian.txt"
+    echo "deb: $(echo "$out"/overlayd_*.deb "$out"/overlayd-gtk_*.deb); lintian: $out/lintian.txt"
 }
 
 case "${1:-}" in

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.debpkg import REPO, build_deb, the_deb
+from tests.debpkg import REPO, build_deb, the_deb, the_gtk_deb
 
 
 def sh(*cmd: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -112,6 +112,79 @@ def test_lintian_reports_no_error_and_only_what_the_readme_lists(debout: Path) -
     listed = (REPO / "debian/README.source").read_text()
     for tag in tags:
         assert f"`{tag}`" in listed, f"lintian's {tag} is not explained in debian/README.source"
+
+
+GTK_FILES = {
+    "/usr/bin/overlayd-gtk": 0o755,
+    "/usr/share/overlayd-gtk/overlayd/__init__.py": 0o644,
+    "/usr/share/overlayd-gtk/overlayd/desktop/__init__.py": 0o644,
+    "/usr/share/overlayd-gtk/overlayd/desktop/__main__.py": 0o644,
+    "/usr/share/overlayd-gtk/overlayd/desktop/app.py": 0o644,
+    "/usr/share/overlayd-gtk/overlayd/desktop/text.py": 0o644,
+    "/usr/share/applications/org.overlayd.Overlays.desktop": 0o644,
+    "/usr/share/metainfo/org.overlayd.Overlays.metainfo.xml": 0o644,
+    "/usr/share/icons/hicolor/scalable/apps/org.overlayd.Overlays.svg": 0o644,
+    "/usr/share/man/man1/overlayd-gtk.1.gz": 0o644,
+    "/usr/share/doc/overlayd-gtk/copyright": 0o644,
+    "/usr/share/doc/overlayd-gtk/changelog.gz": 0o644,
+}
+
+
+def deb_modes(deb: Path) -> dict[str, int]:
+    """Every regular file of the .deb and its permission bits."""
+    listing = sh("dpkg-deb", "-c", deb).stdout
+    modes = {}
+    for line in listing.splitlines():
+        perms, *_, name = line.split(maxsplit=5)
+        if perms.startswith("-"):
+            bits = 0
+            for i, c in enumerate(perms[1:]):
+                bits |= (c != "-") << (8 - i)
+            modes[name.removeprefix(".")] = bits
+    return modes
+
+
+def test_the_gtk_deb_holds_exactly_the_apps_files(debout: Path) -> None:
+    assert deb_modes(the_gtk_deb(debout)) == GTK_FILES
+    # the daemon's package leaves the app to overlayd-gtk
+    assert not any("/desktop" in f for f in deb_files(debout))
+
+
+def test_the_gtk_deb_depends_on_python_gtk_and_libadwaita(debout: Path) -> None:
+    deb = the_gtk_deb(debout)
+    depends = sh("dpkg-deb", "-f", deb, "Depends").stdout.strip()
+    assert [d.strip() for d in depends.split(",")] == [
+        "python3 (>= 3.11)", "python3-gi", "gir1.2-gtk-4.0", "gir1.2-adw-1"]
+    assert sh("dpkg-deb", "-f", deb, "Recommends").stdout.strip() == "overlayd"
+    assert sh("dpkg-deb", "-f", deb, "Architecture").stdout.strip() == "all"
+
+
+def test_lintian_reports_nothing_for_the_gtk_deb(debout: Path) -> None:
+    report = (debout / "lintian.txt").read_text()
+    (changes,) = debout.glob("overlayd_*.changes")
+    assert "overlayd-gtk_" in changes.read_text()  # lintian checked it
+    assert not [line for line in report.splitlines()
+                if line.split(":", 1)[-1].strip().startswith("overlayd-gtk")], report
+
+
+def test_the_installed_launcher_prints_the_apps_help_without_a_display(
+        debout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    r = sh("dpkg-deb", "-x", the_gtk_deb(debout), root)
+    assert r.returncode == 0, r.stderr
+    launcher = root / "usr/bin/overlayd-gtk"
+    text = launcher.read_text()
+    assert "/usr/share/overlayd-gtk" in text
+    # the launcher as installed, its private directory moved to where it was unpacked
+    launcher.write_text(text.replace("/usr/share/overlayd-gtk", f"{root}/usr/share/overlayd-gtk"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYTHONPATH")}
+    r = sh(launcher, "--help", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "overlayd-gtk" in r.stdout and "--help" in r.stdout
+    where = sh("/usr/bin/python3", "-c", "import overlayd.desktop.text as t; print(t.__file__)",
+               env={**env, "PYTHONPATH": f"{root}/usr/share/overlayd-gtk"}, cwd=tmp_path)
+    assert where.stdout.strip() == f"{root}/usr/share/overlayd-gtk/overlayd/desktop/text.py"
 
 
 @pytest.fixture(scope="module")
