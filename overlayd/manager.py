@@ -329,8 +329,9 @@ class OverlayManager:
         return str(self._layout(name).upper)
 
     async def usage(self, name: str) -> UpperUsage:
-        self.get(name)
-        return await self._blocking(self.host.upper.usage, str(self._layout(name).upper_mount))
+        rec = self.get(name)
+        return await self._blocking(self.host.upper.usage, str(self._layout(name).upper_mount),
+                                    rec.upper)
 
     def fd_path(self, fd: int) -> str:
         """What an image fd refers to, for messages and polkit details."""
@@ -341,7 +342,7 @@ class OverlayManager:
         reads may call it on the event loop. Zeros while the tmpfs is being replaced."""
         rec = self.get(name)
         try:
-            return self.host.upper.usage(str(self._layout(name).upper_mount))
+            return self.host.upper.usage(str(self._layout(name).upper_mount), rec.upper)
         except OverlaydError:
             return UpperUsage(size=rec.size, used=0, inodes_used=0)
 
@@ -420,6 +421,7 @@ class OverlayManager:
             built = create_proc.build(
                 self.host, self.config, prepared,
                 finish=lambda rec: self.store.save(transition(rec, S.ACTIVE)),
+                note=self.store.save,
                 first_user=not self._shared.in_use(key))
             self._shared.add(built)
         return built

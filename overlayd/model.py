@@ -11,7 +11,16 @@ import enum
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from overlayd.errors import InvalidSpec
 from overlayd.sizes import MAX_U64 as MAX_U64  # re-exported: sizes moved to overlayd.sizes
@@ -64,6 +73,13 @@ def _check_abs_path(value: str, what: str) -> str:
     return value
 
 
+class UpperKind(enum.StrEnum):
+    """Where the writes live; the seam is host.ports.UpperBackend."""
+
+    TMPFS = "tmpfs"  # a size-limited tmpfs
+    ZRAM = "zram"  # a file system on a hot-added compressed RAM block device
+
+
 class SpecSettings(BaseModel):
     """The settings an overlay is made from, shared by the bus spec (OverlaySpec) and the
     ``.overlay`` files of overlayd@.service (OverlayFile): one set of rules for both."""
@@ -96,6 +112,28 @@ class SpecSettings(BaseModel):
     @classmethod
     def _layers(cls, v: Any) -> Any:
         return check_layer_paths(v)
+    upper: UpperKind = Field(
+        default=UpperKind.TMPFS,
+        description="Where the writes live: 'tmpfs' (default) or 'zram' (compressed RAM: a "
+                    "hot-added zram device with ext4 on it, without a journal).",
+    )
+    compressor: str | None = Field(
+        default=None, description="zram only: the compression algorithm (one of "
+                                  "/sys/block/zramN/comp_algorithm); default the kernel's.",
+    )
+
+    @field_validator("compressor")
+    @classmethod
+    def _compressor(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9-]{1,32}", v):
+            raise ValueError(f"compressor '{v[:40]}' is not a compression algorithm's name")
+        return v
+
+    @model_validator(mode="after")
+    def _compressor_for_zram(self) -> SpecSettings:
+        if self.compressor is not None and self.upper is not UpperKind.ZRAM:
+            raise ValueError("'compressor' applies only to upper = 'zram'")
+        return self
 
     @field_validator("image")
     @classmethod
@@ -187,10 +225,6 @@ class LowerKind(enum.StrEnum):
     DIRECTORY = "directory"  # a directory, used as the lower as it is
 
 
-class UpperKind(enum.StrEnum):
-    TMPFS = "tmpfs"  # the only kind today; the seam for others is host.ports.UpperBackend
-
-
 class CommitPhase(enum.StrEnum):
     """How far a commit got, persisted at each checkpoint so recovery knows what the image
     holds: nothing yet, part of the writes, or all of them."""
@@ -236,6 +270,18 @@ class Upper(BaseModel):
 
     kind: UpperKind = UpperKind.TMPFS
     size: int
+    # zram: the block device this overlay hot-added ("/dev/zramN") and the UUID of the file
+    # system on it: what recovery checks before it unmounts, resets or removes a device.
+    device: str = ""
+    fs_uuid: str = ""
+    compressor: str = ""  # zram: as asked; "" for the kernel's default
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A tmpfs record stays as it was: the zram fields only when set."""
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items()
+                if k not in ("device", "fs_uuid", "compressor") or v}
 
 
 class Merged(BaseModel):
@@ -358,6 +404,9 @@ class UpperUsage(BaseModel):
     size: int
     used: int
     inodes_used: int
+    # zram only (its mm_stat): the data stored, and the RAM it takes compressed; 0 for tmpfs
+    original: int = 0
+    compressed: int = 0
 
 
 class DiffEntry(BaseModel):

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from overlayd.errors import InvalidSpec, NoSuchOverlay
-from overlayd.model import OverlaySpec, SpecSettings, check_name, spec_error
+from overlayd.model import OverlaySpec, SpecSettings, UpperKind, check_name, spec_error
 from overlayd.places import SEARCH_PATH as SEARCH_PATH  # re-exported
 from overlayd.places import SUFFIX as SUFFIX
 
@@ -39,6 +39,14 @@ class OverlayFile(SpecSettings):
         description="Bring the overlay up at boot from mount units made by overlayd-generator, "
                     "before and without the daemon, which adopts it when it starts. The "
                     "image must be a file or a block device.")
+
+    @model_validator(mode="after")
+    def _boot_on_tmpfs(self) -> OverlayFile:
+        # a boot overlay is made by mount units, which cannot hot-add a zram device
+        if self.boot and self.upper is not UpperKind.TMPFS:
+            raise ValueError("a boot overlay (boot = true) keeps its writes on a tmpfs; "
+                             "upper = 'zram' needs the daemon (boot = false)")
+        return self
 
     def spec(self, name: str) -> OverlaySpec:
         settings = self.model_dump(exclude={"on_stop", "boot"})

@@ -137,3 +137,10 @@ def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "a con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def ext4_has_journal(device: str) -> bool:
+    """Whether the ext4 on DEVICE has a journal (s_feature_compat & HAS_JOURNAL)."""
+    with open(device, "rb") as f:
+        f.seek(1024 + 0x5C)
+        return bool(int.from_bytes(f.read(4), "little") & 0x4)

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # scdoc: the man pages (make install).
 # systemd-container (systemd-nspawn): the system tests boot a throw-away container; without
 # recommends, since libnss-mymachines would edit nsswitch.conf.
+# kmod (modprobe): upper = zram needs the zram module where it is not built in.
 # python3-gi, gir1.2-gtk-4.0, gir1.2-adw-1: the desktop app (overlayd/desktop, Debian's python3);
 # its tests: xvfb + xauth (xvfb-run), at-spi2-core + gir1.2-atspi-2.0 (AT-SPI driving),
 # imagemagick (screenshots), desktop-file-utils + appstream (validating packaging/desktop).
@@ -18,7 +19,7 @@ PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
       dbus-daemon polkitd systemd libglib2.0-bin systemd-container scdoc
       python3-gi gir1.2-gtk-4.0 gir1.2-adw-1 gir1.2-atspi-2.0 at-spi2-core xvfb xauth
-      imagemagick desktop-file-utils appstream)
+      imagemagick desktop-file-utils appstream kmod)
 # --deb (make test, make deb): what building and checking the Debian package needs: debhelper,
 # lintian, python3-pip (the bundled pydantic), and the Debian packages the .deb depends on,
 # which the system tests' container (an overlay of this /) installs it beside; man-db renders
@@ -36,6 +37,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# zram: hot_add/hot_remove need /sys/class/zram-control; load the module with no devices of
+# its own (num_devices=0) if it is a module and not loaded. Built in: nothing to do.
+if [ ! -e /sys/class/zram-control ]; then
+    modprobe zram num_devices=0 2>/dev/null || echo "setup: no zram here (upper = zram tests skip)"
 fi
 
 PY=${PYTHON:-python3}

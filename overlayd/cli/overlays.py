@@ -49,6 +49,7 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
                    f"{p['UpperInodesUsed']} inodes"),
         ("Usage", f"{p.get('UpperUsage', 'ok')} ({percent(p['UpperUsed'], p['UpperSize'])} "
                   "of the RAM for writes)"),
+        ("Upper", _upper_line(p)),
         ("Options", ",".join(p["MountOptions"]) or "-"),
         ("Owner", f"uid {p['OwnerUID']}"),
         ("Created", since(p["CreatedUSec"])),
@@ -101,6 +102,10 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
             spec["mount_options"] = [o for opt in args.options for o in opt.split(",") if o]
         if args.fstype:
             spec["fstype"] = args.fstype
+        if args.upper:
+            spec["upper"] = args.upper
+        if args.compressor:
+            spec["compressor"] = args.compressor
         path = await client.create(args.name, spec)
     finally:
         if fd is not None:
@@ -202,6 +207,16 @@ async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
     return await cmd_discard(client, args)
 
 
+def _upper_line(p: dict[str, Any]) -> str:
+    """tmpfs; or zram with what the writes take compressed, and the ratio."""
+    kind = str(p.get("UpperKind", "tmpfs"))
+    if kind != "zram":
+        return kind
+    orig, comp = p.get("UpperOriginalSize", 0), p.get("UpperCompressedSize", 0)
+    ratio = f", ratio {orig / comp:.2f}" if comp else ""
+    return f"zram: {format_size(orig)} stored in {format_size(comp)} of RAM{ratio}"
+
+
 def _name(p: argparse.ArgumentParser) -> None:
     p.add_argument("name")
 
@@ -214,6 +229,10 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", default=[], dest="options", metavar="OPTION",
                    help="mount option of the merged view (nosuid, nodev, noexec, ro, ...)")
     p.add_argument("--fstype", help="file system of the image (detected if not given)")
+    p.add_argument("--upper", choices=["tmpfs", "zram"],
+                   help="where the writes live: tmpfs (default) or zram (compressed RAM)")
+    p.add_argument("--compressor", help="with --upper zram: the compression algorithm "
+                                        "(default: the kernel's)")
 
 
 def _discard_args(p: argparse.ArgumentParser) -> None:

@@ -267,8 +267,8 @@ def _restore(host: Host, rec: Overlay, layout: Layout, driver: str, ro: ImageInf
         def renew() -> None:
             checkpoint(CommitPhase.APPLIED)
             upper_mount = str(layout.upper_mount)
-            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount)
-            host.upper.make(rec.name, upper_mount, rec.size)
+            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount, rec.upper)
+            host.upper.make(rec.name, upper_mount, rec.upper)
             host.layers.prepare_upper(steps.lower_sources(rec, layout, dir_fd)[0],
                                       str(layout.upper), str(layout.work))
         if not step("start a fresh upper", renew):

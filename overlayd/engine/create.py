@@ -104,7 +104,8 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
         name=spec.name, state=OverlayState.CREATING,
         lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
                       fstype=fstype, shared=info.kind is not LowerKind.DIRECTORY),),
-        upper=Upper(kind=host.upper.kind, size=size),
+        upper=host.upper.plan(Upper(kind=spec.upper, size=size,
+                                     compressor=spec.compressor or "")),
         merged=Merged(mountpoint=mountpoint, created=is_default, options=options),
         owner_uid=owner_uid, created_usec=now_usec, layers=layers,
     )
@@ -112,12 +113,14 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
 
 
 def build(host: Host, cfg: DaemonConfig, p: Prepared,
-          finish: Callable[[Overlay], None], *, first_user: bool = True) -> Overlay:
+          finish: Callable[[Overlay], None], *, first_user: bool = True,
+          note: Callable[[Overlay], None] | None = None) -> Overlay:
     """Make the lower, the upper and the merged mount, then FINISH(the record as built):
     the manager's last step (saving it ACTIVE), inside the undo scope. The record as
     built (still CREATING). On failure nothing of it is left. FIRST_USER: no other overlay
     uses the image (the caller holds the image's lock): take its lock and mount it; else
-    the shared lower is there already."""
+    the shared lower is there already. NOTE(record): save it, once the upper is made of
+    something recovery must find (a device)."""
     rec, layout = p.record, p.layout
     rb = Rollback()
     try:
@@ -133,9 +136,11 @@ def build(host: Host, cfg: DaemonConfig, p: Prepared,
             rb.push("unmount the layers", lambda: steps.drop_layers(host, layout, lazy=True))
             rec = steps.ensure_layers(host, rec, layout)
         _make_dir(host, rb, str(layout.upper_mount), 0o700)
-        host.upper.make(rec.name, str(layout.upper_mount), rec.size)
-        rb.push(f"unmount the {rec.upper.kind}", host.mounts.unmount, str(layout.upper_mount),
-                host.upper.owns(rec.name))
+        rec = rec.evolve(upper=host.upper.make(rec.name, str(layout.upper_mount), rec.upper))
+        rb.push(f"unmount the {rec.upper.kind}", host.upper.unmake, rec.name,
+                str(layout.upper_mount), rec.upper)
+        if note is not None and rec.upper != p.record.upper:
+            note(rec)  # what the upper is made of (a device), before anything more
         host.layers.prepare_upper(steps.stack_sources(rec, layout)[0], str(layout.upper),
                                   str(layout.work))
         if rec.merged.created:

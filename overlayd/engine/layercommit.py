@@ -153,8 +153,8 @@ def _restore(host: Host, rec: Overlay, layout: Layout, out: Layered) -> None:
     try:
         if out.stacked:
             upper_mount = str(layout.upper_mount)
-            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount)
-            host.upper.make(rec.name, upper_mount, rec.size)
+            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount, rec.upper)
+            host.upper.make(rec.name, upper_mount, rec.upper)
             host.layers.prepare_upper(steps.stack_sources(rec, layout)[0],
                                       str(layout.upper), str(layout.work))
     except Exception as e:

@@ -167,7 +167,7 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
         host.layerfiles.remove(path)
     rec = rec.evolve(retired_layers=())
     upper_mount = str(layout.upper_mount)
-    upper_alive = mounted(upper_mount, host.upper.owns(rec.name))
+    upper_alive = mounted(upper_mount, host.upper.owns(rec.name, rec.upper))
     applied = rec.state is OverlayState.COMMITTING and rec.commit_phase is CommitPhase.APPLIED
     if rec.state in (OverlayState.CREATING, OverlayState.DISCARDING) or \
             (not upper_alive and not applied):
@@ -214,8 +214,8 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
     rec = steps.ensure_layers(host, rec, layout)
     if applied:
         if upper_alive:
-            host.mounts.unmount(upper_mount, host.upper.owns(rec.name))
-        host.upper.make(rec.name, upper_mount, rec.size)
+            host.mounts.unmount(upper_mount, host.upper.owns(rec.name, rec.upper))
+        rec = rec.evolve(upper=host.upper.make(rec.name, upper_mount, rec.upper))
         host.layers.prepare_upper(steps.stack_sources(rec, layout)[0] if rec.image_kind
                                   is not LowerKind.DIRECTORY or rec.layers else rec.image,
                                   str(layout.upper), str(layout.work))

@@ -193,8 +193,8 @@ def _remount(host: Host, rec: Overlay, layout: Layout, out: Restacked, *,
         out.layers = rec.layers
         if fresh_upper:
             upper_mount = str(layout.upper_mount)
-            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount)
-            host.upper.make(rec.name, upper_mount, rec.size)
+            out.free_old_upper = host.upper.detach_for_later(rec.name, upper_mount, rec.upper)
+            host.upper.make(rec.name, upper_mount, rec.upper)
             host.layers.prepare_upper(steps.stack_sources(rec, layout)[0],
                                       str(layout.upper), str(layout.work))
         steps.mount_merged_checked(host, rec, layout)

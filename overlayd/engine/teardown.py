@@ -48,7 +48,7 @@ def run(host: Host, rec: Overlay, layout: Layout, *, force: bool,
         if has_image and (drop_lower or not rec.lowers[0].shared):
             steps.drop_lower(host, rec, layout, lazy=force)
             lower_down = True
-        host.mounts.unmount(str(layout.upper_mount), host.upper.owns(rec.name), lazy=force)
+        host.upper.unmake(rec.name, str(layout.upper_mount), rec.upper, lazy=force)
     except OverlayBusy as e:
         return _put_back(host, rec, layout, was_up, lower_down, e)
     except OverlaydError as e:

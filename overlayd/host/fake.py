@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from overlayd.errors import Cancelled, InvalidSpec, MountFailed, OverlayBusy, OverlaydError
 from overlayd.host.ports import Applied, ImageInfo, Owned, Progress
 from overlayd.layout import TEMP_SUFFIX, mount_source
-from overlayd.model import LowerKind, UpperKind, UpperUsage
+from overlayd.model import LowerKind, Upper, UpperKind, UpperUsage
 from overlayd.mountinfo import MountInfo
 
 
@@ -302,20 +302,28 @@ class FakeHost:
 
     # -- UpperBackend and MergeMount ------------------------------------------------------
 
-    def owns(self, name: str) -> Owned:
+    def owns(self, name: str, upper: Upper | None = None) -> Owned:
         src = mount_source(name)
         return lambda m: m.source == src
 
-    def make(self, name: str, target: str, size: int) -> None:
-        self._mount("mount_tmpfs", mount_source(name), target, "tmpfs",
-                    super_options=("rw", f"size={size // 1024}k"))
-        self.upper_data[self._next_id] = set()
+    def plan(self, upper: Upper) -> Upper:
+        return upper
 
-    def detach_for_later(self, name: str, target: str) -> Callable[[], None]:
+    def make(self, name: str, target: str, upper: Upper) -> Upper:
+        self._mount("mount_tmpfs", mount_source(name), target, "tmpfs",
+                    super_options=("rw", f"size={upper.size // 1024}k"))
+        self.upper_data[self._next_id] = set()
+        return upper
+
+    def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
+        return self.unmount(target, self.owns(name), lazy=lazy)
+
+    def detach_for_later(self, name: str, target: str,
+                         upper: Upper | None = None) -> Callable[[], None]:
         self.unmount(target, self.owns(name), lazy=True)
         return lambda: None
 
-    def usage(self, target: str) -> UpperUsage:
+    def usage(self, target: str, upper: Upper | None = None) -> UpperUsage:
         self._call("usage")
         return UpperUsage(size=1 << 20, used=0, inodes_used=1)
 

@@ -17,7 +17,7 @@ from overlayd.host.layerfiles import LinuxLayerFiles
 from overlayd.host.layers import LinuxLayers
 from overlayd.host.mounts import LinuxMounts
 from overlayd.host.overlaymount import KernelOverlay
-from overlayd.host.uppers import TmpfsUpper
+from overlayd.host.uppers import Uppers
 
 
 class LinuxSystem:
@@ -49,5 +49,5 @@ class LinuxHost:
         self.files = LinuxFiles()
         self.layers = LinuxLayers()
         self.layerfiles = LinuxLayerFiles()
-        self.upper = TmpfsUpper()
+        self.upper = Uppers(self.mounts)
         self.merge = KernelOverlay()

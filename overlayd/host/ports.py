@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from overlayd.model import LowerKind, UpperKind, UpperUsage
+from overlayd.model import LowerKind, Upper, UpperUsage
 from overlayd.mountinfo import MountInfo
 
 Progress = Callable[[int, int], None]
@@ -159,14 +159,19 @@ class LayerFiles(Protocol):
 
 
 class UpperBackend(Protocol):
-    """The file system that takes the writes, mounted at Layout.upper_mount."""
+    """The file system that takes the writes, mounted at Layout.upper_mount; what it is
+    (a tmpfs, a zram device) is the record's ``Upper``, which each call gets."""
 
-    kind: UpperKind
-
-    def make(self, name: str, target: str, size: int) -> None: ...
-    def owns(self, name: str) -> Owned: ...
-    def detach_for_later(self, name: str, target: str) -> Callable[[], None]: ...
-    def usage(self, target: str) -> UpperUsage: ...
+    # What the record says before anything is made (an identity to find it by).
+    def plan(self, upper: Upper) -> Upper: ...
+    # Make it at TARGET; the Upper as made (what recovery needs to find it again).
+    def make(self, name: str, target: str, upper: Upper) -> Upper: ...
+    def owns(self, name: str, upper: Upper | None = None) -> Owned: ...
+    # Unmount it (if it is ours) and free what backs it; False if nothing was mounted.
+    def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool: ...
+    def detach_for_later(self, name: str, target: str,
+                         upper: Upper | None = None) -> Callable[[], None]: ...
+    def usage(self, target: str, upper: Upper | None = None) -> UpperUsage: ...
 
 
 class MergeMount(Protocol):

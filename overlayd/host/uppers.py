@@ -1,18 +1,23 @@
 """Upper backends: the file system that takes an overlay's writes.
 
-Only a tmpfs today. Another backend (zram, say) is a class with the same methods
-(``ports.UpperBackend``), chosen by the record's ``upper.kind``.
+``TmpfsUpper`` (a size-limited tmpfs) and ``ZramUpper`` (ext4 without a journal on a
+hot-added zram device); ``Uppers`` is the port: it picks one by the record's ``upper.kind``.
+Each has the methods of ``ports.UpperBackend``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import subprocess
+import time
+import uuid
 from collections.abc import Callable
 
-from overlayd.errors import OverlaydError
+from overlayd.errors import MountFailed, OverlaydError
 from overlayd.host.errors import Op, map_os_errors
-from overlayd.host.mounts import top_owned
+from overlayd.host.mounts import LinuxMounts, top_owned
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import (
     MNT_DETACH,
@@ -22,18 +27,26 @@ from overlayd.host.syscalls import (
     umount2,
 )
 from overlayd.layout import mount_source
-from overlayd.model import UpperKind, UpperUsage
+from overlayd.model import Upper, UpperKind, UpperUsage
+from overlayd.mountinfo import MountInfo
 
 
 class TmpfsUpper:
     kind = UpperKind.TMPFS
 
-    def owns(self, name: str) -> Owned:
+    def __init__(self, mounts: LinuxMounts | None = None) -> None:
+        self.mounts = mounts or LinuxMounts()
+
+    def plan(self, upper: Upper) -> Upper:
+        return upper
+
+    def owns(self, name: str, upper: Upper | None = None) -> Owned:
         """Our tmpfs carries our source string."""
         src = mount_source(name)
         return lambda m: m.source == src and m.fstype == "tmpfs"
 
-    def make(self, name: str, target: str, size: int) -> None:
+    def make(self, name: str, target: str, upper: Upper) -> Upper:
+        size = upper.size
         with map_os_errors(f"mount a tmpfs of {size} bytes at '{target}'", Op.MOUNT), \
                 FsContext("tmpfs") as fc:
             fc.set_string("source", mount_source(name))
@@ -41,8 +54,13 @@ class TmpfsUpper:
             fc.set_string("mode", "0700")
             fc.create()
             fc.mount_at(target, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
+        return upper
 
-    def detach_for_later(self, name: str, target: str) -> Callable[[], None]:
+    def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
+        return self.mounts.unmount(target, self.owns(name), lazy=lazy)
+
+    def detach_for_later(self, name: str, target: str,
+                         upper: Upper | None = None) -> Callable[[], None]:
         """Detach the tmpfs at TARGET now, but free it later: an O_PATH fd keeps its
         superblock alive until the returned function closes it. Unmounting a tmpfs frees
         its pages synchronously (70 ms for 512 MiB), which a commit's caller need not wait
@@ -62,10 +80,310 @@ class TmpfsUpper:
                 os.close(fd)
         return free
 
-    def usage(self, target: str) -> UpperUsage:
+    def usage(self, target: str, upper: Upper | None = None) -> UpperUsage:
         try:
             v = os.statvfs(target)
         except OSError as e:
             raise OverlaydError(f"Cannot read the usage of '{target}': {e.strerror}.") from None
         return UpperUsage(size=v.f_blocks * v.f_frsize, used=(v.f_blocks - v.f_bfree) * v.f_frsize,
                           inodes_used=v.f_files - v.f_ffree)
+
+
+ZRAM_CONTROL = "/sys/class/zram-control"
+SYS_BLOCK = "/sys/block"
+FREE_WAIT = 10.0  # seconds: how long a device may stay busy after its last unmount
+
+
+def _zram_id(device: str) -> int | None:
+    """N of "/dev/zramN"; None for anything else."""
+    base = os.path.basename(device)
+    if device != f"/dev/{base}" or not base.startswith("zram") or not base[4:].isdigit():
+        return None
+    return int(base[4:])
+
+
+def _sys(device_id: int, attr: str) -> str:
+    return f"{SYS_BLOCK}/zram{device_id}/{attr}"
+
+
+def _read_sys(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _write_sys(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _until_free(what: str, attempt: Callable[[], bool]) -> None:
+    """ATTEMPT until it says done: after the last unmount of a file system the kernel may
+    hold its block device a moment longer (overlayfs's private clones of the layer mounts
+    go from a work queue, udev's probe opens it). Each wait doubles, from 1 ms, and ends
+    as soon as the device is free; after FREE_WAIT seconds it is an error."""
+    deadline = time.monotonic() + FREE_WAIT
+    pause = 0.001
+    while not attempt():
+        if time.monotonic() > deadline:
+            raise MountFailed(f"Cannot {what}: the device is still in use after "
+                                    f"{FREE_WAIT:.0f} s.")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def _ext4_uuid(device: str) -> str | None:
+    """The UUID in the ext4 superblock on DEVICE (offset 1024 + 0x68), None if none."""
+    try:
+        with open(device, "rb") as f:
+            f.seek(1024)
+            sb = f.read(0x78)
+    except OSError:
+        return None
+    if len(sb) < 0x78 or sb[0x38:0x3A] != b"\x53\xef":
+        return None
+    return str(uuid.UUID(bytes=sb[0x68:0x78]))
+
+
+def _namespaces_mounting(zid: int) -> list[str]:
+    """Processes (one per mount namespace) whose namespace has /dev/zramZID mounted: the
+    failure path only (it reads every process's mountinfo)."""
+    majmin = _read_sys(_sys(zid, "dev"))
+    if majmin is None:
+        return []
+    seen: dict[str, str] = {}
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in seen:
+                continue
+            with open(f"/proc/{pid}/mountinfo") as f:
+                if any(line.split(" ", 3)[2] == majmin for line in f):
+                    with open(f"/proc/{pid}/comm") as c:
+                        seen[ns] = f"{c.read().strip()} (PID {pid})"
+                else:
+                    seen[ns] = ""
+        except (OSError, IndexError):
+            continue
+    own = os.readlink("/proc/self/ns/mnt")
+    return [who for ns, who in seen.items() if who and ns != own][:5]
+
+
+class ZramUpper:
+    """ext4 without a journal on a zram device this daemon hot-added.
+
+    Why ext4 without a journal: an overlay upper needs xattrs in the trusted namespace,
+    whiteouts (0/0 character devices), RENAME_WHITEOUT and O_TMPFILE, which ext4 has; a
+    journal would write every metadata change twice into compressed RAM for a crash
+    safety that means nothing (RAM is gone at reboot). Mounted with ``discard``, deleted
+    files give their RAM back to zram. xfs needs 300 MiB at least, btrfs copies on write.
+
+    Ownership is the recorded device plus the recorded file system UUID (mkfs -U), never
+    a mount's source string: a device is unmounted, formatted again or removed only when
+    it is mounted at the overlay's own upper mount or carries the recorded UUID."""
+
+    kind = UpperKind.ZRAM
+
+    def __init__(self, mounts: LinuxMounts | None = None) -> None:
+        self.mounts = mounts or LinuxMounts()
+
+    def plan(self, upper: Upper) -> Upper:
+        """The file system's UUID, chosen before anything exists: the first record has it,
+        so a daemon killed once the device is mounted finds it at the upper mount."""
+        return upper.model_copy(update={"fs_uuid": str(uuid.uuid4())})
+
+    def owns(self, name: str, upper: Upper | None = None) -> Owned:
+        """A zram device's ext4 that is the recorded device, or (a record saved before the
+        device was known) carries the recorded UUID."""
+        device = upper.device if upper is not None else ""
+        fs_uuid = upper.fs_uuid if upper is not None else ""
+
+        def owned(m: MountInfo) -> bool:
+            zid = _zram_id(m.source)
+            if zid is None or m.fstype != "ext4" or m.device != _read_sys(_sys(zid, "dev")):
+                return False
+            if device:
+                return m.source == device
+            return bool(fs_uuid) and _ext4_uuid(m.source) == fs_uuid
+        return owned
+
+    def _ours_unmounted(self, upper: Upper) -> int | None:
+        """The recorded device's number if it exists and carries the recorded UUID."""
+        zid = _zram_id(upper.device)
+        if zid is None or not upper.fs_uuid or not os.path.exists(_sys(zid, "dev")):
+            return None
+        return zid if _ext4_uuid(upper.device) == upper.fs_uuid else None
+
+    def make(self, name: str, target: str, upper: Upper) -> Upper:
+        """A fresh file system at TARGET: on the recorded device if it is still ours (a
+        commit renews the upper: mkfs discards the old blocks, which frees zram's RAM),
+        else on a newly hot-added device, removed again if a later step fails."""
+        zid = self._ours_unmounted(upper)
+        if zid is not None:
+            device = f"/dev/zram{zid}"
+            self._mkfs(device, upper.fs_uuid, discard=True)
+            self._mount(device, target)
+            return upper
+        zid = self._hot_add()
+        device = f"/dev/zram{zid}"
+        fs_uuid = upper.fs_uuid or str(uuid.uuid4())
+        try:
+            if upper.compressor:
+                self._set_compressor(zid, upper.compressor)
+            with map_os_errors(f"set the size of {device} to {upper.size} bytes", Op.MOUNT):
+                _write_sys(_sys(zid, "disksize"), str(upper.size))
+            self._mkfs(device, fs_uuid, discard=False)
+            self._mount(device, target)
+        except BaseException:
+            with contextlib.suppress(OverlaydError):
+                self._hot_remove(zid)
+            raise
+        return upper.model_copy(update={"device": device, "fs_uuid": fs_uuid})
+
+    def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
+        """Unmount (if ours is mounted at TARGET) and remove the device (if ours)."""
+        owned = self.owns(name, upper)
+        top = self.mounts.at(target)
+        zid = _zram_id(top.source) if top is not None and owned(top) else None
+        was = self.mounts.unmount(target, owned, lazy=lazy)
+        if zid is None:
+            zid = self._ours_unmounted(upper)
+        if zid is not None:
+            self._hot_remove(zid)
+        return was
+
+    def detach_for_later(self, name: str, target: str,
+                         upper: Upper | None = None) -> Callable[[], None]:
+        """Unmount now (make formats the same device again): nothing to free later."""
+        if upper is not None:
+            self.mounts.unmount(target, self.owns(name, upper))
+        return lambda: None
+
+    def usage(self, target: str, upper: Upper | None = None) -> UpperUsage:
+        u = TmpfsUpper.usage(TmpfsUpper(self.mounts), target)
+        zid = _zram_id(upper.device) if upper is not None else None
+        mm = (_read_sys(_sys(zid, "mm_stat")) or "").split() if zid is not None else []
+        if len(mm) >= 3:
+            u = u.model_copy(update={"original": int(mm[0]), "compressed": int(mm[2])})
+        return u
+
+    # -- the steps ---------------------------------------------------------------------
+
+    def _hot_add(self) -> int:
+        if not os.path.exists(ZRAM_CONTROL):
+            raise MountFailed("Cannot use upper = 'zram': this kernel has no zram "
+                              f"({ZRAM_CONTROL} is missing; modprobe zram num_devices=0).")
+        # Reading hot_add makes a device: exactly one read.
+        with map_os_errors("add a zram device", Op.MOUNT), \
+                open(f"{ZRAM_CONTROL}/hot_add") as f:
+            return int(f.read().strip())
+
+    def _set_compressor(self, zid: int, name: str) -> None:
+        try:
+            _write_sys(_sys(zid, "comp_algorithm"), name)
+        except OSError:
+            offered = (_read_sys(_sys(zid, "comp_algorithm")) or "").replace("[", "")
+            offered = offered.replace("]", "")
+            raise MountFailed(f"The compressor '{name}' is not offered by this kernel's zram; "
+                              f"it offers: {', '.join(offered.split())}.") from None
+
+    def _mkfs(self, device: str, fs_uuid: str, *, discard: bool) -> None:
+        # a device unmounted a moment ago may still be claimed: wait until it opens O_EXCL
+        def free() -> bool:
+            try:
+                os.close(os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    return False
+                raise MountFailed(f"Cannot open {device}: {e.strerror}.") from None
+            return True
+        try:
+            _until_free(f"format {device}", free)
+        except MountFailed:
+            zid = _zram_id(device)
+            where = _namespaces_mounting(zid) if zid is not None else []
+            if not where:
+                raise
+            raise MountFailed(
+                f"Cannot format {device} again: it is unmounted here but still mounted in "
+                f"another mount namespace (that of {', '.join(where)}), which copied it "
+                "while it was mounted.") from None
+        # lazy_itable_init=0: the inode tables are written now, not by ext4lazyinit in the
+        # background after the mount (zeros cost zram nothing: it keeps same-filled pages
+        # as a number), so nothing works on the device but its users.
+        argv = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-U", fs_uuid,
+                "-L", "overlayd-upper", "-E",
+                ("discard" if discard else "nodiscard") + ",lazy_itable_init=0", device]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=300, check=False,
+                                  env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin", "LC_ALL": "C"})
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise MountFailed(f"Cannot run mkfs.ext4 on {device}: {e}.") from None
+        if done.returncode != 0:
+            raise MountFailed(f"mkfs.ext4 on {device} failed: "
+                              f"{(done.stderr or done.stdout).strip()[:300]}.")
+
+    def _mount(self, device: str, target: str) -> None:
+        with map_os_errors(f"mount {device} at '{target}'", Op.MOUNT), \
+                FsContext("ext4") as fc:
+            fc.set_string("source", device)
+            fc.set_flag("discard")
+            fc.create()
+            fc.mount_at(target, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
+        os.chmod(target, 0o700)
+
+    def _hot_remove(self, zid: int) -> None:
+        def remove() -> bool:
+            try:
+                _write_sys(f"{ZRAM_CONTROL}/hot_remove", str(zid))
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    return False
+                if e.errno == errno.ENODEV:  # gone already
+                    return True
+                raise MountFailed(f"Cannot remove /dev/zram{zid}: {e.strerror}.") from None
+            return True
+        try:
+            _until_free(f"remove /dev/zram{zid}", remove)
+        except MountFailed:
+            where = _namespaces_mounting(zid)
+            if not where:
+                raise
+            raise MountFailed(
+                f"Cannot remove /dev/zram{zid}: it is unmounted here but still mounted in "
+                f"another mount namespace (that of {', '.join(where)}), which copied it "
+                "while it was mounted. Discard again once that process has ended.") from None
+
+
+class Uppers:
+    """The UpperBackend port: each call goes to the backend of the record's upper.kind."""
+
+    def __init__(self, mounts: LinuxMounts | None = None) -> None:
+        m = mounts or LinuxMounts()
+        self.backends: dict[UpperKind, TmpfsUpper | ZramUpper] = {
+            UpperKind.TMPFS: TmpfsUpper(m), UpperKind.ZRAM: ZramUpper(m)}
+
+    def _of(self, upper: Upper | None) -> TmpfsUpper | ZramUpper:
+        return self.backends[upper.kind if upper is not None else UpperKind.TMPFS]
+
+    def plan(self, upper: Upper) -> Upper:
+        return self._of(upper).plan(upper)
+
+    def owns(self, name: str, upper: Upper | None = None) -> Owned:
+        return self._of(upper).owns(name, upper)
+
+    def make(self, name: str, target: str, upper: Upper) -> Upper:
+        return self._of(upper).make(name, target, upper)
+
+    def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
+        return self._of(upper).unmake(name, target, upper, lazy=lazy)
+
+    def detach_for_later(self, name: str, target: str,
+                         upper: Upper | None = None) -> Callable[[], None]:
+        return self._of(upper).detach_for_later(name, target, upper)
+
+    def usage(self, target: str, upper: Upper | None = None) -> UpperUsage:
+        return self._of(upper).usage(target, upper)

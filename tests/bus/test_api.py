@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -313,3 +314,29 @@ def test_fds_sent_with_any_message_are_closed(daemon: Daemon, run: Any, root: Pa
     before = fds()
     run(flood())
     assert fds() <= before + 2, (before, fds())
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/class/zram-control"), reason="no zram")
+def test_a_zram_upper_through_overlayctl(clean: Daemon, root: Path) -> None:
+    """overlayctl create --upper zram: the properties say zram and show the compression;
+    status and --json show them; discard removes the device."""
+    img = helpers.make_image(root / "disk.img")
+    before = {d for d in os.listdir("/sys/block") if d.startswith("zram")}
+    r = clean.ctl("create", "zr", str(img), "--upper", "zram", "--size", "32M")
+    assert r.returncode == 0, r.stderr
+    path = clean.call("GetOverlay", "s", "zr").stdout.split('"')[1]
+    assert clean.prop(path, "UpperKind") == "zram"
+    mp = Path(clean.prop(path, "MountPoint"))
+    (mp / "text.txt").write_text("the same line again and again\n" * 50000)
+    os.sync()
+    assert 0 < int(clean.prop(path, "UpperCompressedSize")) < \
+        int(clean.prop(path, "UpperOriginalSize"))
+    r = clean.ctl("status", "zr")
+    assert r.returncode == 0 and re.search(r"Upper: zram: .* of RAM, ratio \d", r.stdout), \
+        r.stdout
+
+    data = json.loads(clean.ctl("status", "zr", "--json").stdout)
+    assert data["UpperKind"] == "zram" and data["UpperOriginalSize"] > 0
+    r = clean.call("Discard", "sa{sv}", "zr", "0")
+    assert r.returncode == 0, r.stderr
+    assert {d for d in os.listdir("/sys/block") if d.startswith("zram")} == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,24 @@ from overlayd.layout import Layout
 from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, parse_spec
 from tests import helpers
+
+UPPERS = ["tmpfs", "zram"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with PER_UPPER = True runs each test once per upper kind (the env's
+    overlays get that ``upper`` unless a test names one)."""
+    if getattr(metafunc.module, "PER_UPPER", False) and "upper_kind" in metafunc.fixturenames:
+        metafunc.parametrize("upper_kind", UPPERS)
+
+
+def zram_devices() -> set[str]:
+    return {d for d in os.listdir("/sys/block") if d.startswith("zram")}
+
+
+@pytest.fixture
+def upper_kind() -> str:
+    return "tmpfs"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,9 +64,11 @@ class Env:
     config: DaemonConfig
     manager: OverlayManager
     run: Callable[[Any], Any]
+    upper: str = "tmpfs"
 
     def create(self, name: str, image: Path | str | None = None, **spec: Any) -> Overlay:
-        data = {"name": name, **spec}
+        data = {"name": name, **({"upper": self.upper} if self.upper != "tmpfs" else {}),
+                **spec}
         if image is not None:
             data["image"] = str(image)
         rec: Overlay = self.run(self.manager.create(parse_spec(data)))
@@ -70,15 +91,19 @@ class Env:
 
 
 @pytest.fixture
-def env(root: Path, run: Callable[[Any], Any]) -> Iterator[Env]:
+def env(root: Path, run: Callable[[Any], Any], upper_kind: str) -> Iterator[Env]:
     cfg = DaemonConfig(runtime_dir=root / "run", default_size=64 << 20,
                        layer_dir=root / "layers")
+    zram_before = zram_devices()
     mgr = OverlayManager(cfg, LinuxHost())
     run(mgr.start())
-    e = Env(root, cfg, mgr, run)
+    e = Env(root, cfg, mgr, run, upper_kind)
     yield e
     for rec in list(e.manager.list()):  # a failed test must not leak into the next one
         run(e.manager.discard(rec.name, force=True))
+    # no zram device of ours is left, and none that was there before has gone
+    assert zram_devices() == zram_before, "zram devices: before " \
+        f"{sorted(zram_before)}, after {sorted(zram_devices())}"
 
 
 @pytest.fixture

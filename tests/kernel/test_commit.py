@@ -18,6 +18,8 @@ from pathlib import Path
 from tests import helpers
 from tests.kernel.conftest import Env
 
+PER_UPPER = True  # every test here runs with a tmpfs upper and a zram upper
+
 ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x1, 0x2, 0x4, 0x10, 0x20
 NO_ID = 0xFFFFFFFF
 

@@ -16,6 +16,8 @@ from overlayd.model import CommitTarget
 from tests import helpers
 from tests.kernel.conftest import Env
 
+PER_UPPER = True  # with a tmpfs upper and a zram upper
+
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = {"a.txt": "first\n", "sub/b.txt": "second\n", "hello.txt": "changed\n"}
 ACTIONS = ["create", "commit", "commit-layer", "squash", "squash-into-image", "discard",
@@ -25,7 +27,8 @@ ACTIONS = ["create", "commit", "commit-layer", "squash", "squash-into-image", "d
 def child(env: Env, image: Path, action: str, kill_at: int) -> subprocess.CompletedProcess[str]:
     env.drop_locks()  # the child is the daemon: the image is its to lock
     return subprocess.run([sys.executable, "-m", "tests.kernel.crashing",
-                           str(env.config.runtime_dir), str(image), action, str(kill_at)],
+                           str(env.config.runtime_dir), str(image), action, str(kill_at),
+                           env.upper],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

@@ -9,6 +9,8 @@ from overlayd.host.mounttable import read_mounts
 from tests import helpers
 from tests.kernel.conftest import Env
 
+PER_UPPER = True  # every test here runs with a tmpfs upper and a zram upper
+
 
 def _mount_at(target: str):  # type: ignore[no-untyped-def]
     found = [m for m in read_mounts() if m.target == target]
@@ -22,9 +24,16 @@ def test_create_builds_three_layers_read_only_lower(env: Env, image: Path) -> No
     assert (ov.fstype, ov.source) == ("overlay", "overlayd-demo")
     for key in ("redirect_dir", "index", "metacopy", "xino"):
         assert ov.super_option(key) in (None, "off")
-    tmpfs = _mount_at(env.paths(rec).tmpfs_dir)
-    assert (tmpfs.fstype, tmpfs.source) == ("tmpfs", "overlayd-demo")
-    assert tmpfs.super_option("size") == "16384k"
+    upper = _mount_at(env.paths(rec).tmpfs_dir)
+    if env.upper == "zram":
+        assert (upper.fstype, upper.source) == ("ext4", rec.upper.device)
+        zram = os.path.basename(rec.upper.device)
+        assert Path(f"/sys/block/{zram}/disksize").read_text().strip() == str(16 << 20)
+        assert "discard" in upper.super_options or upper.super_option("discard") is not None
+        assert not helpers.ext4_has_journal(rec.upper.device)
+    else:
+        assert (upper.fstype, upper.source) == ("tmpfs", "overlayd-demo")
+        assert upper.super_option("size") == "16384k"
     lower = _mount_at(env.paths(rec).lower_dir)
     assert lower.source == rec.loop_device and "ro" in lower.options
     loop = os.path.basename(rec.loop_device)
@@ -45,12 +54,16 @@ def test_writes_never_reach_the_image_and_discard_leaves_nothing(env: Env, image
     os.sync()
     assert helpers.sha256(image) == before
     usage = env.run(env.manager.usage("demo"))
-    assert usage.used > 0 and usage.size == 64 << 20
+    assert usage.used > 0 and 0 < usage.size <= 64 << 20
+    if env.upper == "zram":
+        assert usage.original > 0 and usage.compressed > 0
     env.run(env.manager.discard("demo"))
     assert helpers.sha256(image) == before
     assert helpers.mounts_under(str(env.root)) == []
     assert not Path(env.paths(rec).base_dir).exists() and not mp.exists()
     assert env.manager.list() == []
+    if env.upper == "zram":
+        assert not Path(f"/sys/block/{os.path.basename(rec.upper.device)}").exists()
 
 
 def test_loop_device_is_freed_after_discard(env: Env, image: Path) -> None:

@@ -426,3 +426,29 @@ def test_describe_holders_and_n_more() -> None:
     assert text.endswith("p7 (pid 7) and 3 more")
     assert "p8" not in text
     assert text.count("(pid ") == 8
+
+
+def test_a_zram_upper_is_recorded_and_a_tmpfs_record_is_unchanged() -> None:
+    import json
+
+    from overlayd.model import Lower, LowerKind, Merged, Overlay, OverlayState, Upper, UpperKind
+    from overlayd.state import dump_record, load_record
+
+    def rec(upper: Upper) -> Overlay:
+        return Overlay(name="z", state=OverlayState.ACTIVE, upper=upper,
+                       lowers=(Lower(kind=LowerKind.FILE, image="/i", fstype="ext4"),),
+                       merged=Merged(mountpoint="/m"))
+    tmpfs = rec(Upper(size=1 << 20))
+    assert json.loads(dump_record(tmpfs))["upper"] == {"kind": "tmpfs", "size": 1 << 20}
+    zram = rec(Upper(kind=UpperKind.ZRAM, size=1 << 20, device="/dev/zram3",
+                     fs_uuid="0b5e3f6a-8f5c-4f59-9a53-6a0e2f7f2d11", compressor="lz4"))
+    assert load_record(dump_record(zram)) == zram
+
+
+def test_compressor_only_with_zram() -> None:
+    from overlayd.model import parse_spec
+    with pytest.raises(InvalidSpec, match="compressor"):
+        parse_spec({"name": "a", "image": "/x", "compressor": "lz4"})
+    with pytest.raises(InvalidSpec, match="compressor"):
+        parse_spec({"name": "a", "image": "/x", "upper": "zram", "compressor": "lz4; rm"})
+    assert parse_spec({"name": "a", "image": "/x", "upper": "zram"}).compressor is None

@@ -11,7 +11,7 @@ from typing import Any
 from overlayd.config import DaemonConfig
 from overlayd.host.fake import FakeHost
 from overlayd.manager import OverlayManager
-from overlayd.model import Overlay, OverlayState, parse_spec
+from overlayd.model import Overlay, OverlayState, Upper, parse_spec
 from overlayd.transitions import ALLOWED
 
 RUN = "/run/overlayd"
@@ -121,7 +121,7 @@ def test_a_late_boot_overlay_is_adopted() -> None:
         loop = host.attach_loop(host.open_image(IMG, None), read_only=True, name=IMG)
         host.mount_fs(loop.path, f"{base}/lower", "ext4", read_only=True)
         loop.release()
-        host.make("early", f"{base}/rw", 1 << 20)
+        host.make("early", f"{base}/rw", Upper(size=1 << 20))
         host.prepare_upper(f"{base}/lower", f"{base}/rw/upper", f"{base}/rw/work")
         host.mount("early", f"{RUN}/mnt/early", lowers=[f"{base}/lower"],
                    upper=f"{base}/rw/upper", work=f"{base}/rw/work", options=())

@@ -201,7 +201,8 @@ def test_shipped_schema_is_the_models_and_the_example_parses() -> None:
     schema = json.loads(shipped)
     assert schema["additionalProperties"] is False and schema["required"] == ["image"]
     assert set(schema["properties"]) == {"image", "fstype", "mountpoint", "size",
-                                         "mount_options", "layers", "on_stop", "boot"}
+                                         "mount_options", "layers", "on_stop", "boot",
+                                         "upper", "compressor"}
     overlayfile.load(REPO / "packaging/example.overlay")
 
 

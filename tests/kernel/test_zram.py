@@ -1,0 +1,110 @@
+"""upper = zram on the real kernel: the device, its compressor and sizes, and that every
+way out removes the device this daemon added, and no other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from overlayd.errors import MountFailed, OverlaydError
+from overlayd.host.uppers import ZRAM_CONTROL, ZramUpper
+from overlayd.model import Upper, UpperKind
+from tests import helpers
+from tests.kernel.conftest import Env, zram_devices
+
+pytestmark = pytest.mark.skipif(not os.path.exists(ZRAM_CONTROL), reason="no zram")
+
+
+def _sys(rec_device: str, attr: str) -> str:
+    return Path(f"/sys/block/{os.path.basename(rec_device)}/{attr}").read_text().strip()
+
+
+def test_compressor_size_and_compression_seen_in_usage(env: Env, image: Path) -> None:
+    rec = env.create("z", image, upper="zram", compressor="lzo", size="32M")
+    assert rec.upper.kind is UpperKind.ZRAM and rec.upper.compressor == "lzo"
+    assert "[lzo]" in _sys(rec.upper.device, "comp_algorithm")
+    assert _sys(rec.upper.device, "disksize") == str(32 << 20)
+    (Path(rec.mountpoint) / "text.txt").write_text("overlayd compresses this line\n" * 40000)
+    os.sync()
+    usage = env.run(env.manager.usage("z"))
+    assert usage.original >= 1 << 20 and 0 < usage.compressed < usage.original
+    saved = env.manager.get("z")
+    assert saved.upper.device == rec.upper.device and saved.upper.fs_uuid
+    env.run(env.manager.discard("z"))
+    assert not os.path.exists(f"/sys/block/{os.path.basename(rec.upper.device)}")
+
+
+def test_an_unknown_compressor_says_which_there_are(env: Env, image: Path) -> None:
+    with pytest.raises(MountFailed, match=r"not offered.*offers: "):
+        env.create("z", image, upper="zram", compressor="nope")
+    assert env.manager.list() == []  # and the env checks that no device is left
+
+
+@pytest.mark.parametrize("step", ["_set_compressor", "_mkfs", "_mount", "prepare_upper",
+                                  "merge.mount", "merge.verify"])
+def test_a_failed_create_removes_the_device_at_every_step(
+        env: Env, image: Path, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_a: object, **_k: object) -> None:
+        raise MountFailed(f"injected failure at {step}")
+    host = env.manager.host
+    if step.startswith("_"):
+        monkeypatch.setattr(ZramUpper, step, fail)
+    elif step == "prepare_upper":
+        monkeypatch.setattr(host.layers, "prepare_upper", fail)
+    else:
+        monkeypatch.setattr(host.merge, step.split(".")[1], fail)
+    before = zram_devices()
+    with pytest.raises(MountFailed, match="injected"):
+        env.create("z", image, upper="zram", compressor="lzo")
+    assert zram_devices() == before
+    assert helpers.mounts_under(str(env.root)) == []
+    assert env.manager.list() == []
+
+
+def test_a_commit_keeps_the_device_and_frees_its_ram(env: Env, image: Path) -> None:
+    rec = env.create("z", image, upper="zram")
+    (Path(rec.mountpoint) / "big.txt").write_text("some text to keep\n" * 100000)
+    os.sync()
+    env.run(env.manager.commit("z"))
+    after = env.manager.get("z")
+    assert after.upper == rec.upper  # the same device, formatted again
+    assert (Path(after.mountpoint) / "big.txt").read_text().startswith("some text")
+    assert env.run(env.manager.usage("z")).original < 1 << 20  # mkfs discarded the old data
+
+
+def test_someone_elses_zram_device_is_never_touched(env: Env, image: Path,
+                                                    tmp_path: Path) -> None:
+    """A device this daemon did not add: a record that names it (a forged or stale one)
+    does not make it ours, as long as it does not carry the recorded file system UUID."""
+    with open(f"{ZRAM_CONTROL}/hot_add") as f:
+        other = int(f.read())
+    dev = f"/dev/zram{other}"
+    try:
+        Path(f"/sys/block/zram{other}/disksize").write_text(str(16 << 20))
+        subprocess.run(["mkfs.ext4", "-q", "-O", "^has_journal", dev], check=True)
+        z = ZramUpper()
+        stale = Upper(kind=UpperKind.ZRAM, size=16 << 20, device=dev,
+                      fs_uuid=str(uuid.uuid4()))
+        mp = tmp_path / "m"
+        mp.mkdir()
+        assert z.unmake("x", str(mp), stale) is False
+        assert os.path.exists(f"/sys/block/zram{other}")
+        # made again: a fresh device, not the stale record's
+        made = z.make("x", str(mp), stale)
+        try:
+            assert made.device != dev
+        finally:
+            z.unmake("x", str(mp), made)
+        assert not os.path.exists(f"/sys/block/{os.path.basename(made.device)}")
+        rec = env.create("z", image, upper="zram")
+        env.run(env.manager.discard("z"))
+        assert rec.upper.device != dev and os.path.exists(f"/sys/block/zram{other}")
+    finally:
+        try:
+            Path(f"{ZRAM_CONTROL}/hot_remove").write_text(str(other))
+        except OSError as e:
+            raise OverlaydError(f"the test's own zram{other} stays: {e}") from None
