@@ -463,16 +463,9 @@ class OverlayManager:
             self._refuse_shared_commit(rec, caller_uid)
             if started is not None:
                 started()
-            before = rec
-            rec = self._move(rec, S.COMMITTING, error="")
-            try:
-                done = await self._blocking(self._commit_blocking, rec, progress, caller_uid,
-                                            cancel)
-            except OverlaydError as e:  # nothing was unmounted: back as it was
-                self._move(rec, before.state, error=str(e))
-                self._log_failure(rec, "commit", e, caller_uid)
-                await self._blocking(self._save_quietly, self.get(name))
-                raise
+            rec, done = await self._committing(
+                rec, "commit", caller_uid,
+                lambda r: self._commit_blocking(r, progress, caller_uid, cancel))
             error = done.outcome_error(self.upper_dir(name))
             changes: dict[str, Any] = {"error": str(error) if error else "",
                                        "commit_phase": CommitPhase.NONE}
@@ -560,16 +553,9 @@ class OverlayManager:
                 raise
             if started is not None:
                 started()
-            before = rec
-            rec = self._move(rec, S.COMMITTING, error="")
-            try:
-                done = await self._blocking(self._commit_layer_blocking, rec, fmt, progress,
-                                            cancel)
-            except OverlaydError as e:  # nothing was unmounted: back as it was
-                self._move(rec, before.state, error=str(e))
-                self._log_failure(rec, "commit", e, caller_uid)
-                await self._blocking(self._save_quietly, self.get(name))
-                raise
+            rec, done = await self._committing(
+                rec, "commit", caller_uid,
+                lambda r: self._commit_layer_blocking(r, fmt, progress, cancel))
             error = done.outcome_error(self.upper_dir(name))
             rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED,
                              error=str(error) if error else "", layers=done.layers,
@@ -652,18 +638,12 @@ class OverlayManager:
             self._refuse_shared_commit(rec, caller_uid)
             if started is not None:
                 started()
-            before = rec
-            rec = self._move(rec, S.COMMITTING, error="")
             retired = tuple(la.path for la in rec.layers
                             if squash_proc.ours(self.config, name, la))
-            try:
-                done = await self._blocking(self._squash_into_image_blocking, rec, progress,
-                                            caller_uid, cancel, retired)
-            except OverlaydError as e:
-                self._move(rec, before.state, error=str(e))
-                self._log_failure(rec, "squash", e, caller_uid)
-                await self._blocking(self._save_quietly, self.get(name))
-                raise
+            rec, done = await self._committing(
+                rec, "squash", caller_uid,
+                lambda r: self._squash_into_image_blocking(r, progress, caller_uid, cancel,
+                                                           retired))
             if done.error is None and done.remounted:  # before the record forgets them
                 await self._blocking(self._remove_layer_files, retired)
             error = done.outcome_error(self.upper_dir(name))
@@ -759,24 +739,15 @@ class OverlayManager:
                 raise
             if started is not None:
                 started()
-            before = rec
-            rec = self._move(rec, S.COMMITTING, error="")
-
-            def blocking() -> squash_proc.Restacked:
+            def blocking(committing: Overlay) -> squash_proc.Restacked:
                 def checkpoint(phase: CommitPhase, layers: tuple[Layer, ...],
                                pending: str, retired: tuple[str, ...]) -> None:
-                    self.store.save(rec.evolve(commit_phase=phase, layers=layers,
-                                               pending_layer=pending,
-                                               retired_layers=retired))
-                return run(rec, checkpoint)
+                    self.store.save(committing.evolve(commit_phase=phase, layers=layers,
+                                                      pending_layer=pending,
+                                                      retired_layers=retired))
+                return run(committing, checkpoint)
 
-            try:
-                done = await self._blocking(blocking)
-            except OverlaydError as e:  # nothing was unmounted: back as it was
-                self._move(rec, before.state, error=str(e))
-                self._log_failure(rec, what, e, caller_uid)
-                await self._blocking(self._save_quietly, self.get(name))
-                raise
+            rec, done = await self._committing(rec, what, caller_uid, blocking)
             error = done.outcome_error()
             rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED,
                              error=str(error) if error else "", layers=done.layers,
@@ -791,6 +762,21 @@ class OverlayManager:
                  len(rec.layers), extra=_fields(rec, Event.COMMITTED, uid=caller_uid,
                                                 OVERLAYD_ACTION=what))
         return done
+
+    async def _committing(self, rec: Overlay, action: str, caller_uid: int,
+                          work: Callable[[Overlay], T]) -> tuple[Overlay, T]:
+        """REC moved to COMMITTING, then WORK(that record) in a worker. If WORK raises,
+        nothing was unmounted: the overlay goes back to its state, the failure is logged and
+        saved, and the error raised. The COMMITTING record and WORK's result otherwise."""
+        before = rec
+        rec = self._move(rec, S.COMMITTING, error="")
+        try:
+            return rec, await self._blocking(work, rec)
+        except OverlaydError as e:
+            self._move(rec, before.state, error=str(e))
+            self._log_failure(rec, action, e, caller_uid)
+            await self._blocking(self._save_quietly, self.get(rec.name))
+            raise
 
     def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:
         log.log(_failure_level(e), "Failed to %s overlay '%s': %s", action, rec.name, e,
