@@ -81,13 +81,17 @@ def adopt_unrecorded(host: Host, cfg: DaemonConfig, name: str, spec: OverlaySpec
         if info.kind is LowerKind.DIRECTORY:
             raise MountFailed(f"Overlay '{name}': its image is a directory.")
         size = tmpfs.super_option("size")
+        # One partition of the image (a daemon's overlay whose record is gone): where it
+        # lies is the loop device's; which number or label was asked is not known.
+        offset, sizelimit = (host.images.loop_window(lower.source) or (0, 0)) if is_loop \
+            else (0, 0)
         stack = tuple(_layer(host, m, name) for m in stacked)
         return Overlay(
             name=name, state=OverlayState.ACTIVE,
             lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
                           fstype=lower.fstype,
-                          loop_device=lower.source if info.kind is LowerKind.FILE else "",
-                          shared=shared),),
+                          loop_device=lower.source if is_loop else "",
+                          shared=shared, offset=offset, sizelimit=sizelimit),),
             upper=Upper(size=parse_size(size) if size else cfg.default_size),  # '65536k'
             merged=Merged(mountpoint=merged.target,
                           created=merged.target == cfg.default_mountpoint(name),

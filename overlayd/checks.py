@@ -43,22 +43,26 @@ def driver_for(fstype: str, kernel: frozenset[str]) -> str:
 
 
 def choose_fstype(shown: str, requested: str | None, detected: str | None,
-                  kernel: frozenset[str]) -> tuple[str, str]:
-    """(the file system the image holds, the driver to mount it with)."""
+                  kernel: frozenset[str], *, partition: str = "") -> tuple[str, str]:
+    """(the file system the image holds, the driver to mount it with). PARTITION: the
+    image's partition they are about (as shown: 2, 'rootfs'), if one was asked for."""
+    what = f"Partition {partition} of the image '{shown}'" if partition else \
+        f"The image '{shown}'"
+    field = "partition" if partition else "image"
     if detected in REFUSAL:
-        raise InvalidSpec(f"The image '{shown}' {REFUSAL[detected]}.", "image")
+        raise InvalidSpec(f"{what} {REFUSAL[detected]}.", field)
     if detected is None and requested is None:
         raise InvalidSpec(
-            f"The image '{shown}' holds no file system overlayd recognizes (ext2/3/4, squashfs, "
-            "erofs, iso9660, xfs, btrfs); if it does hold one, name it with 'fstype'.", "image")
+            f"{what} holds no file system overlayd recognizes (ext2/3/4, squashfs, "
+            "erofs, iso9660, xfs, btrfs); if it does hold one, name it with 'fstype'.", field)
     if requested is not None and detected is not None and requested != detected \
             and _DRIVER_FALLBACK.get(detected) != requested:
-        raise InvalidSpec(f"The image '{shown}' holds {detected}, not {requested}.", "fstype")
+        raise InvalidSpec(f"{what} holds {detected}, not {requested}.", "fstype")
     fstype = detected or requested or ""
     driver = driver_for(fstype, kernel)
     if driver not in kernel:
-        raise InvalidSpec(f"The image '{shown}' holds {fstype}, which this kernel cannot mount "
-                          "(it is not in /proc/filesystems).", "image")
+        raise InvalidSpec(f"{what} holds {fstype}, which this kernel cannot mount "
+                          "(it is not in /proc/filesystems).", field)
     return fstype, driver
 
 

@@ -58,6 +58,7 @@ REFUSAL = {
     "exfat": "holds exFAT, which overlayfs cannot use as a lower layer",
     "ntfs": "holds NTFS, which overlayd does not support",
     "vfat": "holds FAT, which is case-insensitive and cannot be an overlayfs lower layer",
-    "partition-table": "holds a partition table, not a file system; give one partition instead",
+    "partition-table": "holds a partition table, not a file system; choose one of its "
+                       "partitions with 'partition' (a number, or a GPT partition label)",
     "swap": "is a swap area, not a file system",
 }

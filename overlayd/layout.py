@@ -8,6 +8,7 @@
     MOUNT_ROOT/NAME                 the default mount point of the merged view
     RUNTIME_DIR/.lowers/DEV-INO     an image mounted read-only once for all its overlays
                                     (".lowers" is no valid overlay name: it never clashes)
+    RUNTIME_DIR/.lowers/DEV-INO-pOFFSET   the same for one partition of it (at byte OFFSET)
 """
 
 from __future__ import annotations
@@ -49,13 +50,15 @@ class Layout:
     def shared_lowers(self) -> Path:
         return self.base.parent / SHARED_LOWERS
 
-    def shared_lower(self, dev: int, ino: int) -> Path:
-        """Where the image (DEV, INO) is mounted for all of its overlays."""
-        return self.shared_lowers / f"{dev}-{ino}"
+    def shared_lower(self, dev: int, ino: int, offset: int = 0) -> Path:
+        """Where the image (DEV, INO) is mounted for all of its overlays; a partition of
+        it (at byte OFFSET) has a mount of its own for all of the overlays of that one."""
+        return self.shared_lowers / (f"{dev}-{ino}" + (f"-p{offset}" if offset else ""))
 
     def lower_of(self, lower: Lower) -> Path:
         """Where LOWER is mounted: shared, or the overlay's own directory."""
-        return self.shared_lower(lower.dev, lower.ino) if lower.shared else self.lower
+        return self.shared_lower(lower.dev, lower.ino, lower.offset) if lower.shared \
+            else self.lower
 
     @property
     def layer_mounts(self) -> Path:

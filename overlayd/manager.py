@@ -500,7 +500,7 @@ class OverlayManager:
         asked in the worker, under the image's lock (``_commit_blocking``)."""
         if not self._shared.in_use(image_key(rec), but=rec.name):
             return
-        others = self._shared.users(image_key(rec), but=rec.name)
+        others = self._shared.users(image_key(rec), but=rec.name, window=rec.lowers[0].window)
         if others:
             shown = ", ".join(f"'{n}'" for n in others[:8])
             e = ImageInUse(f"Cannot commit overlay '{rec.name}': its image '{rec.image}' is "
@@ -520,7 +520,8 @@ class OverlayManager:
         layout = self._layout(rec.name)
         with self._shared.locked(key):
             commit_proc.claim_image(self.host, rec, layout,
-                                    self._shared.users(key, but=rec.name))
+                                    self._shared.users(key, but=rec.name,
+                                                       window=rec.lowers[0].window))
             try:
                 self.store.save(rec)
 
@@ -678,7 +679,8 @@ class OverlayManager:
         layout = self._layout(rec.name)
         with self._shared.locked(key):
             commit_proc.claim_image(self.host, rec, layout,
-                                    self._shared.users(key, but=rec.name))
+                                    self._shared.users(key, but=rec.name,
+                                                       window=rec.lowers[0].window))
             try:
                 self.store.save(rec)
 
@@ -834,8 +836,11 @@ class OverlayManager:
         drops its lock."""
         key = image_key(rec)
         with self._shared.locked(key):
-            stopped = teardown_proc.run(self.host, rec, self._layout(rec.name), force=force,
-                                        drop_lower=not self._shared.in_use(key, but=rec.name))
+            stopped = teardown_proc.run(
+                self.host, rec, self._layout(rec.name), force=force,
+                drop_lower=not self._shared.in_use(key, but=rec.name,
+                                                   window=rec.lowers[0].window),
+                release_lock=not self._shared.in_use(key, but=rec.name))
             if stopped is None:
                 self._shared.remove(rec)
         return stopped

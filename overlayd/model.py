@@ -63,6 +63,31 @@ def check_name(name: str) -> str:
     return name
 
 
+MAX_PARTITION = 65535
+GPT_LABEL_CHARS = 36  # a GPT partition name is 36 UTF-16 code units
+
+
+def check_partition(v: Any) -> int | str | None:
+    """A partition number (int >= 1) or a GPT label (a non-empty string); as asked."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise ValueError("a partition is a number (1, 2, ...) or a GPT partition label")
+    if isinstance(v, int):
+        if not 1 <= v <= MAX_PARTITION:
+            raise ValueError(f"partition numbers start at 1 (got {v})")
+        return v
+    if not v or "\0" in v or len(v.encode("utf-16-le")) > 2 * GPT_LABEL_CHARS:
+        raise ValueError(f"a GPT partition label is 1 to {GPT_LABEL_CHARS} characters "
+                         f"(got {v[:40]!r})")
+    return v
+
+
+def show_partition(p: int | str | None) -> str:
+    """How a person is shown the partition asked for: 2, or 'rootfs'."""
+    return "" if p is None else str(p) if isinstance(p, int) else repr(p)
+
+
 def _check_abs_path(value: str, what: str) -> str:
     if "\0" in value:
         raise ValueError(f"the {what} path contains a NUL character")
@@ -121,6 +146,16 @@ class SpecSettings(BaseModel):
         default=None, description="zram only: the compression algorithm (one of "
                                   "/sys/block/zramN/comp_algorithm); default the kernel's.",
     )
+    partition: int | str | None = Field(
+        default=None, description="For a partitioned image (MBR or GPT: a Raspberry Pi .img, "
+                                  "a VM's raw disk): the partition to use, by number (1-4 "
+                                  "primary, 5 and up logical) or by GPT partition label.",
+    )
+
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _partition(cls, v: Any) -> Any:
+        return check_partition(v)
 
     @field_validator("compressor")
     @classmethod
@@ -256,11 +291,35 @@ class Lower(BaseModel):
     fstype: str = ""  # "" for a directory
     loop_device: str = ""
     shared: bool = False
+    # One partition of a partitioned image: as asked (a number or a GPT label), and where
+    # it lies (bytes): the loop device's lo_offset and lo_sizelimit. Absent otherwise.
+    partition: int | str | None = None
+    offset: int = 0
+    sizelimit: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
-        """The image's identity: overlays with the same key read the same image."""
+        """The image's identity: overlays with the same key read the same image file (its
+        lock, the Create/Commit/Discard lock of its overlays)."""
         return (self.dev, self.ino)
+
+    @property
+    def partitioned(self) -> bool:
+        """It reads one partition of the image, through a loop device of that part (a
+        partition of a block device too)."""
+        return self.partition is not None or self.offset != 0 or self.sizelimit != 0
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The bytes of the image it reads: (offset, size), size 0 to the end."""
+        return (self.offset, self.sizelimit)
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A record of a whole image stays as it was: the partition fields only when set."""
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items()
+                if k not in ("partition", "offset", "sizelimit") or v}
 
 
 class Upper(BaseModel):
@@ -386,6 +445,24 @@ class Overlay(BaseModel):
     @property
     def loop_device(self) -> str:
         return self.lowers[0].loop_device
+
+    @property
+    def partition(self) -> str:
+        """The partition of the image as asked: a number in decimal, or a GPT label; ""
+        for a whole image, "@OFFSET" for one adopted from its loop device (what was asked
+        is not known then)."""
+        lower = self.lowers[0]
+        if lower.partition is not None:
+            return str(lower.partition)
+        return f"@{lower.offset}" if lower.partitioned else ""
+
+    @property
+    def partition_offset(self) -> int:
+        return self.lowers[0].offset
+
+    @property
+    def partition_size(self) -> int:
+        return self.lowers[0].sizelimit
 
     @property
     def size(self) -> int:

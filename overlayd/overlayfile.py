@@ -46,6 +46,11 @@ class OverlayFile(SpecSettings):
         if self.boot and self.upper is not UpperKind.TMPFS:
             raise ValueError("a boot overlay (boot = true) keeps its writes on a tmpfs; "
                              "upper = 'zram' needs the daemon (boot = false)")
+        # its image is mounted by a mount unit, which would need the partition's offset
+        # read from the table at generator time: the daemon reads it (boot = false)
+        if self.boot and self.partition is not None:
+            raise ValueError("a boot overlay (boot = true) uses the whole image; 'partition' "
+                             "needs the daemon (boot = false)")
         return self
 
     def spec(self, name: str) -> OverlaySpec:

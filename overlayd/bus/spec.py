@@ -20,6 +20,8 @@ SPEC_TYPES: dict[str, tuple[str, ...]] = {
     "image": ("s",), "image_fd": ("h",), "fstype": ("s",), "mountpoint": ("s",),
     "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",), "layers": ("as",),
     "upper": ("s",), "compressor": ("s",),
+    # a partition number (an integer type), or a GPT partition label (s)
+    "partition": ("u", "t", "i", "x", "q", "n", "y", "s"),
 }
 # at_shutdown: the root overlay's writes are committed (Commit) or thrown away (Discard,
 # also the default for it) when the system shuts down; only the root overlay has it.

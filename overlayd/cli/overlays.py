@@ -44,6 +44,7 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
         ("State", state),
         ("Image", f"{p['Image']} ({p['FsType'] or 'directory'})"),
         ("Mount point", p["MountPoint"]),
+        *_partition_line(p),
         ("Loop device", p["LoopDevice"] or "-"),
         ("Writes", f"{format_size(p['UpperUsed'])} of {format_size(p['UpperSize'])} in RAM, "
                    f"{p['UpperInodesUsed']} inodes"),
@@ -106,6 +107,8 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
             spec["upper"] = args.upper
         if args.compressor:
             spec["compressor"] = args.compressor
+        if args.partition is not None:
+            spec["partition"] = partition_arg(args.partition)
         path = await client.create(args.name, spec)
     finally:
         if fd is not None:
@@ -207,6 +210,18 @@ async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
     return await cmd_discard(client, args)
 
 
+def partition_arg(text: str) -> int | str:
+    """--partition: digits are a number (2), anything else a GPT label (rootfs)."""
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
+def _partition_line(p: dict[str, Any]) -> list[tuple[str, str]]:
+    if not p.get("Partition"):
+        return []
+    start, size = p.get("PartitionOffset", 0), p.get("PartitionSize", 0)
+    return [("Partition", f"{p['Partition']} ({format_size(size)} at byte {start})")]
+
+
 def _upper_line(p: dict[str, Any]) -> str:
     """tmpfs; or zram with what the writes take compressed, and the ratio."""
     kind = str(p.get("UpperKind", "tmpfs"))
@@ -229,6 +244,9 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", default=[], dest="options", metavar="OPTION",
                    help="mount option of the merged view (nosuid, nodev, noexec, ro, ...)")
     p.add_argument("--fstype", help="file system of the image (detected if not given)")
+    p.add_argument("--partition", metavar="N|LABEL",
+                   help="for a partitioned image (MBR or GPT): the partition to use, by "
+                        "number or by GPT partition label")
     p.add_argument("--upper", choices=["tmpfs", "zram"],
                    help="where the writes live: tmpfs (default) or zram (compressed RAM)")
     p.add_argument("--compressor", help="with --upper zram: the compression algorithm "

@@ -101,7 +101,8 @@ def refuse_early(rec: Overlay, as_uid: int, *, layers_ok: bool = False) -> None:
 
 def claim_image(host: Host, rec: Overlay, layout: Layout, others: list[str]) -> None:
     """Before anything changes: refuse (ImageInUse) to write an image someone else reads,
-    naming them: OTHERS (overlayd's other overlays of it), then loop devices, mounts,
+    naming them: OTHERS (overlayd's other overlays of it, of the part it writes), then
+    loop devices (of that part: a partition's loop device reads no other), mounts,
     writers and lock holders the kernel knows of; then take QEMU's write lock on it, which
     ``release_image`` gives back. A directory lower has no image to claim."""
     if rec.image_kind is LowerKind.DIRECTORY:
@@ -110,7 +111,8 @@ def claim_image(host: Host, rec: Overlay, layout: Layout, others: list[str]) -> 
     users = [f"overlay '{n}'" for n in others]
     users += host.images.users(lower.image, lower.dev, lower.ino,
                                own_devices={lower.loop_device} - {""},
-                               own_mounts={steps.lower_dir(rec, layout)})
+                               own_mounts={steps.lower_dir(rec, layout)},
+                               window=lower.window)
     if users:
         raise ImageInUse(
             f"Cannot commit overlay '{rec.name}': its image '{lower.image}' is in use by "

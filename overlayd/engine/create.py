@@ -27,6 +27,7 @@ from overlayd.model import (
     OverlaySpec,
     OverlayState,
     Upper,
+    show_partition,
 )
 from overlayd.rollback import Rollback
 
@@ -87,6 +88,8 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
         info = host.images.open_image(spec.image, spec.image_fd, as_uid=owner_uid)
         rb.push("close the image", host.images.close_image, info)
         shown = spec.image or info.path
+        if spec.partition is not None:  # the same fd, narrowed to the partition
+            info = host.images.partition(info, spec.partition, shown)
         checks.check_image_outside_runtime_dir(info.path, shown, cfg)
         if info.kind is LowerKind.DIRECTORY:
             fstype, driver = "", ""
@@ -95,7 +98,8 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
                                   "fstype")
         else:
             fstype, driver = checks.choose_fstype(shown, spec.fstype, info.detected_fstype,
-                                                  host.system.kernel_filesystems())
+                                                  host.system.kernel_filesystems(),
+                                                  partition=show_partition(spec.partition))
         layers = open_layers(host, cfg, spec, owner_uid)
     except BaseException:
         rb.unwind()
@@ -103,7 +107,9 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
     rec = Overlay(
         name=spec.name, state=OverlayState.CREATING,
         lowers=(Lower(kind=info.kind, image=info.path, dev=info.dev, ino=info.ino,
-                      fstype=fstype, shared=info.kind is not LowerKind.DIRECTORY),),
+                      fstype=fstype, shared=info.kind is not LowerKind.DIRECTORY,
+                      partition=info.partition, offset=info.offset,
+                      sizelimit=info.sizelimit),),
         upper=host.upper.plan(Upper(kind=spec.upper, size=size,
                                      compressor=spec.compressor or "")),
         merged=Merged(mountpoint=mountpoint, created=is_default, options=options),

@@ -184,7 +184,8 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
     # overlay of the image): ask the kernel, not the table read at the start.
     lower = host.mounts.at(lower_dir) if rec.lowers[0].shared else top.get(lower_dir)
     lower_ok = rec.image_kind is LowerKind.DIRECTORY or (
-        lower is not None and steps.owns_lower(rec, layout)(lower) and "ro" in lower.options)
+        lower is not None and steps.owns_lower(rec, layout)(lower) and "ro" in lower.options
+        and steps.lower_matches(host, rec, lower))  # a partition: its loop device's window
     if overlay_up:
         if not lower_ok:  # never seen: overlay up over a read-write image. Hands off.
             raise MountFailed(f"Overlay '{rec.name}' is mounted but its image is not mounted "

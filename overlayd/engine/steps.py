@@ -6,7 +6,7 @@ import logging
 
 from overlayd import checks
 from overlayd.errors import MountFailed, OverlaydError
-from overlayd.host.ports import Host, ImageInfo, Owned
+from overlayd.host.ports import Host, ImageInfo, Loop, Owned
 from overlayd.layout import Layout
 from overlayd.model import Layer, LowerKind, Overlay
 from overlayd.mountinfo import MountInfo
@@ -32,6 +32,29 @@ def owns_lower(rec: Overlay, layout: Layout) -> Owned:
             return False
         return kind is LowerKind.BLOCK or m.source.startswith("/dev/loop")
     return check
+
+
+def via_loop(rec: Overlay) -> bool:
+    """The image is mounted from a loop device: a file, or one partition of a block device
+    (a whole block device is mounted as it is)."""
+    lower = rec.lowers[0]
+    return lower.kind is LowerKind.FILE or (lower.kind is LowerKind.BLOCK and lower.partitioned)
+
+
+def attach(host: Host, rec: Overlay, info: ImageInfo, *, read_only: bool) -> Loop:
+    """A loop device of REC's image (of its partition: the recorded offset and size)."""
+    lower = rec.lowers[0]
+    return host.images.attach_loop(info, read_only=read_only, name=info.path,
+                                   offset=lower.offset, sizelimit=lower.sizelimit)
+
+
+def lower_matches(host: Host, rec: Overlay, m: MountInfo) -> bool:
+    """The image mount M shows what REC reads: for a partition, its loop device has the
+    recorded offset and size (a mount of another part of the file is not it)."""
+    lower = rec.lowers[0]
+    if not lower.partitioned:
+        return True
+    return host.images.loop_window(m.source) == lower.window
 
 
 def lower_sources(rec: Overlay, layout: Layout, dir_fd: int | None = None) -> list[str]:
@@ -129,10 +152,10 @@ def mount_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, drive
     for a block device. The loop device's path, or "" for a block device."""
     target = lower_dir(rec, layout)
     device = ""
-    if rec.image_kind is LowerKind.BLOCK:
+    if not via_loop(rec):
         host.mounts.mount_fs(info.path, target, driver, read_only=read_only)
     else:
-        loop = host.images.attach_loop(info, read_only=read_only, name=info.path)
+        loop = attach(host, rec, info, read_only=read_only)
         try:
             host.mounts.mount_fs(loop.path, target, driver, read_only=read_only)
         finally:
@@ -151,8 +174,9 @@ def ensure_lower(host: Host, rec: Overlay, layout: Layout, info: ImageInfo, driv
     target = lower_dir(rec, layout)
     if rec.lowers[0].shared:
         found = host.mounts.at(target)
-        if found is not None and owns_lower(rec, layout)(found) and "ro" in found.options:
-            return found.source if rec.image_kind is LowerKind.FILE else ""
+        if found is not None and owns_lower(rec, layout)(found) and "ro" in found.options \
+                and lower_matches(host, rec, found):
+            return found.source if via_loop(rec) else ""
         if host.files.path_kind(str(layout.shared_lowers)) == "missing":
             host.files.make_dir(str(layout.shared_lowers), 0o700)  # shared; never removed
     if host.files.path_kind(target) == "missing":
@@ -171,9 +195,9 @@ def drop_lower(host: Host, rec: Overlay, layout: Layout, *, lazy: bool) -> None:
 
 def open_lower_detached(host: Host, rec: Overlay, info: ImageInfo, driver: str) -> int:
     """The image mounted read-write nowhere (an fd): what Commit writes through."""
-    if rec.image_kind is LowerKind.BLOCK:
+    if not via_loop(rec):
         return host.mounts.open_detached(info.path, driver)
-    loop = host.images.attach_loop(info, read_only=False, name=info.path)
+    loop = attach(host, rec, info, read_only=False)
     try:
         return host.mounts.open_detached(loop.path, driver)
     finally:

@@ -26,8 +26,12 @@ class Stopped:
 
 
 def run(host: Host, rec: Overlay, layout: Layout, *, force: bool,
-        drop_lower: bool = True) -> Stopped | None:
-    """DROP_LOWER: this overlay is the last user of its image mount (and image lock)."""
+        drop_lower: bool = True, release_lock: bool | None = None) -> Stopped | None:
+    """DROP_LOWER: this overlay is the last user of its image mount; RELEASE_LOCK (by
+    default the same): the last of its image file (overlays of other partitions of the
+    file still read it under the file's one lock)."""
+    if release_lock is None:
+        release_lock = drop_lower
     owns = host.merge.owns(rec.name)
     try:
         was_up = host.mounts.unmount(rec.mountpoint, owns)
@@ -60,7 +64,7 @@ def run(host: Host, rec: Overlay, layout: Layout, *, force: bool,
         steps.remove_dirs(host, rec, layout)
     except OverlaydError as e:
         return Stopped(e, True)
-    if has_image and drop_lower:
+    if has_image and release_lock:
         host.locks.release(rec.lowers[0].dev, rec.lowers[0].ino)
     return None
 

@@ -75,6 +75,10 @@ class FakeHost:
     mount_table: list[MountInfo] = field(default_factory=list)
     loops: dict[str, str] = field(default_factory=dict)  # device -> backing file
     loop_fds: set[str] = field(default_factory=set)
+    loop_windows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # path -> {partition asked: (offset, size, fstype)}: what Images.partition finds
+    image_partitions: dict[str, dict[int | str, tuple[int, int, str]]] = field(
+        default_factory=dict)
     busy: set[str] = field(default_factory=set)  # mount targets that refuse a plain unmount
     calls: list[str] = field(default_factory=list)
     open_fds: int = 0
@@ -186,13 +190,15 @@ class FakeHost:
             self.open_fds -= 1
             info.fd = -1
 
-    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str) -> FakeLoop:
+    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str, offset: int = 0,
+                    sizelimit: int = 0) -> FakeLoop:
         self._call("attach_loop")
         n = 0
         while f"/dev/loop{n}" in self.loops:
             n += 1
         dev = f"/dev/loop{n}"
         self.loops[dev] = info.path
+        self.loop_windows[dev] = (offset, sizelimit)
         self.loop_fds.add(dev)
         return FakeLoop(dev, self)
 
@@ -200,8 +206,22 @@ class FakeHost:
         self._call("loop_backing")
         return self.loops.get(device)
 
+    def loop_window(self, device: str) -> tuple[int, int] | None:
+        return self.loop_windows.get(device, (0, 0)) if device in self.loops else None
+
+    def partition(self, info: ImageInfo, want: int | str, shown: str) -> ImageInfo:
+        """IMAGE_PARTITIONS[path][want] = (offset, size, fstype)."""
+        self._call("partition")
+        found = self.image_partitions.get(info.path, {}).get(want)
+        if found is None:
+            raise InvalidSpec(f"The image '{shown}' has no partition {want}.", "partition")
+        offset, size, fstype = found
+        return ImageInfo(info.path, info.kind, info.dev, info.ino, size, fstype, info.fd,
+                         offset, size, want)
+
     def users(self, image: str, dev: int, ino: int, *, own_devices: set[str],
-              own_mounts: set[str], writers_only: bool = False) -> list[str]:
+              own_mounts: set[str], writers_only: bool = False,
+              window: tuple[int, int] = (0, 0)) -> list[str]:
         self._call("users")
         return list(self.outside_users)
 

@@ -21,6 +21,7 @@ from overlayd.host.errors import Op, map_os_errors
 from overlayd.host.imageusers import find_users
 from overlayd.host.ports import ImageInfo
 from overlayd.model import LowerKind
+from overlayd.partitions import PartitionError, find, read_table
 
 BLKGETSIZE64 = 0x80081272
 IMAGE_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
@@ -234,17 +235,56 @@ class LinuxImages:
             os.close(info.fd)
             info.fd = -1
 
-    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str) -> loopdev.LoopDevice:
+    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str, offset: int = 0,
+                    sizelimit: int = 0) -> loopdev.LoopDevice:
         with map_os_errors(f"attach '{info.path}' to a loop device", Op.MOUNT):
-            return loopdev.attach(info.fd, read_only=read_only, name=name)
+            return loopdev.attach(info.fd, read_only=read_only, name=name, offset=offset,
+                                  sizelimit=sizelimit)
 
     def loop_backing(self, device: str) -> str | None:
         return loopdev.backing_file(device)
 
+    def loop_window(self, device: str) -> tuple[int, int] | None:
+        return loopdev.window(device)
+
+    def partition(self, info: ImageInfo, want: int | str, shown: str) -> ImageInfo:
+        """INFO narrowed to its partition WANT, read from the table through INFO's fd (the
+        parser is pure: overlayd/partitions.py); the partition's own file system probed."""
+        field = "partition"
+        if info.kind is LowerKind.DIRECTORY:
+            raise InvalidSpec(f"The image '{shown}' is a directory; it has no partitions "
+                              "(leave out 'partition').", field)
+        if info.kind is LowerKind.BLOCK:
+            self._refuse_partition_device(info.fd, shown)
+
+        def read(offset: int, length: int) -> bytes:
+            return os.pread(info.fd, length, offset) if offset < info.size else b""
+        try:
+            part = find(read_table(read, info.size), want, info.size)
+            head = os.pread(info.fd, min(PROBE_BYTES, part.size), part.start)
+        except PartitionError as e:
+            has = f" (it holds {info.detected_fstype} itself: leave out 'partition')" \
+                if info.detected_fstype not in (None, "partition-table") else ""
+            raise InvalidSpec(f"The image '{shown}' {e}{has}.", field) from None
+        except OSError as e:
+            raise InvalidSpec(f"The partition table of '{shown}' cannot be read: "
+                              f"{e.strerror}.", field) from None
+        return ImageInfo(info.path, info.kind, info.dev, info.ino, part.size,
+                         detect_fstype(head), info.fd, part.start, part.size, want)
+
+    @staticmethod
+    def _refuse_partition_device(fd: int, shown: str) -> None:
+        """A block device that is itself a partition (/dev/sdb2) has no table inside."""
+        rdev = os.fstat(fd).st_rdev
+        if os.path.exists(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/partition"):
+            raise InvalidSpec(f"The device '{shown}' is itself a partition; give it without "
+                              "'partition', or give the whole disk with it.", "partition")
+
     def users(self, image: str, dev: int, ino: int, *, own_devices: set[str],
-              own_mounts: set[str], writers_only: bool = False) -> list[str]:
+              own_mounts: set[str], writers_only: bool = False,
+              window: tuple[int, int] = (0, 0)) -> list[str]:
         return find_users(image, dev, ino, own_devices=own_devices, own_mounts=own_mounts,
-                          writers_only=writers_only)
+                          writers_only=writers_only, window=window)
 
     def fd_path(self, fd: int) -> str:
         try:

@@ -22,6 +22,7 @@ import stat
 from overlayd.host.loop import LOOP_GET_STATUS64, _LoopInfo64, backing_file
 from overlayd.host.mounttable import read_mounts
 from overlayd.mountinfo import MountInfo
+from overlayd.partitions import overlaps
 
 
 def _decode_dev(dev: int) -> tuple[int, int]:
@@ -29,8 +30,9 @@ def _decode_dev(dev: int) -> tuple[int, int]:
     return (dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
-def loop_backed_by(dev: int, ino: int) -> list[str]:
-    """Every loop device whose backing file is inode (DEV, INO)."""
+def loop_backed_by(dev: int, ino: int, window: tuple[int, int] = (0, 0)) -> list[str]:
+    """Every loop device whose backing file is inode (DEV, INO) and that shows a byte of
+    WINDOW (offset, size; size 0 to the end): one of another partition does not."""
     want = (os.major(dev), os.minor(dev), ino)
     found: list[str] = []
     try:
@@ -52,7 +54,8 @@ def loop_backed_by(dev: int, ino: int) -> list[str]:
             continue
         finally:
             os.close(fd)
-        if (*_decode_dev(info.lo_device), info.lo_inode) == want:
+        if (*_decode_dev(info.lo_device), info.lo_inode) == want and \
+                overlaps((info.lo_offset, info.lo_sizelimit), window):
             found.append(f"/dev/{name}")
     return sorted(found, key=lambda d: int(d.removeprefix("/dev/loop")))
 
@@ -110,10 +113,12 @@ def _processes(dev: int, ino: int, blk: int | None) -> list[str]:
 
 
 def find_users(path: str, dev: int, ino: int, *, own_devices: set[str],
-               own_mounts: set[str], writers_only: bool = False) -> list[str]:
+               own_mounts: set[str], writers_only: bool = False,
+               window: tuple[int, int] = (0, 0)) -> list[str]:
     """Who else uses image PATH, inode (DEV, INO): sentences naming each user. OWN_DEVICES
     and OWN_MOUNTS (targets) are overlayd's own and left out. WRITERS_ONLY: only those
-    who may change it (read-write mounts, writers, lock holders)."""
+    who may change it (read-write mounts, writers, lock holders). WINDOW: the part of it
+    asked about (a partition): loop devices of other parts are no users of it."""
     users: list[str] = []
     rdev: tuple[int, int] | None = None
     blk: int | None = None
@@ -122,7 +127,7 @@ def find_users(path: str, dev: int, ino: int, *, own_devices: set[str],
         if stat.S_ISBLK(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
             blk = st.st_rdev
             rdev = (os.major(blk), os.minor(blk))
-    every = loop_backed_by(dev, ino)
+    every = loop_backed_by(dev, ino, window)
     loops = [d for d in every if d not in own_devices]
     mounts = [m for m in read_mounts() if m.target not in own_mounts]
     by_source = _mounts_of(set(every), rdev, mounts)

@@ -58,10 +58,15 @@ class LoopDevice:
             self.fd = -1
 
 
-def attach(backing_fd: int, *, read_only: bool, name: str = "") -> LoopDevice:
-    """Bind BACKING_FD to a free loop device with autoclear; returns it opened."""
+def attach(backing_fd: int, *, read_only: bool, name: str = "", offset: int = 0,
+           sizelimit: int = 0) -> LoopDevice:
+    """Bind BACKING_FD to a free loop device with autoclear; returns it opened. OFFSET and
+    SIZELIMIT (0: to the end) give it one partition of the file: the kernel refuses any
+    I/O outside it, a write through it included."""
     cfg = _LoopConfig()
     cfg.fd = backing_fd
+    cfg.info.lo_offset = offset
+    cfg.info.lo_sizelimit = sizelimit
     cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if read_only else 0)
     cfg.info.lo_file_name = os.fsencode(name)[: LO_NAME_SIZE - 1]
     ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
@@ -100,6 +105,19 @@ def backing_file(device: str) -> str | None:
         with open(f"/sys/block/{name}/loop/backing_file") as f:
             return f.read().strip()
     except OSError:
+        return None
+
+
+def window(device: str) -> tuple[int, int] | None:
+    """(lo_offset, lo_sizelimit) of an attached loop device (sysfs), or None when it is
+    free or not a loop device."""
+    name = os.path.basename(device)
+    try:
+        with open(f"/sys/block/{name}/loop/offset") as f:
+            offset = int(f.read())
+        with open(f"/sys/block/{name}/loop/sizelimit") as f:
+            return offset, int(f.read())
+    except (OSError, ValueError):
         return None
 
 

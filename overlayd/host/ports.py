@@ -36,6 +36,11 @@ class ImageInfo:
     size: int
     detected_fstype: str | None  # None: no signature found (or a directory)
     fd: int  # our own read-only fd; -1 once closed
+    # One partition of it (issue 15; ``Images.partition``): where it lies, in bytes, and
+    # as asked. SIZE and DETECTED_FSTYPE are then the partition's.
+    offset: int = 0
+    sizelimit: int = 0
+    partition: int | str | None = None
 
 
 @dataclass
@@ -67,14 +72,24 @@ class Images(Protocol):
     def close_image(self, info: ImageInfo) -> None: ...
     def open_lower_dir(self, path: str, dev: int, ino: int) -> int: ...
     def close_fd(self, fd: int) -> None: ...
-    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str) -> Loop: ...
+    # OFFSET and SIZELIMIT: the loop device shows only that part of the file (a partition).
+    def attach_loop(self, info: ImageInfo, *, read_only: bool, name: str, offset: int = 0,
+                    sizelimit: int = 0) -> Loop: ...
     def loop_backing(self, device: str) -> str | None: ...
+    # (offset, sizelimit) of an attached loop device; None when it is not one.
+    def loop_window(self, device: str) -> tuple[int, int] | None: ...
+    # The opened image INFO narrowed to its partition WANT (a number or a GPT label): its
+    # place, size and file system. InvalidSpec (field "partition") when it has no such
+    # partition, no partition table, or is a directory or a partition itself.
+    def partition(self, info: ImageInfo, want: int | str, shown: str) -> ImageInfo: ...
     # Who else uses the image (sentences naming each: loop devices and their mounts,
     # mounts of its block device, processes writing it or holding a lock on it), leaving
     # out overlayd's own OWN_DEVICES and mounts at OWN_MOUNTS. Its cost grows with the
     # host's loop devices and processes: Commit only (and a failed Create, to say why).
+    # WINDOW (offset, size; size 0 to the end): only loop devices that show a byte of it.
     def users(self, image: str, dev: int, ino: int, *, own_devices: set[str],
-              own_mounts: set[str], writers_only: bool = False) -> list[str]: ...
+              own_mounts: set[str], writers_only: bool = False,
+              window: tuple[int, int] = (0, 0)) -> list[str]: ...
 
 
 class ImageLocks(Protocol):

@@ -48,6 +48,9 @@ class Record:
     error: str = ""
     layers: tuple[Any, ...] = ()
     upper: Upper = field(default_factory=lambda: Upper(size=64 << 20))
+    partition: str = ""
+    partition_offset: int = 0
+    partition_size: int = 0
 
 
 class StubManager:
