@@ -503,8 +503,9 @@ class OverlayManager:
         others = self._shared.users(image_key(rec), but=rec.name, window=rec.lowers[0].window)
         if others:
             shown = ", ".join(f"'{n}'" for n in others[:8])
-            e = ImageInUse(f"Cannot commit overlay '{rec.name}': its image '{rec.image}' is "
-                           f"read by the overlays {shown} too; writing it would corrupt what "
+            part = f" (partition {rec.partition})" if rec.partition else ""
+            e = ImageInUse(f"Cannot commit overlay '{rec.name}': its image '{rec.image}'{part} "
+                           f"is read by the overlays {shown} too; writing it would corrupt what "
                            "they read. Nothing was changed and the writes stay in RAM; "
                            "commit once they are discarded.",
                            [f"overlay '{n}'" for n in others])

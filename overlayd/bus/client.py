@@ -51,8 +51,8 @@ def _spec_variants(spec: dict[str, Any]) -> tuple[dict[str, Variant], list[int]]
         if key == "image_fd":
             fds.append(value)
             out[key] = Variant("h", len(fds) - 1)
-        elif key == "size":
-            out[key] = Variant("t", value)
+        elif key == "size" or (key == "partition" and isinstance(value, int)):
+            out[key] = Variant("t" if key == "size" else "u", value)
         elif key in ("mount_options", "layers"):
             out[key] = Variant("as", list(value))
         else:
