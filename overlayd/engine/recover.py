@@ -186,6 +186,12 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
     lower_ok = rec.image_kind is LowerKind.DIRECTORY or (
         lower is not None and steps.owns_lower(rec, layout)(lower) and "ro" in lower.options
         and steps.lower_matches(host, rec, lower))  # a partition: its loop device's window
+    # The loop device is the one under the image mount, whatever the record says (a
+    # commit killed after it remounted the image had not recorded the new one yet).
+    if lower_ok and lower is not None and steps.via_loop(rec) and \
+            lower.source != rec.loop_device:
+        rec = rec.evolve(lowers=(rec.lowers[0].model_copy(
+            update={"loop_device": lower.source}), *rec.lowers[1:]))
     if overlay_up:
         if not lower_ok:  # never seen: overlay up over a read-write image. Hands off.
             raise MountFailed(f"Overlay '{rec.name}' is mounted but its image is not mounted "

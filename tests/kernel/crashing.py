@@ -2,11 +2,11 @@
 child process by test_crash.py. Fault injection around the real LinuxHost: every call
 really happens on the kernel, and nothing after the Nth does.
 
-    python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N [UPPER]
+    python -m tests.kernel.crashing RUNTIME_DIR IMAGE ACTION N [UPPER [PARTITION]]
 ACTION is create, commit, commit-layer, squash, squash-into-image, discard or
 discard-force, or create-shared or discard-shared (another overlay of the image, made
 beforehand, shares the lower); N = 0 runs to the end and prints the number of calls it
-made.
+made. PARTITION: create overlays of that partition of the image (issue 15).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class CrashingHost:
             setattr(self, port, Counting(getattr(real, port), counter))
 
 
-async def main(runtime: str, image: str, action: str, kill_at: int, upper: str) -> None:
+async def main(runtime: str, image: str, action: str, kill_at: int, upper: str,
+               partition: int | None = None) -> None:
     counter = Counter(kill_at)
     mgr = OverlayManager(DaemonConfig(runtime_dir=Path(runtime), default_size=16 << 20,
                                       layer_dir=Path(runtime).parent / "layers"),
@@ -73,7 +74,8 @@ async def main(runtime: str, image: str, action: str, kill_at: int, upper: str) 
     await mgr.start()
     counter.armed = True
     if action in ("create", "create-shared"):
-        await mgr.create(parse_spec({"name": "demo", "image": image, "upper": upper}))
+        await mgr.create(parse_spec({"name": "demo", "image": image, "upper": upper}
+                                    | ({"partition": partition} if partition else {})))
     elif action == "commit":
         await mgr.commit("demo")
     elif action == "commit-layer":
@@ -90,4 +92,5 @@ async def main(runtime: str, image: str, action: str, kill_at: int, upper: str) 
 
 if __name__ == "__main__":
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]),
-                     sys.argv[5] if len(sys.argv) > 5 else "tmpfs"))
+                     sys.argv[5] if len(sys.argv) > 5 else "tmpfs",
+                     int(sys.argv[6]) if len(sys.argv) > 6 else None))
