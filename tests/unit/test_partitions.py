@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +139,38 @@ def test_absurd_gpt_entry_count() -> None:
     struct.pack_into("<I", data, 512 + 16, zlib.crc32(bytes(data[512:512 + 92])) & 0xFFFFFFFF)
     with pytest.raises(PartitionError, match="which no valid table has"):
         table(bytes(data))
+
+
+@pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk (fdisk) is not installed")
+@pytest.mark.parametrize("label", ["dos", "gpt"])
+def test_tables_written_by_sfdisk(tmp_path: Path, label: str) -> None:
+    """The parser against a real partitioning tool: sfdisk's MBR with logical partitions
+    in an extended one, and its GPT with names."""
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"")
+    os.truncate(img, 64 * MiB)
+    if label == "dos":
+        script = ("label: dos\n"
+                  "start=2048, size=8192, type=c\n"
+                  "start=10240, size=40960, type=5\n"
+                  "start=12288, size=8192, type=83\n"
+                  "start=22528, size=16384, type=83\n")
+    else:
+        script = ("label: gpt\n"
+                  "start=2048, size=8192, name=boot\n"
+                  "start=10240, size=16384, name=rootfs\n")
+    subprocess.run(["sfdisk", "--quiet", "--no-reread", str(img)], input=script, text=True,
+                   check=True, capture_output=True)
+    data = img.read_bytes()
+    t = table(data)
+    want = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
+                          check=True)
+    listed = json.loads(want.stdout)["partitiontable"]["partitions"]
+    ours = {p.number: (p.start // 512, p.size // 512, p.label) for p in t.partitions}
+    theirs = {int(p["node"].rsplit("img", 1)[1]): (p["start"], p["size"], p.get("name", ""))
+              for p in listed if p.get("type") not in ("5", "f")}
+    assert ours == theirs
+    if label == "dos":
+        assert sorted(ours) == [1, 5, 6]
+    else:
+        assert find(t, "rootfs", len(data)).start == 10240 * 512
