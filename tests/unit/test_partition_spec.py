@@ -58,7 +58,7 @@ def test_bus_spec_types() -> None:
 
 def test_overlay_file_takes_partition_but_not_at_boot() -> None:
     assert OverlayFile.model_validate({"image": "/x", "partition": 2}).spec("a").partition == 2
-    with pytest.raises(ValueError, match="boot overlay .* uses the whole image"):
+    with pytest.raises(ValueError, match=r"boot overlay .* uses the whole image"):
         OverlayFile.model_validate({"image": "/x", "partition": 2, "boot": True})
 
 
