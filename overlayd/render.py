@@ -129,6 +129,10 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
            *, made_by: str = "overlayctl render") -> RenderedUnits:
     """The three mount units; MEMORY (bytes) bounds the tmpfs size as for Create."""
     spec = spec_file.spec(name)  # the same checks as Create on the bus
+    if spec.partition is not None:  # mount(8) would need the offset, read from the table
+        raise InvalidSpec(f"Overlay '{name}' uses a partition of its image; mount units "
+                          "cannot be made for it (the daemon reads the partition table: "
+                          "'overlayctl start' it).", "partition")
     layout = Layout.for_overlay(cfg.runtime_dir, name)
     image = check_unit_value(spec.image or "", "image path")
     is_block = image.startswith("/dev/")  # else a file: mount(8) attaches a loop device

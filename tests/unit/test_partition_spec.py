@@ -163,3 +163,12 @@ def test_partitions_on_the_fake_host() -> None:
         await mgr.aclose()
     _run(go())
     assert not host.loops
+
+
+def test_render_refuses_a_partition(tmp_path: Path) -> None:
+    """Mount units would mount the whole image: a partition needs the daemon."""
+    from overlayd import render
+
+    with pytest.raises(InvalidSpec, match="uses a partition of its image"):
+        render.render("x", OverlayFile(image="/srv/pi.img", partition=2),
+                      tmp_path / "x.overlay", DaemonConfig(), 8 << 30)
