@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +189,11 @@ def app_copy(dest: Path) -> Path:
 
 
 @contextmanager
-def running_gui(home: Path, shots: Path, daemon: Daemon) -> Iterator[Gui]:
-    """xvfb-run, dbus-run-session and the app as nobody, on DAEMON's bus, until the end."""
+def running_gui(home: Path, shots: Path, daemon: Daemon, *, inside: Sequence[str] = (),
+                app_bus: str | None = None) -> Iterator[Gui]:
+    """xvfb-run, dbus-run-session and the app as nobody, on DAEMON's bus, until the end.
+    INSIDE: a command prefix that runs the session elsewhere (nsenter into the daemon's mount
+    namespace), where DAEMON's bus is APP_BUS."""
     app_copy(home / "app")
     shutil.copy(HERE / "atspi_driver.py", home)
     shutil.copy(HERE / "notification_server.py", home)
@@ -203,14 +206,14 @@ def running_gui(home: Path, shots: Path, daemon: Daemon) -> Iterator[Gui]:
              f'echo "$DBUS_SESSION_BUS_ADDRESS $DISPLAY $$" > {info}; '
              f"exec {SYSTEM_PY} -m overlayd.desktop")
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(home / "run"),
-           "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": daemon.address,
+           "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": app_bus or daemon.address,
            "GDK_BACKEND": "x11", "GSK_RENDERER": "cairo", "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1"}
     with open(log, "wb") as out:
         # launch.py: a subreaper that exits only once everything the session started is gone
         proc = subprocess.Popen(
             [str(VENV_BIN / "python"), str(ROOT / "tests" / "bus" / "launch.py"), "--",
-             "xvfb-run", "-a", "-s", "-screen 0 1240x640x24 -nolisten tcp -ac",
+             *inside, "xvfb-run", "-a", "-s", "-screen 0 1240x640x24 -nolisten tcp -ac",
              "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
              "dbus-run-session", "--", "sh", "-c", inner],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home)
