@@ -273,10 +273,17 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
 
     def on_open(self, _b: Gtk.Button | None = None) -> None:
         uri = Gio.File.new_for_path(prop(self.proxy, "MountPoint", "/")).get_uri()
-        try:  # the desktop's file manager (through the portal when sandboxed)
-            Gtk.show_uri(self.win, uri, 0)
-        except GLib.Error as e:
-            self.win.show_error(f"Could not open {uri}: {e.message}")
+
+        def done(_win: Gtk.Window, res: Gio.AsyncResult) -> None:
+            try:
+                Gtk.show_uri_full_finish(self.win, res)
+            except GLib.Error as e:
+                log("ERROR", "open", self.name, e.message)
+                self.win.show_error(f"Could not open {uri}: {e.message}")
+                return
+            log("OK", "open", self.name, uri)
+        # the desktop's file manager for inode/directory (through the portal when sandboxed)
+        Gtk.show_uri_full(self.win, uri, 0, None, done)
 
 
 class ChangesWindow(Adw.Window):  # type: ignore[misc]

@@ -101,6 +101,11 @@ class Gui:
         return [ln for ln in path.read_text().splitlines() if ln.startswith("NOTIFY ")] \
             if path.exists() else []
 
+    def opened(self) -> list[str]:
+        """The URIs the session's file manager was asked to show (file_manager)."""
+        path = self.home / "opened.log"
+        return path.read_text().splitlines() if path.exists() else []
+
     def mark(self) -> int:
         return len(self.lines())
 
@@ -167,6 +172,7 @@ class Gui:
 @pytest.fixture(scope="session")
 def desktop_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("desktop")
+    helpers.traversable(root)  # the mount points, for the desktop user's file manager
     rules = root / "rules"
     rules.mkdir()
     (rules / "50-test.rules").write_text(TEST_RULES)
@@ -188,6 +194,24 @@ def app_copy(dest: Path) -> Path:
     return dest
 
 
+def file_manager(home: Path) -> None:
+    """The session's file manager, found as the desktop finds one: a .desktop file in
+    $HOME/.local/share/applications, the default handler of inode/directory in
+    $HOME/.config/mimeapps.list (XDG_DATA_HOME and XDG_CONFIG_HOME unset: their defaults).
+    It appends the URI it is given to $HOME/opened.log."""
+    record = home / "record-open.sh"
+    record.write_text(f'#!/bin/sh\nprintf "%s\\n" "$1" >> {home / "opened.log"}\n')
+    record.chmod(0o755)
+    apps = home / ".local" / "share" / "applications"
+    apps.mkdir(parents=True)
+    (apps / "overlayd-test-files.desktop").write_text(
+        "[Desktop Entry]\nType=Application\nName=Test Files\n"
+        f"Exec={record} %u\nMimeType=inode/directory;\nNoDisplay=true\n")
+    (home / ".config").mkdir()
+    (home / ".config" / "mimeapps.list").write_text(
+        "[Default Applications]\ninode/directory=overlayd-test-files.desktop\n")
+
+
 @contextmanager
 def running_gui(home: Path, shots: Path, daemon: Daemon, *, inside: Sequence[str] = (),
                 app_bus: str | None = None) -> Iterator[Gui]:
@@ -197,6 +221,7 @@ def running_gui(home: Path, shots: Path, daemon: Daemon, *, inside: Sequence[str
     app_copy(home / "app")
     shutil.copy(HERE / "atspi_driver.py", home)
     shutil.copy(HERE / "notification_server.py", home)
+    file_manager(home)
     (home / "run").mkdir(mode=0o700)
     helpers.traversable(home)
     subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(home)], check=True)

@@ -204,3 +204,18 @@ def test_high_usage_raises_a_notification_and_colours_the_bar(gui: Gui, images: 
                                  for n in gui.notifications()), 30,
                      "the notification server to be asked")
     assert any("RAM for the writes" in label for _, label in gui.tree())
+
+
+def test_open_shows_the_mount_point_in_the_desktops_file_manager(gui: Gui,
+                                                                 images: Path) -> None:
+    """The session's default handler of inode/directory (conftest.file_manager) gets the
+    mount point: Exec's %u is the URI, which GLib hands to the program as a path when it is
+    a local file (file:///x -> /x)."""
+    img = new_image(images, "granted-open")
+    create(gui, "granted-open", img)
+    mnt = mountpoint(gui, "granted-open")
+    mark = gui.mark()
+    gui.click("granted-open", "Open")
+    assert gui.wait_line("OK open granted-open", after=mark).endswith(Path(mnt).as_uri())
+    helpers.wait_for(lambda: mnt in gui.opened() or Path(mnt).as_uri() in gui.opened(), 30,
+                     f"the file manager to be given {mnt}")
