@@ -1,15 +1,16 @@
 #!/bin/sh
-# root_namespace.sh NEWROOT COMMAND...: run COMMAND in this mount namespace (which must be a
+# root_namespace.sh NEWROOT "DIR..." COMMAND...: run COMMAND in this mount namespace (which must be a
 # private one: `unshare -m --propagation private`) with "/" on an overlay laid out exactly as
 # overlayd's initramfs lays out the root (packaging/root/lib.sh): the host's root bound
 # read-only at /run/overlayd-root/lower, a tmpfs with source overlayd-root at
 # /run/initramfs/overlayd-root holding the upper, the overlay (source overlayd-root) mounted
 # with those paths and made the root by pivot_root, the state files beside the lower. Then
-# /proc, /dev, /sys, /tmp and /work come back from the host (the tests' files and the venv).
+# /proc, /dev, /sys and the DIRs (space-separated: the tests' files, the checkout, the venv)
+# come back from the host.
 # The host sees none of it: every mount is in the namespace and goes with it.
 set -eu
-N=$1
-shift
+N=$1 DIRS=$2
+shift 2
 S=/run/overlayd-root L=/run/initramfs/overlayd-root
 mount -n -t tmpfs -o mode=0755 run /run
 mkdir -p "$S/lower" "$L"
@@ -29,8 +30,9 @@ cd "$N"
 mkdir -p .oldroot
 pivot_root . .oldroot
 mount -n -t proc proc /proc
-for d in dev sys tmp work; do
-	mount -n --rbind "/.oldroot/$d" "/$d"
+for d in /dev /sys $DIRS; do
+	mkdir -p "$d"
+	mount -n --rbind "/.oldroot$d" "$d"
 done
 umount -n -l /.oldroot
 rmdir /.oldroot

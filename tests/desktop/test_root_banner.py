@@ -22,7 +22,7 @@ import pytest
 
 from tests import helpers
 from tests.bus.conftest import TEST_RULES, VENV_BIN, Daemon
-from tests.desktop.conftest import Gui, running_gui
+from tests.desktop.conftest import ROOT, Gui, running_gui
 
 HERE = Path(__file__).resolve().parent
 ROOT_PATH = "/org/overlayd/Overlayd1/overlay/root"
@@ -49,10 +49,13 @@ def root_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daem
     (rules / "50-test.rules").write_text(ROOT_RULES)
     rules.chmod(0o755)
     log = root / "overlayd.log"
+    # from the host: the tests' files, /tmp (X's socket), the checkout and the venv
+    dirs = " ".join(sorted({str(tmp_path_factory.getbasetemp()), "/tmp", str(ROOT),
+                            str(VENV_BIN.parent)}))
     with open(log, "a") as err:
         proc = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", str(HERE / "root_namespace.sh"),
-             str(root / "newroot"), str(VENV_BIN / "overlayd"), "--standalone",
+             str(root / "newroot"), dirs, str(VENV_BIN / "overlayd"), "--standalone",
              "--polkit-rules", str(rules)], stdout=subprocess.PIPE, stderr=err, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
