@@ -154,9 +154,12 @@ class PolkitAuthorizer:
                 return
             raise AccessDenied(f"Cannot check whether uid {caller.uid} may {verb} ({action}): "
                                f"polkit answered {reply.error_name}.")
-        is_authorized, is_challenge, _details = reply.body[0]
+        is_authorized, is_challenge, answer = reply.body[0]
         if is_authorized:
             return
+        if answer.get("polkit.dismissed") == "true":  # the person closed the agent's prompt
+            raise AccessDenied(f"The authentication to {verb} ({action}) as uid {caller.uid} "
+                               "was dismissed; nothing was done.")
         if is_challenge and caller.interactive:
             raise AccessDenied(f"Authentication is required to {verb} ({action}) as uid "
                                f"{caller.uid}, and no polkit authentication agent answered.")

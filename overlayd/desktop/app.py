@@ -10,6 +10,7 @@ ALLOW_INTERACTIVE_AUTHORIZATION, so that the desktop's polkit agent may ask for 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from typing import Any
@@ -135,6 +136,8 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         """Free space of the file system that holds the image (what a commit can grow into
         when the image is a directory or a growing file); '' when it cannot be read."""
         try:
+            if stat.S_ISBLK(os.stat(image).st_mode):  # a device (the root's): no room beside
+                return ""
             st = os.statvfs(image if os.path.isdir(image) else os.path.dirname(image) or "/")
         except OSError:
             return ""
@@ -209,13 +212,15 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
     # -- actions --------------------------------------------------------------------------
 
     def call(self, method: str, params: GLib.Variant | None, what: str,
-             then: Any = None) -> None:
+             then: Any = None, failed: Any = None) -> None:
         def done(proxy: Gio.DBusProxy, res: Gio.AsyncResult) -> None:
             try:
                 result = proxy.call_finish(res)
             except GLib.Error as e:
                 log("ERROR", what, self.name, e.message)
                 self.win.show_error(f"{what} {self.name}: {error_words(e)}")
+                if failed is not None:
+                    failed()
                 return
             log("OK", what, self.name)
             if then is not None:
@@ -268,10 +273,17 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
 
     def on_open(self, _b: Gtk.Button | None = None) -> None:
         uri = Gio.File.new_for_path(prop(self.proxy, "MountPoint", "/")).get_uri()
-        try:  # the desktop's file manager (through the portal when sandboxed)
-            Gtk.show_uri(self.win, uri, 0)
-        except GLib.Error as e:
-            self.win.show_error(f"Could not open {uri}: {e.message}")
+
+        def done(_win: Gtk.Window, res: Gio.AsyncResult) -> None:
+            try:
+                Gtk.show_uri_full_finish(self.win, res)
+            except GLib.Error as e:
+                log("ERROR", "open", self.name, e.message)
+                self.win.show_error(f"Could not open {uri}: {e.message}")
+                return
+            log("OK", "open", self.name, uri)
+        # the desktop's file manager for inode/directory (through the portal when sandboxed)
+        Gtk.show_uri_full(self.win, uri, 0, None, done)
 
 
 class ChangesWindow(Adw.Window):  # type: ignore[misc]
@@ -322,6 +334,9 @@ class Window(Adw.ApplicationWindow):  # type: ignore[misc]
                   "reboot unless committed.", hexpand=True, xalign=0, wrap=True))
         self.banner.append(Gtk.Label(label="Commit at shutdown"))
         self.shutdown_switch = Gtk.Switch(valign=Gtk.Align.CENTER)
+        # the label beside it does not name it for a screen reader: say it
+        self.shutdown_switch.update_property([Gtk.AccessibleProperty.LABEL],
+                                             ["Commit at shutdown"])
         self.shutdown_handler = self.shutdown_switch.connect("state-set", self.on_shutdown)
         self.banner.append(self.shutdown_switch)
         box.append(self.banner)
@@ -455,9 +470,13 @@ class Window(Adw.ApplicationWindow):  # type: ignore[misc]
         row = self.rows.get(root)
         self.banner.set_visible(root != "/")
         if row is not None:
+            on = prop(row.proxy, "CommitAtShutdown", False)
             self.shutdown_switch.handler_block(self.shutdown_handler)
-            self.shutdown_switch.set_active(prop(row.proxy, "CommitAtShutdown", False))
+            self.shutdown_switch.set_active(on)
             self.shutdown_switch.handler_unblock(self.shutdown_handler)
+            log("ROOT", root, "commit-at-shutdown" if on else "no-commit")
+        else:
+            log("ROOT", root)
 
     def on_shutdown(self, switch: Gtk.Switch, on: bool) -> bool:
         row = self.rows.get(self.root_row)
@@ -465,12 +484,13 @@ class Window(Adw.ApplicationWindow):  # type: ignore[misc]
             return True
         # Commit with at_shutdown asks for it; Discard with at_shutdown takes it back
         opts = GLib.Variant("(a{sv})", ({"at_shutdown": GLib.Variant("b", True)},))
+        # refused: the switch goes back to what the daemon says
         if on:
             row.call("Commit", opts, "Could not ask for a commit at shutdown of",
-                     lambda _r: switch.set_state(True))
+                     lambda _r: switch.set_state(True), self.show_root)
         else:
             row.call("Discard", opts, "Could not cancel the commit at shutdown of",
-                     lambda _r: switch.set_state(False))
+                     lambda _r: switch.set_state(False), self.show_root)
         return True  # the state follows the daemon's answer
 
     # -- new overlay ----------------------------------------------------------------------

@@ -14,7 +14,10 @@ helper, once in its namespace, detaches there (only there) the mounts overlayd m
   (another overlayd with another runtime directory).
 
 Nothing else: not another /dev/loop mount of the host, not a foreign mount that hides one
-of ours (then ours stays).
+of ours (then ours stays), and never the root file system on an overlay (the initramfs' mounts
+at /, its layers and its read-only lower, sources ``overlayd-root`` too): a lazy detach of /
+takes every mount below it, polkitd's binds and /proc included, and those mounts are never
+unmounted while the system runs, so there is nothing to free.
 
 Each detach is one umount2(MNT_DETACH) syscall: no umount(8) processes, no argument list
 that grows with the number of overlays (E2BIG at about 1,000), no re-reading of the mount
@@ -30,12 +33,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from overlayd.host.mounttable import read_mounts
+from overlayd.host.rootfs import LAYERS_DIR, STATE_DIR
 from overlayd.host.syscalls import MNT_DETACH, umount2
 from overlayd.layout import SHARED_LOWERS, SOURCE_PREFIX, Layout
 from overlayd.mountinfo import MountInfo
 
 DEFAULT_RUNTIME_DIR = Path("/run/overlayd")
 OWN_FSTYPES = ("tmpfs", "overlay")
+# the root file system on an overlay: the initramfs', kept for the whole boot
+ROOT_OVERLAY_MOUNTS = frozenset(("/", str(LAYERS_DIR), str(STATE_DIR / "lower")))
 
 CLONE_NEWNS = 0x00020000
 MS_BIND = 0x1000
@@ -78,6 +84,7 @@ def overlayd_mounts(mounts: Sequence[MountInfo], runtime_dirs: Iterable[Path]
                     ) -> list[MountInfo]:
     """The mounts of MOUNTS that an overlayd made, the latest first (children before the
     mounts they sit on). Pure: it decides from the table alone."""
+    mounts = [m for m in mounts if m.target not in ROOT_OVERLAY_MOUNTS]
     ours = [m for m in mounts
             if m.source.startswith(SOURCE_PREFIX) and m.fstype in OWN_FSTYPES]
     dirs = {str(d) for d in runtime_dirs}

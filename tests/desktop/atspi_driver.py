@@ -3,6 +3,7 @@
     /usr/bin/python3 atspi_driver.py dump
     /usr/bin/python3 atspi_driver.py click ROW BUTTON      (a button in the row named ROW)
     /usr/bin/python3 atspi_driver.py click-dialog BUTTON   (a button in another window: a dialog)
+    /usr/bin/python3 atspi_driver.py toggle|state SWITCH   (flip a switch / print its state)
 
 Runs with Debian's python3 (gir1.2-atspi-2.0), on the app's session bus
 (DBUS_SESSION_BUS_ADDRESS). dump prints one line per node: depth, role, name.
@@ -17,6 +18,7 @@ gi.require_version("Atspi", "2.0")
 from gi.repository import Atspi, GLib  # noqa: E402
 
 APP = "overlayd-gtk"
+SWITCHES = ("switch", "toggle button", "check box")
 
 
 def walk(acc, depth=0, out=None):
@@ -66,6 +68,16 @@ def main():
                 acc.do_action(0)
                 print("clicked", name)
                 return 0
+        return 1
+    if cmd in ("toggle", "state"):  # a switch (or check box) of the main window, by name
+        for _d, role, name, acc in walk(app.get_child_at_index(0)):
+            if role in SWITCHES and name == sys.argv[2]:
+                if cmd == "toggle":
+                    acc.do_action(0)
+                checked = acc.get_state_set().contains(Atspi.StateType.CHECKED)
+                print("checked" if checked else "unchecked")
+                return 0
+        print("no switch", sys.argv[2])
         return 1
     if cmd == "type":  # keys to whatever has the keyboard focus, then Return
         for ch in sys.argv[2]:

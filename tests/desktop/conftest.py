@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,17 @@ HERE = Path(__file__).resolve().parent
 SYSTEM_PY = "/usr/bin/python3"
 NOBODY = 65534
 GI_MODULES = ("Gtk', '4.0", "Adw', '1", "Atspi', '2.0")
+# the bus tests' rules, and: the desktop user commits overlays named auth-* after typing
+# their own password (auth_self), to a polkit agent (polkit_agent.py)
+DESKTOP_RULES = TEST_RULES + """
+polkit.addRule(function(action, subject) {
+    var overlay = action.lookup("overlay") || "";
+    if (subject.user == "nobody" && action.id == "org.overlayd.overlayd1.commit" &&
+        overlay.indexOf("auth-") == 0)
+        return polkit.Result.AUTH_SELF;
+    return polkit.Result.NOT_HANDLED;
+});
+"""
 
 
 def desktop_unavailable() -> str | None:
@@ -100,6 +111,11 @@ class Gui:
         path = self.home / "notify.log"
         return [ln for ln in path.read_text().splitlines() if ln.startswith("NOTIFY ")] \
             if path.exists() else []
+
+    def opened(self) -> list[str]:
+        """The URIs the session's file manager was asked to show (file_manager)."""
+        path = self.home / "opened.log"
+        return path.read_text().splitlines() if path.exists() else []
 
     def mark(self) -> int:
         return len(self.lines())
@@ -167,9 +183,10 @@ class Gui:
 @pytest.fixture(scope="session")
 def desktop_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("desktop")
+    helpers.traversable(root)  # the mount points, for the desktop user's file manager
     rules = root / "rules"
     rules.mkdir()
-    (rules / "50-test.rules").write_text(TEST_RULES)
+    (rules / "50-test.rules").write_text(DESKTOP_RULES)
     rules.chmod(0o755)
     d = start_daemon(root, "--discard-on-exit", "--polkit-rules", str(rules))
     yield d
@@ -188,12 +205,34 @@ def app_copy(dest: Path) -> Path:
     return dest
 
 
+def file_manager(home: Path) -> None:
+    """The session's file manager, found as the desktop finds one: a .desktop file in
+    $HOME/.local/share/applications, the default handler of inode/directory in
+    $HOME/.config/mimeapps.list (XDG_DATA_HOME and XDG_CONFIG_HOME unset: their defaults).
+    It appends the URI it is given to $HOME/opened.log."""
+    record = home / "record-open.sh"
+    record.write_text(f'#!/bin/sh\nprintf "%s\\n" "$1" >> {home / "opened.log"}\n')
+    record.chmod(0o755)
+    apps = home / ".local" / "share" / "applications"
+    apps.mkdir(parents=True)
+    (apps / "overlayd-test-files.desktop").write_text(
+        "[Desktop Entry]\nType=Application\nName=Test Files\n"
+        f"Exec={record} %u\nMimeType=inode/directory;\nNoDisplay=true\n")
+    (home / ".config").mkdir()
+    (home / ".config" / "mimeapps.list").write_text(
+        "[Default Applications]\ninode/directory=overlayd-test-files.desktop\n")
+
+
 @contextmanager
-def running_gui(home: Path, shots: Path, daemon: Daemon) -> Iterator[Gui]:
-    """xvfb-run, dbus-run-session and the app as nobody, on DAEMON's bus, until the end."""
+def running_gui(home: Path, shots: Path, daemon: Daemon, *, inside: Sequence[str] = (),
+                app_bus: str | None = None) -> Iterator[Gui]:
+    """xvfb-run, dbus-run-session and the app as nobody, on DAEMON's bus, until the end.
+    INSIDE: a command prefix that runs the session elsewhere (nsenter into the daemon's mount
+    namespace), where DAEMON's bus is APP_BUS."""
     app_copy(home / "app")
     shutil.copy(HERE / "atspi_driver.py", home)
     shutil.copy(HERE / "notification_server.py", home)
+    file_manager(home)
     (home / "run").mkdir(mode=0o700)
     helpers.traversable(home)
     subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(home)], check=True)
@@ -203,14 +242,14 @@ def running_gui(home: Path, shots: Path, daemon: Daemon) -> Iterator[Gui]:
              f'echo "$DBUS_SESSION_BUS_ADDRESS $DISPLAY $$" > {info}; '
              f"exec {SYSTEM_PY} -m overlayd.desktop")
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(home / "run"),
-           "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": daemon.address,
+           "PYTHONPATH": str(home / "app"), "DBUS_SYSTEM_BUS_ADDRESS": app_bus or daemon.address,
            "GDK_BACKEND": "x11", "GSK_RENDERER": "cairo", "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1"}
     with open(log, "wb") as out:
         # launch.py: a subreaper that exits only once everything the session started is gone
         proc = subprocess.Popen(
             [str(VENV_BIN / "python"), str(ROOT / "tests" / "bus" / "launch.py"), "--",
-             "xvfb-run", "-a", "-s", "-screen 0 1240x640x24 -nolisten tcp -ac",
+             *inside, "xvfb-run", "-a", "-s", "-screen 0 1240x640x24 -nolisten tcp -ac",
              "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
              "dbus-run-session", "--", "sh", "-c", inner],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home)

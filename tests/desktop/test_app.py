@@ -193,14 +193,61 @@ def test_changes_lists_the_diff(gui: Gui, images: Path) -> None:
 
 
 def test_high_usage_raises_a_notification_and_colours_the_bar(gui: Gui, images: Path) -> None:
+    """ok -> high -> critical: one notification per rise, in words, each reaching the
+    session's notification server; the bar turns orange, then red (read from the pixels of
+    the screenshot: libadwaita's warning and error colours); going down notifies nothing."""
     img = new_image(images, "granted-full")
-    create(gui, "granted-full", img, "--size", "8M")
+    create(gui, "granted-full", img, "--size", "16M")
+    mnt = Path(mountpoint(gui, "granted-full"))
+    before = len(gui.notifications())
     mark = gui.mark()
-    with open(Path(mountpoint(gui, "granted-full"), "fill"), "wb") as f:
-        f.write(b"x" * (7 << 20))
-    line = gui.wait_line("NOTIFY granted-full", after=mark)
-    assert line.split()[-1] in ("high", "critical", "full")
-    helpers.wait_for(lambda: any("Overlay granted-full: RAM for the writes" in n
-                                 for n in gui.notifications()), 30,
-                     "the notification server to be asked")
-    assert any("RAM for the writes" in label for _, label in gui.tree())
+    (mnt / "a").write_bytes(b"x" * (27 << 19))  # 13.5 MiB of 16: 84%, high (80%)
+    assert gui.wait_line("NOTIFY granted-full", after=mark) == "NOTIFY granted-full high"
+    helpers.wait_for(lambda: any("Overlay granted-full: RAM for the writes is getting full"
+                                 in n for n in gui.notifications()[before:]), 30,
+                     "the notification server to be told: high")
+    assert any("RAM for the writes is getting full" in label for _, label in gui.tree())
+    high = gui.screenshot("usage-high")
+    assert colour_pixels(high, ORANGE) > 100
+
+    mark = gui.mark()
+    (mnt / "b").write_bytes(b"x" * (2 << 20))  # 15.5 MiB: 97%, critical (95%)
+    assert gui.wait_line("NOTIFY granted-full", after=mark) == "NOTIFY granted-full critical"
+    helpers.wait_for(lambda: any("Overlay granted-full: RAM for the writes is almost full"
+                                 in n for n in gui.notifications()[before:]), 30,
+                     "the notification server to be told: critical")
+    shot = gui.screenshot("usage-critical")
+    # the Discard button is red too: the bar adds its own
+    assert colour_pixels(shot, ORANGE) == 0
+    assert colour_pixels(shot, RED) > colour_pixels(high, RED) + 100
+
+    mark = gui.mark()
+    (mnt / "a").unlink()
+    (mnt / "b").unlink()
+    gui.wait_line("ROW granted-full active ok", after=mark)
+    assert not any(ln.startswith("NOTIFY") for ln in gui.lines()[mark:])
+    assert len(gui.notifications()) == before + 2
+
+
+ORANGE, RED = "#e5a50a", "#e01b24"  # libadwaita's @warning_bg_color and @error_bg_color
+
+
+def colour_pixels(png: Path, colour: str) -> int:
+    """How many pixels of PNG are exactly COLOUR (ImageMagick)."""
+    r = helpers.sh("convert", str(png), "-fill", "black", "+opaque", colour, "-fill", "white",
+                   "-opaque", colour, "-format", "%[fx:round(mean*w*h)]", "info:")
+    return int(r.stdout)
+
+def test_open_shows_the_mount_point_in_the_desktops_file_manager(gui: Gui,
+                                                                 images: Path) -> None:
+    """The session's default handler of inode/directory (conftest.file_manager) gets the
+    mount point: Exec's %u is the URI, which GLib hands to the program as a path when it is
+    a local file (file:///x -> /x)."""
+    img = new_image(images, "granted-open")
+    create(gui, "granted-open", img)
+    mnt = mountpoint(gui, "granted-open")
+    mark = gui.mark()
+    gui.click("granted-open", "Open")
+    assert gui.wait_line("OK open granted-open", after=mark).endswith(Path(mnt).as_uri())
+    helpers.wait_for(lambda: mnt in gui.opened() or Path(mnt).as_uri() in gui.opened(), 30,
+                     f"the file manager to be given {mnt}")

@@ -92,3 +92,27 @@ def test_a_daemon_restart_empties_and_refills_the_list(
             proc = start_overlayd(root, address, env)
             daemon.discard_all()
             stop(proc)
+
+
+def test_an_app_started_before_the_daemon_fills_when_it_comes(
+        own_bus: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory,
+        shots: Path, images: Path) -> None:
+    address, root = own_bus
+    env = {"DBUS_SYSTEM_BUS_ADDRESS": address, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           "LANG": "C.UTF-8"}
+    proc: subprocess.Popen[str] | None = None
+    daemon = Daemon(None, address, root, root / "run", env)  # type: ignore[arg-type]
+    try:
+        with running_gui(tmp_path_factory.mktemp("gui-before"), shots, daemon) as gui:
+            assert gui.wait_line("OWNER") == "OWNER -"
+            assert any(label == "overlayd is not running" for _, label in gui.tree())
+            mark = gui.mark()
+            proc = daemon.proc = start_overlayd(root, address, env)
+            daemon.create("later", new_image(images, "later"))
+            gui.wait_line("OBJECTS 1 later", after=mark)
+            assert ("list item", "later") in gui.tree()
+            assert not any(label == "overlayd is not running" for _, label in gui.tree())
+    finally:
+        if proc is not None:
+            daemon.discard_all()
+            stop(proc)

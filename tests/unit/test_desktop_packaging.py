@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,10 +29,31 @@ def test_the_desktop_file_is_valid() -> None:
 
 
 def test_the_metainfo_is_valid() -> None:
-    r = subprocess.run([tool("appstreamcli"), "validate", "--no-net",
+    """Clean: no error, warning or info (only the pedantic note that the ID, the app's
+    reverse-DNS ID, has capitals)."""
+    r = subprocess.run([tool("appstreamcli"), "validate", "--no-net", "--pedantic",
                         str(HERE / "org.overlayd.Overlays.metainfo.xml")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    notes = [ln for ln in r.stdout.splitlines() if ln[:2] in ("E:", "W:", "I:", "P:")]
+    assert all(ln.startswith("P:") and "cid-contains-uppercase-letter" in ln
+               for ln in notes), r.stdout
+
+
+def test_the_metainfo_names_no_invented_url() -> None:
+    """No placeholder homepage or screenshot: the project has no public home yet."""
+    text = (HERE / "org.overlayd.Overlays.metainfo.xml").read_text()
+    assert "example.org" not in text and "example.com" not in text
+
+
+def test_the_readme_shows_a_screenshot_of_the_app() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    shots = re.findall(r"!\[[^]]*\]\((docs/[^)]+\.png)\)", readme)
+    assert shots, "the README shows no screenshot"
+    for shot in shots:
+        data = (root / shot).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) < 200_000, shot
 
 
 def test_the_man_page_renders_without_warnings() -> None:

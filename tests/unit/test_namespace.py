@@ -67,3 +67,14 @@ def test_the_shared_image_mounts() -> None:
              mount(6, "/run/overlayd/.lowers/x", "tmpfs-of-someone", "tmpfs")]
     assert picked(table) == ["/var/other/x/rw", "/var/other/.lowers/2049-13",
                              "/run/overlayd/a/rw", "/run/overlayd/.lowers/2049-12"]
+
+
+def test_never_the_root_file_system_on_an_overlay() -> None:
+    """The initramfs' root overlay (sources overlayd-root): a lazy detach of / would take
+    every mount below it, polkitd's binds and /proc included."""
+    table = [mount(1, "/", "overlayd-root", "overlay"),
+             mount(2, "/run/overlayd-root/lower", "/dev/vda1", "ext4"),
+             mount(3, "/run/initramfs/overlayd-root", "overlayd-root"),
+             mount(4, "/run/overlayd/a/lower", "/dev/loop3", "ext4"),
+             mount(5, "/run/overlayd/a/rw", "overlayd-a")]
+    assert picked(table) == ["/run/overlayd/a/rw", "/run/overlayd/a/lower"]
