@@ -7,6 +7,10 @@ import re
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_U64 = (1 << 64) - 1
+# The smallest RAM for an overlay's writes: below it an overlay holds next to nothing, and
+# mkfs.ext4 (the zram upper's file system) refuses a device under 256 KiB; at 1 MiB it
+# leaves 966 KiB of blocks and 128 inodes, a tmpfs 256 pages.
+MIN_SIZE = 1 << 20
 
 
 def parse_size(value: object) -> int:

@@ -90,6 +90,7 @@ class FakeHost:
     _next_id: int = 100
     _layer_inos: dict[str, int] = field(default_factory=dict)  # layer files: stable inodes
     watcher: FakeWatch | None = None
+    space: dict[str, tuple[int, int]] = field(default_factory=dict)  # fs_space, by path
 
     kind = UpperKind.TMPFS  # as an UpperBackend
 
@@ -149,6 +150,9 @@ class FakeHost:
 
     def user_name(self, uid: int) -> str:
         return {0: "root", 65534: "nobody"}.get(uid, str(uid))
+
+    def fs_space(self, path: str) -> tuple[int, int]:
+        return self.space.get(path, (1 << 30, 256 << 20))
 
     # -- Images -------------------------------------------------------------------------
 
