@@ -41,3 +41,11 @@ def format_size(n: int) -> str:
                 return f"{round(v, 2):g}{unit}"
             return f"{v:.2f}{unit} ({n} bytes)"
     return f"{n}B"
+
+
+def format_approx(n: int) -> str:
+    """'55.9M': a size that changes with every write (free space), to one decimal."""
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.1f}".removesuffix(".0") + unit
+    return f"{n}B"
