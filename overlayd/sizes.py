@@ -49,3 +49,12 @@ def format_approx(n: int) -> str:
         if n >= _UNITS[unit]:
             return f"{n / _UNITS[unit]:.1f}".removesuffix(".0") + unit
     return f"{n}B"
+
+
+def human(n: float) -> str:
+    """1.5 GiB, 12.0 MiB, 512 B: for what changes (rates, progress), not for settings."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+                         ("KiB", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{int(n)} B"

@@ -6,17 +6,20 @@ import argparse
 import json
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overlayd.bus.client import ClientError, OverlaydClient
+from overlayd.bus.wire import ClientError, ClientReads
 from overlayd.cli.common import Command, did, percent, say, since, table
 from overlayd.cli.files import overlay_file_args
 from overlayd.cli.jobs import cmd_commit
 from overlayd.errors import NoSuchOverlay, OverlayExists
 from overlayd.sizes import format_approx, format_size, parse_size
 
+if TYPE_CHECKING:
+    from overlayd.bus.client import OverlaydClient
 
-async def cmd_list(client: OverlaydClient, args: argparse.Namespace) -> int:
+
+async def cmd_list(client: ClientReads, args: argparse.Namespace) -> int:
     rows = []
     for _name, path in await client.overlays():
         try:
@@ -32,7 +35,7 @@ async def cmd_list(client: OverlaydClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
+async def cmd_status(client: ClientReads, args: argparse.Namespace) -> int:
     path = await client.path_of(args.name)
     p = await client.properties(path)
     if args.json:
@@ -264,8 +267,8 @@ def _root_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = (
-    Command("list", "list the overlays", cmd_list),
-    Command("status", "show one overlay", cmd_status, arguments=_name),
+    Command("list", "list the overlays", reads=cmd_list),
+    Command("status", "show one overlay", reads=cmd_status, arguments=_name),
     Command("diff", "what the writes changed", cmd_diff, arguments=_name),
     Command("create", "create an overlay of an image", cmd_create, arguments=_create_args),
     Command("discard", "throw the writes away and unmount", cmd_discard,
