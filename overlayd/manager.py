@@ -186,6 +186,8 @@ class OverlayManager:
                     self.store.remove(name)
                 except OverlaydError as e:
                     result.problems.append(f"{name}: {e}")
+            # zram devices of overlays discarded while another namespace held them
+            self.host.upper.collect(str(self.config.runtime_dir))
             return result, settled
 
         result, settled = await self._blocking(prepare)

@@ -331,6 +331,9 @@ class FakeHost:
         self._call("usage")
         return UpperUsage(size=1 << 20, used=0, inodes_used=1)
 
+    def collect(self, runtime_dir: str, *, wait: float = 0.0) -> list[str]:
+        return []
+
     def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
               options: tuple[str, ...], target_fd: int | None = None) -> None:
         if self._tmpfs_of(upper) is None or upper not in self.dirs:

@@ -174,6 +174,10 @@ class UpperBackend(Protocol):
     def detach_for_later(self, name: str, target: str,
                          upper: Upper | None = None) -> Callable[[], None]: ...
     def usage(self, target: str, upper: Upper | None = None) -> UpperUsage: ...
+    # Free what discarded overlays left behind because others held it (zram devices held
+    # by another mount namespace); what was freed.
+    # WAIT: seconds to wait for one that is being let go (not mounted elsewhere any more).
+    def collect(self, runtime_dir: str, *, wait: float = 0.0) -> list[str]: ...
 
 
 class MergeMount(Protocol):
