@@ -175,6 +175,16 @@ def _ext4_uuid(device: str) -> str | None:
     return str(uuid.UUID(bytes=sb[0x68:0x78]))
 
 
+def _has_signature(device: str) -> bool:
+    """Whether DEVICE's first 64 KiB hold anything but zeros (a file system, swap, a
+    partition table: what blkid would find)."""
+    try:
+        with open(device, "rb") as f:
+            return any(f.read(65536))
+    except OSError:
+        return True  # unreadable: not provably blank
+
+
 def _namespaces_mounting(zid: int) -> list[str]:
     """Processes (one per mount namespace) whose namespace has /dev/zramZID mounted: the
     failure path only (it reads every process's mountinfo)."""
@@ -257,6 +267,37 @@ class ZramUpper:
             return None
         return zid if _ext4_uuid(upper.device) == upper.fs_uuid else None
 
+    # A kill between hot_add and the record that names the device would leak it: make
+    # notes it first in TARGET.zram (RUNTIME_DIR/NAME/rw.zram: "zramN UUID"), which
+    # unmake reads when the record has no device, and removes.
+
+    @staticmethod
+    def _note(target: str, zid: int, fs_uuid: str) -> None:
+        with map_os_errors(f"note /dev/zram{zid} in '{target}.zram'", Op.FILE), \
+                open(target.rstrip("/") + ".zram", "w") as f:
+            f.write(f"zram{zid} {fs_uuid}\n")
+
+    @staticmethod
+    def _noted(target: str, upper: Upper) -> int | None:
+        """The device make noted for UPPER, if it is still the one make added: it carries
+        UPPER's UUID, or is blank (no file system yet) with no size or UPPER's size."""
+        words = (_read_sys(target.rstrip("/") + ".zram") or "").split()
+        zid = _zram_id(f"/dev/{words[0]}") if len(words) == 2 else None
+        if zid is None or not upper.fs_uuid or words[1] != upper.fs_uuid or \
+                not os.path.exists(_sys(zid, "dev")):
+            return None
+        found = _ext4_uuid(f"/dev/zram{zid}")
+        if found == upper.fs_uuid:
+            return zid
+        blank = found is None and not _has_signature(f"/dev/zram{zid}")
+        return zid if blank and _read_sys(_sys(zid, "disksize")) in ("0", str(upper.size)) \
+            else None
+
+    @staticmethod
+    def _forget_note(target: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target.rstrip("/") + ".zram")
+
     def make(self, name: str, target: str, upper: Upper) -> Upper:
         """A fresh file system at TARGET: on the recorded device if it is still ours (a
         commit renews the upper: mkfs discards the old blocks, which frees zram's RAM),
@@ -272,6 +313,9 @@ class ZramUpper:
         device = f"/dev/zram{zid}"
         fs_uuid = upper.fs_uuid or str(uuid.uuid4())
         try:
+            # Before anything else: the record learns the device only when make returns,
+            # and a blank device says nothing of whose it is.
+            self._note(target, zid, fs_uuid)
             if upper.compressor:
                 self._set_compressor(zid, upper.compressor)
             with map_os_errors(f"set the size of {device} to {upper.size} bytes", Op.MOUNT):
@@ -282,6 +326,7 @@ class ZramUpper:
             # nothing was mounted yet, so no other namespace can hold it
             with contextlib.suppress(OverlaydError, HeldElsewhere):
                 self._hot_remove(zid)
+                self._forget_note(target)
             raise
         return upper.model_copy(update={"device": device, "fs_uuid": fs_uuid})
 
@@ -297,11 +342,14 @@ class ZramUpper:
         was = self.mounts.unmount(target, owned, lazy=lazy)
         if zid is None:
             zid = self._ours_unmounted(upper)
+        if zid is None and not upper.device:
+            zid = self._noted(target, upper)
         if zid is not None:
             try:
                 self._hot_remove(zid)
             except HeldElsewhere as e:
                 self._leave(runtime_dir_of(target), zid, upper.fs_uuid, name, e.who)
+        self._forget_note(target)
         return was
 
     def collect(self, runtime_dir: str, *, wait: float = 0.0) -> list[str]:
