@@ -11,7 +11,7 @@ from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec, LimitExceeded, MountFailed
 from overlayd.fstype import REFUSAL
 from overlayd.layout import SOURCE_PREFIX, is_within
-from overlayd.model import OverlaySpec, format_size
+from overlayd.model import Overlay, OverlaySpec, format_size
 from overlayd.mountinfo import MountInfo
 from overlayd.overlayfs import PINNED
 
@@ -35,6 +35,27 @@ def choose_size(spec: OverlaySpec, cfg: DaemonConfig, memory: int) -> int:
             f"{format_size(limit)} (max_size in overlayd.conf)."
         )
     return spec.size
+
+
+def reserved_total(records: Iterable[Overlay]) -> int:
+    """The RAM the overlays reserve for their writes: the sum of their uppers' sizes (a
+    tmpfs's size, a zram device's disksize; boot overlays and the root's tmpfs too). Layer
+    files live on disk and count for nothing."""
+    return sum(rec.upper.size for rec in records)
+
+
+def check_total(asked: int, in_use: int, limit: int, *, name: str) -> None:
+    """Overlay NAME may reserve ASKED bytes beside the IN_USE bytes the others reserve, under
+    LIMIT (``DaemonConfig.total_limit``). For a resize, ASKED is the new size and IN_USE
+    leaves the overlay's own size out."""
+    if in_use + asked <= limit:
+        return
+    left = max(limit - in_use, 0)
+    raise LimitExceeded(
+        f"Overlay '{name}' would reserve {format_size(asked)} of RAM for its writes, but the "
+        f"overlays reserve {format_size(in_use)} already and may reserve at most "
+        f"{format_size(limit)} together (max_total_size in overlayd.conf); "
+        f"{format_size(left)} is left.")
 
 
 def driver_for(fstype: str, kernel: frozenset[str]) -> str:

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from overlayd.errors import InvalidSpec
-from overlayd.model import check_size, parse_size
+from overlayd.model import MIN_SIZE, check_size, format_size, parse_size
 from overlayd.places import DEFAULT_CONFIG as DEFAULT_CONFIG  # re-exported
 
 
@@ -40,6 +40,12 @@ class DaemonConfig(BaseModel):
         default=0, description="Largest tmpfs size a caller may ask for; 0 means physical memory."
     )
     max_overlays: int = Field(default=1024, ge=1)
+    max_total_size: str = Field(
+        default="50%",
+        description="Most RAM all overlays together may reserve for their writes: the sum "
+                    "of their sizes (a tmpfs's size, a zram device's disksize), as a size "
+                    "('12G') or a percent of physical memory ('50%', as tmpfs' default).",
+    )
     user_mount_roots: tuple[str, ...] = Field(
         default=("/media/$USER",),
         description="Besides the mount root, where non-root callers may mount overlays "
@@ -83,12 +89,35 @@ class DaemonConfig(BaseModel):
     @field_validator("default_size", mode="before")
     @classmethod
     def _default_size(cls, v: Any) -> int:
-        return check_size(parse_size(v), "default_size")
+        n = check_size(parse_size(v), "default_size")
+        if n < MIN_SIZE:
+            raise ValueError(f"default_size must be at least {format_size(MIN_SIZE)}")
+        return n
 
     @field_validator("max_size", mode="before")
     @classmethod
     def _max_size(cls, v: Any) -> int:
         return check_size(parse_size(v), "max_size", allow_zero=True)
+
+    @field_validator("max_total_size", mode="before")
+    @classmethod
+    def _max_total_size(cls, v: Any) -> str:
+        if isinstance(v, str) and v.strip().endswith("%"):
+            digits = v.strip()[:-1].strip()
+            if not digits.isdigit() or not 1 <= int(digits) <= 1000:
+                raise ValueError("a percent of physical memory is a whole number from 1% "
+                                 "to 1000%")
+            return f"{int(digits)}%"
+        n = check_size(parse_size(v), "max_total_size")
+        if n < MIN_SIZE:
+            raise ValueError(f"max_total_size must be at least {format_size(MIN_SIZE)}")
+        return str(n)
+
+    def total_limit(self, memory: int) -> int:
+        """max_total_size in bytes on a machine of MEMORY bytes (MemTotal)."""
+        if self.max_total_size.endswith("%"):
+            return memory * int(self.max_total_size[:-1]) // 100
+        return int(self.max_total_size)
 
     @property
     def mount_root_dir(self) -> Path:

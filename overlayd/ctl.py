@@ -37,13 +37,12 @@ Exit codes, for scripts, in the manner of sysexits(3): systemd never names them 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
 
 from overlayd import __version__
-from overlayd.bus.client import ClientError, OverlaydClient
+from overlayd.bus.wire import ClientError, WireClient, run_sync
 from overlayd.cli import files, jobs, layers, overlays
 from overlayd.cli.common import (
     EXIT_BUSY,
@@ -82,7 +81,9 @@ def parser() -> argparse.ArgumentParser:
                if __doc__ else None,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"overlayctl {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog given: argparse would otherwise make a help formatter here, which imports shutil
+    # (and with it bz2 and lzma) for the terminal's width, on every start
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", prog=p.prog)
     for c in COMMANDS:
         cp = sub.add_parser(c.name, parents=[common], help=c.help)
         if c.arguments is not None:
@@ -95,11 +96,25 @@ def command(name: str) -> Command:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from overlayd.bus.client import OverlaydClient  # dbus-next: not for the reading commands
+
     bus_run = command(args.command).run
     assert bus_run is not None
     client = await OverlaydClient.connect(interactive=not args.no_ask_password)
     try:
         return await bus_run(client, args)
+    finally:
+        client.close()
+
+
+def read(args: argparse.Namespace) -> int:
+    """A command that only reads: on the wire client, without dbus-next and asyncio, which
+    were most of ``overlayctl list``'s start-up (issue 15)."""
+    reads = command(args.command).reads
+    assert reads is not None
+    client = WireClient.connect(interactive=not args.no_ask_password)
+    try:
+        return run_sync(reads(client, args))
     finally:
         client.close()
 
@@ -117,8 +132,12 @@ def _main(args: argparse.Namespace) -> int:
         c = command(args.command)
         if c.local is not None:
             return c.local(args)
+        if c.reads is not None:
+            return read(args)
         if c.reads_file:  # a bad file is reported before the bus
             args.loaded = files.overlay_file(args)
+        import asyncio
+
         return asyncio.run(run(args))
     except NoSuchOverlay as e:  # no NAME.overlay
         print(f"overlayctl: {e}", file=sys.stderr)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlayd.errors import Cancelled
+from overlayd.sizes import human as human  # re-exported: overlayctl takes it from sizes
 
 # At most this often a job tells the event loop that it moved (PropertiesChanged of
 # Progress, Rate, ExpectedEndTime): 4 times a second.
@@ -177,15 +178,6 @@ class Job:
         return JobStatus(progress=progress, progress_valid=self.started, bytes=self.total_bytes,
                          rate=rate, expected_end_usec=end,
                          cancelable=not self.finished and not self.token.sealed)
-
-
-def human(n: float) -> str:
-    """1.5 GiB, 12.0 MiB, 512 B: for what changes (rates, progress), not for settings."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
-                         ("KiB", 1 << 10)):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 class Jobs:

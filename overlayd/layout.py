@@ -9,10 +9,13 @@
     RUNTIME_DIR/.lowers/DEV-INO     an image mounted read-only once for all its overlays
                                     (".lowers" is no valid overlay name: it never clashes)
     RUNTIME_DIR/.lowers/DEV-INO-pOFFSET   the same for one partition of it (at byte OFFSET)
+    RUNTIME_DIR/.zram-leftovers/zramN   a discarded overlay's zram device that another mount
+                                    namespace still holds: its file system's UUID
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,14 @@ SOURCE_PREFIX = "overlayd-"
 RECORD_NAME = "overlay.json"
 TEMP_SUFFIX = ".tmp"  # what an atomic write leaves behind when it is killed
 SHARED_LOWERS = ".lowers"  # RUNTIME_DIR/.lowers: starts with '.', so no overlay's name
+# RUNTIME_DIR/.zram-leftovers/zramN: zram devices of discarded overlays that another mount
+# namespace still holds (it copied the upper's mount), removed once it lets them go.
+ZRAM_LEFTOVERS = ".zram-leftovers"
+
+
+def runtime_dir_of(upper_mount: str) -> str:
+    """RUNTIME_DIR of an overlay's upper mount (``Layout.upper_mount``: RUNTIME_DIR/NAME/rw)."""
+    return os.path.dirname(os.path.dirname(upper_mount.rstrip("/")))
 
 
 def mount_source(name: str) -> str:

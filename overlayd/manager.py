@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from overlayd import checks
 from overlayd.claims import MountpointClaims
 from overlayd.config import DaemonConfig
 from overlayd.engine import commit as commit_proc
@@ -62,6 +63,7 @@ from overlayd.model import (
 from overlayd.sharing import SharedLowers, image_key
 from overlayd.store import StateStore
 from overlayd.transitions import after_discard_failed, transition
+from overlayd.usage import SpaceCache
 
 log = logging.getLogger("overlayd")
 
@@ -97,6 +99,8 @@ class OverlayManager:
         self._overlays: dict[str, Overlay] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._creating: set[str] = set()
+        self._reserving: dict[str, int] = {}  # the sizes of the Creates under way
+        self._spaces = SpaceCache(host.system.fs_space, time.monotonic, config.usage_interval)
         self._claims = MountpointClaims()  # mount points: Creates never share or nest them
         self._listeners: list[Listener] = []
         self._background: set[asyncio.Future[Any]] = set()
@@ -182,6 +186,8 @@ class OverlayManager:
                     self.store.remove(name)
                 except OverlaydError as e:
                     result.problems.append(f"{name}: {e}")
+            # zram devices of overlays discarded while another namespace held them
+            self.host.upper.collect(str(self.config.runtime_dir))
             return result, settled
 
         result, settled = await self._blocking(prepare)
@@ -333,6 +339,36 @@ class OverlayManager:
         return await self._blocking(self.host.upper.usage, str(self._layout(name).upper_mount),
                                     rec.upper)
 
+    @functools.cached_property
+    def memory_total(self) -> int:
+        """MemTotal, read once: max_total_size's percent is of it."""
+        return self.host.system.memory_total()
+
+    def reserved_total(self) -> int:
+        """The RAM every overlay, and every Create under way, reserves for writes."""
+        return checks.reserved_total(self._overlays.values()) + sum(self._reserving.values())
+
+    def total_limit(self) -> int:
+        """max_total_size in bytes."""
+        return self.config.total_limit(self.memory_total)
+
+    def image_space(self, name: str) -> tuple[int, int]:
+        """The size and the free space (for root, who commits) of the file system that
+        holds NAME's image, read at most once per usage_interval per file system; (0, 0)
+        when it cannot be read (the image is being remounted by a commit)."""
+        try:
+            return self._spaces.get(self._image_mount(self.get(name)))
+        except OverlaydError:
+            return 0, 0
+
+    def _image_mount(self, rec: Overlay) -> str:
+        """Where REC's image is mounted (a directory lower: the directory itself)."""
+        if self.is_root(rec.name) and self.root is not None:
+            return str(self.root.state_dir / "lower")
+        if rec.image_kind is LowerKind.DIRECTORY:
+            return rec.image
+        return str(self._layout(rec.name).lower_of(rec.lowers[0]))
+
     def fd_path(self, fd: int) -> str:
         """What an image fd refers to, for messages and polkit details."""
         return self.host.images.fd_path(fd)
@@ -364,6 +400,7 @@ class OverlayManager:
                                 "configured maximum (max_overlays in overlayd.conf).")
         self._creating.add(name)
         try:
+            spec = self._reserve(spec)
             built = await self._blocking(self._create_blocking, spec, owner_uid)
         except OverlaydError as e:
             log.log(_failure_level(e), "Failed to create overlay '%s': %s", name, e,
@@ -374,10 +411,19 @@ class OverlayManager:
             raise
         finally:
             self._creating.discard(name)
+            self._reserving.pop(name, None)
         rec = self._move(built, S.ACTIVE)
         log.info("Created overlay '%s' of '%s' at '%s'.", name, rec.image, rec.mountpoint,
                  extra=_fields(rec, Event.CREATED, uid=owner_uid))
         return rec
+
+    def _reserve(self, spec: OverlaySpec) -> OverlaySpec:
+        """Decide SPEC's size and reserve it, on the loop (no await between the check and
+        the reservation): two Creates cannot both take the last of max_total_size."""
+        size = checks.choose_size(spec, self.config, self.memory_total)
+        checks.check_total(size, self.reserved_total(), self.total_limit(), name=spec.name)
+        self._reserving[spec.name] = size
+        return spec.model_copy(update={"size": size})
 
     def _create_blocking(self, spec: OverlaySpec, owner_uid: int) -> Overlay:
         """In a worker: prepare (claiming the mount point), save the CREATING record (so
@@ -780,6 +826,8 @@ class OverlayManager:
             self._log_failure(rec, action, e, caller_uid)
             await self._blocking(self._save_quietly, self.get(rec.name))
             raise
+        finally:
+            self._spaces.forget(self._image_mount(before))  # the image may have changed
 
     def _log_failure(self, rec: Overlay, action: str, e: OverlaydError, uid: int) -> None:
         log.log(_failure_level(e), "Failed to %s overlay '%s': %s", action, rec.name, e,

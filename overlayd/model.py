@@ -24,6 +24,7 @@ from pydantic import (
 
 from overlayd.errors import InvalidSpec
 from overlayd.sizes import MAX_U64 as MAX_U64  # re-exported: sizes moved to overlayd.sizes
+from overlayd.sizes import MIN_SIZE as MIN_SIZE
 from overlayd.sizes import format_size as format_size
 from overlayd.sizes import parse_size as parse_size
 
@@ -196,7 +197,11 @@ class SpecSettings(BaseModel):
     def _size(cls, v: Any) -> Any:
         if v is None:
             return None
-        return check_size(parse_size(v), "the size of the RAM for writes")
+        n = check_size(parse_size(v), "the size of the RAM for writes")
+        if n < MIN_SIZE:
+            raise ValueError(f"the size of the RAM for writes must be at least "
+                             f"{format_size(MIN_SIZE)} (got {format_size(n)})")
+        return n
 
     @field_validator("mount_options", mode="before")
     @classmethod

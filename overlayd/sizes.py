@@ -7,6 +7,10 @@ import re
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_U64 = (1 << 64) - 1
+# The smallest RAM for an overlay's writes: below it an overlay holds next to nothing, and
+# mkfs.ext4 (the zram upper's file system) refuses a device under 256 KiB; at 1 MiB it
+# leaves 966 KiB of blocks and 128 inodes, a tmpfs 256 pages.
+MIN_SIZE = 1 << 20
 
 
 def parse_size(value: object) -> int:
@@ -37,3 +41,20 @@ def format_size(n: int) -> str:
                 return f"{round(v, 2):g}{unit}"
             return f"{v:.2f}{unit} ({n} bytes)"
     return f"{n}B"
+
+
+def format_approx(n: int) -> str:
+    """'55.9M': a size that changes with every write (free space), to one decimal."""
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.1f}".removesuffix(".0") + unit
+    return f"{n}B"
+
+
+def human(n: float) -> str:
+    """1.5 GiB, 12.0 MiB, 512 B: for what changes (rates, progress), not for settings."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+                         ("KiB", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{int(n)} B"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from overlayd.errors import OverlaydError
 from overlayd.host.ports import StateFiles
-from overlayd.layout import SHARED_LOWERS, TEMP_SUFFIX, Layout, is_within
+from overlayd.layout import SHARED_LOWERS, TEMP_SUFFIX, ZRAM_LEFTOVERS, Layout, is_within
 from overlayd.model import Overlay
 from overlayd.state import RecordError, RecordTooNew, dump_record, load_record
 
@@ -44,7 +44,7 @@ class StateStore:
         out = []
         for name in self.files.list_dir(str(self.runtime_dir)):
             base = str(self.runtime_dir / name)
-            if name == SHARED_LOWERS or is_within(self.mount_root, base) or \
+            if name in (SHARED_LOWERS, ZRAM_LEFTOVERS) or is_within(self.mount_root, base) or \
                     self.files.path_kind(base) != "directory":
                 continue
             out.append(name)

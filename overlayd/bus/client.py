@@ -10,38 +10,12 @@ from dbus_next import Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 from dbus_next.constants import BusType
 
-from overlayd.bus.errors import BY_NAME
-from overlayd.bus.names import (
-    BUS_NAME,
-    DBUS_ERROR_PREFIX,
-    JOB_IFACE,
-    JOB_PREFIX,
-    MANAGER_IFACE,
-    OVERLAY_IFACE,
-    ROOT_PATH,
-    job_path,
-)
-
-CONNECT = "Connect"  # the name of a ClientError for a bus that cannot be reached
-# What the bus daemon answers when overlayd is not there or does not answer.
-UNREACHABLE = {CONNECT, DBUS_ERROR_PREFIX + "ServiceUnknown", DBUS_ERROR_PREFIX + "NoReply"}
-
-
-class ClientError(Exception):
-    """An error reply: ``name`` is the D-Bus error name, str() its message, ``error`` the
-    class of overlayd's error table it names (None for an error that is not overlayd's)."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
-        self.error = BY_NAME.get(name)
-
-    def is_a(self, cls: type[Exception]) -> bool:
-        return self.error is not None and issubclass(self.error, cls)
-
-    @property
-    def unreachable(self) -> bool:
-        return self.name in UNREACHABLE
+from overlayd.bus.names import BUS_NAME, JOB_IFACE, JOB_PREFIX, ROOT_PATH, job_path
+from overlayd.bus.wire import CONNECT as CONNECT
+from overlayd.bus.wire import OBJECT_MANAGER, ClientReads
+from overlayd.bus.wire import UNREACHABLE as UNREACHABLE
+from overlayd.bus.wire import ClientError as ClientError
+from overlayd.bus.wire import unwrap as unwrap
 
 
 def _spec_variants(spec: dict[str, Any]) -> tuple[dict[str, Variant], list[int]]:
@@ -62,22 +36,11 @@ def _spec_variants(spec: dict[str, Any]) -> tuple[dict[str, Variant], list[int]]
 
 # (object path, interface, member, body with every Variant unwrapped)
 SignalHandler = Callable[[str, str, str, list[Any]], None]
-OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
-PROPERTIES = "org.freedesktop.DBus.Properties"
 
 
-def unwrap(value: Any) -> Any:
-    """VALUE with every Variant in it replaced by its value."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
+class OverlaydClient(ClientReads):
+    """The whole client, on dbus-next: calls that send fds, and signals (jobs)."""
 
-
-class OverlaydClient:
     def __init__(self, bus: MessageBus, interactive: bool) -> None:
         self.bus = bus
         self.interactive = interactive
@@ -108,23 +71,6 @@ class OverlaydClient:
             raise ClientError(reply.error_name or "", text or reply.error_name or "error")
         return list(reply.body)
 
-    async def _manager(self, member: str, signature: str = "", body: list[Any] | None = None,
-                       fds: list[int] | None = None) -> list[Any]:
-        return await self.call(ROOT_PATH, MANAGER_IFACE, member, signature, body, fds)
-
-    async def overlays(self) -> list[tuple[str, str]]:
-        (items,) = await self._manager("ListOverlays")
-        return [(n, p) for n, p in items]
-
-    async def path_of(self, name: str) -> str:
-        (path,) = await self._manager("GetOverlay", "s", [name])
-        return str(path)
-
-    async def properties(self, path: str) -> dict[str, Any]:
-        (props,) = await self.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                                   [OVERLAY_IFACE])
-        return {k: v.value for k, v in props.items()}
-
     async def create(self, name: str, spec: dict[str, Any]) -> str:
         variants, fds = _spec_variants(spec)
         (path,) = await self._manager("Create", "sa{sv}", [name, variants], fds)
@@ -139,12 +85,6 @@ class OverlaydClient:
             options["layer_format"] = Variant("s", layer_format)
         await self._manager("Commit", "sa{sv}", [name, options])
 
-    async def root_overlay(self) -> str:
-        """The root overlay's object path, or "/" when the root is not on an overlay."""
-        (value,) = await self.call(ROOT_PATH, "org.freedesktop.DBus.Properties", "Get", "ss",
-                                   [MANAGER_IFACE, "RootOverlay"])
-        return str(value.value)
-
     async def set_root_at_boot(self, enabled: bool, size: str | None = None) -> None:
         options = {"size": Variant("s", size)} if size else {}
         await self._manager("SetRootOverlayAtBoot", "ba{sv}", [enabled, options])
@@ -153,25 +93,9 @@ class OverlaydClient:
         options = {"force": Variant("b", True)} if force else {}
         await self._manager("Discard", "sa{sv}", [name, options])
 
-    async def diff(self, name: str) -> list[tuple[str, str]]:
-        (changes,) = await self.call(await self.path_of(name), OVERLAY_IFACE, "Diff")
-        return [(p, k) for p, k in changes]
-
-    # -- jobs -----------------------------------------------------------------------------
-
     async def start_commit(self, name: str) -> str:
         (path,) = await self._manager("StartCommit", "sa{sv}", [name, {}])
         return str(path)
-
-    async def jobs(self) -> list[dict[str, Any]]:
-        """Every job's properties, with ObjectPath and Id, by number."""
-        (objects,) = await self.call(ROOT_PATH, OBJECT_MANAGER, "GetManagedObjects")
-        out = []
-        for path, ifaces in objects.items():
-            if JOB_IFACE in ifaces and path.startswith(JOB_PREFIX):
-                props = unwrap(ifaces[JOB_IFACE])
-                out.append(props | {"ObjectPath": path, "Id": int(path[len(JOB_PREFIX):])})
-        return sorted(out, key=lambda j: int(j["Id"]))
 
     async def cancel(self, job_id: int) -> None:
         await self.call(job_path(job_id), JOB_IFACE, "Cancel", "a{sv}", [{}])

@@ -20,15 +20,14 @@ mount point, the wrong file system) is ``InvalidSpec``.
 
 from __future__ import annotations
 
-import logging
 import re
-
-from dbus_next import DBusError
+from typing import TYPE_CHECKING
 
 from overlayd.bus.names import DBUS_ERROR_PREFIX, ERROR_PREFIX
 from overlayd.errors import ALL_ERRORS, OverlaydError
 
-log = logging.getLogger("overlayd.bus")
+if TYPE_CHECKING:  # overlayctl's reading commands read BY_NAME without loading dbus-next
+    from dbus_next import DBusError
 
 INTERNAL = "Internal error, see the journal."
 ECHO_LIMIT = 64  # characters of a caller's string that an error message repeats
@@ -85,9 +84,14 @@ _QUOTED = re.compile(r'"([^"]{' + str(ECHO_LIMIT + 1) + r',})"')
 
 
 def to_dbus(exc: BaseException) -> DBusError:
+    from dbus_next import DBusError
+
     if isinstance(exc, DBusError):  # raised by dbus-next's own handlers
         return DBusError(exc.type, _QUOTED.sub(lambda m: f'"{shown(m[1])}"', exc.text))
     if isinstance(exc, OverlaydError | BusError):
         return DBusError(error_name(type(exc)), str(exc))
-    log.error("Internal error while serving a call: %r", exc, exc_info=exc)
+    import logging  # here: overlayctl reads this module's table and logs nothing
+
+    logging.getLogger("overlayd.bus").error("Internal error while serving a call: %r", exc,
+                                            exc_info=exc)
     return DBusError(error_name(OverlaydError), INTERNAL)

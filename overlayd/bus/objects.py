@@ -23,6 +23,7 @@ from dbus_next.service import dbus_property, method
 from overlayd import __version__
 from overlayd.bus.connection import CheapInterface
 from overlayd.bus.names import MANAGER_IFACE, OVERLAY_IFACE, overlay_path
+from overlayd.checks import reserved_total
 from overlayd.errors import NoSuchOverlay
 from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, UpperUsage
@@ -51,6 +52,10 @@ class Reading:
     def usage(self) -> UpperUsage:
         return self.manager.usage_now(self.rec.name)
 
+    @functools.cached_property
+    def image_space(self) -> tuple[int, int]:
+        return self.manager.image_space(self.rec.name)
+
 
 @dataclass(frozen=True)
 class OverlayProperty:
@@ -67,6 +72,8 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("FsType", "s", CONST, lambda r: r.rec.fstype),
     OverlayProperty("HalfCommitted", "b", SIGNALLED, lambda r: r.rec.half_committed),
     OverlayProperty("Image", "s", CONST, lambda r: r.rec.image),
+    OverlayProperty("ImageFree", "t", LIVE, lambda r: r.image_space[1]),
+    OverlayProperty("ImageSize", "t", LIVE, lambda r: r.image_space[0]),
     OverlayProperty("LastError", "s", SIGNALLED, lambda r: r.rec.error),
     OverlayProperty("Layers", "as", SIGNALLED, lambda r: [la.path for la in r.rec.layers]),
     OverlayProperty("LoopDevice", "s", SIGNALLED, lambda r: r.rec.loop_device),
@@ -88,8 +95,11 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("UpperUsed", "t", LIVE, lambda r: r.usage.used),
 )
 SIGNALLED_PROPERTIES = tuple(p for p in PROPERTIES if p.changes == SIGNALLED)
-# The Manager's one property: the root overlay's object when / is on an overlay, else "/".
+# The Manager's properties: the root overlay's object when / is on an overlay, else "/";
+# the RAM the overlays reserve and max_total_size in bytes; the daemon's version.
+MANAGER_MAX_TOTAL_SIZE = OverlayProperty("MaxTotalSize", "t", CONST, lambda r: None)
 MANAGER_ROOT_OVERLAY = OverlayProperty("RootOverlay", "o", CONST, lambda r: None)
+MANAGER_UPPER_SIZE_TOTAL = OverlayProperty("UpperSizeTotal", "t", SIGNALLED, lambda r: None)
 MANAGER_VERSION = OverlayProperty("Version", "s", CONST, lambda r: None)
 
 
@@ -147,7 +157,9 @@ class ManagerInterface(CheapInterface):
 
     def describe(self, iface: intr.Interface) -> intr.Interface:
         # fixed for the daemon's life: the root overlay is adopted at start or never
-        iface.properties = [AnnotatedProperty(MANAGER_ROOT_OVERLAY),
+        iface.properties = [AnnotatedProperty(MANAGER_MAX_TOTAL_SIZE),
+                            AnnotatedProperty(MANAGER_ROOT_OVERLAY),
+                            AnnotatedProperty(MANAGER_UPPER_SIZE_TOTAL),
                             AnnotatedProperty(MANAGER_VERSION)]
         return name_out_args(iface)
 
@@ -155,13 +167,26 @@ class ManagerInterface(CheapInterface):
         rec = self.svc.manager.root_overlay()
         return overlay_path(rec.name) if rec is not None else "/"
 
+    def upper_size_total(self) -> int:
+        return reserved_total(self.svc.manager.list())
+
     def property_values(self) -> dict[str, Variant]:
-        return {"RootOverlay": Variant("o", self.root_overlay()),
+        return {"MaxTotalSize": Variant("t", self.svc.manager.total_limit()),
+                "RootOverlay": Variant("o", self.root_overlay()),
+                "UpperSizeTotal": Variant("t", self.upper_size_total()),
                 "Version": Variant("s", __version__)}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def MaxTotalSize(self) -> "t":
+        return self.svc.manager.total_limit()
 
     @dbus_property(access=PropertyAccess.READ)
     def RootOverlay(self) -> "o":
         return self.root_overlay()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpperSizeTotal(self) -> "t":
+        return self.upper_size_total()
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":

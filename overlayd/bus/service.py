@@ -25,6 +25,7 @@ from overlayd.bus.names import (
     ACTION_DISCARD,
     ACTION_MANAGE_OTHERS,
     ACTION_ROOT,
+    MANAGER_IFACE,
     OVERLAY_IFACE,
     ROOT_PATH,
     overlay_path,
@@ -60,6 +61,7 @@ class Service:
         self.callers = CallerCache()
         self.jobs = JobRunner(self)
         self.usage = UsageWatch(manager, manager.config, self._announce)
+        self._total_announced = -1
         manager.subscribe(self._on_change)
 
     def export_all(self) -> None:
@@ -68,6 +70,7 @@ class Service:
         call GetManagedObjects), and a burst of them is what made restarts fail. Then
         the usage of every overlay is watched."""
         self.bus.export_object(ROOT_PATH, self.manager_iface, announce=False)
+        self._total_announced = self.manager_iface.upper_size_total()
         for rec in self.manager.list():
             self._export(rec, announce=False)
         self.usage.start()
@@ -88,9 +91,11 @@ class Service:
             if obj is not None:
                 del self.objects[name]
                 self.bus.unexport_object(overlay_path(name), obj)
+            self._announce_total()
             return
         if obj is None:
             self._export(rec, announce=True)
+            self._announce_total()
             return
         self.usage.look(rec, announce=False)  # after a commit: ok at once, not in 2 s
         self._announce(name, rec)
@@ -106,6 +111,14 @@ class Service:
         obj.announced = now
         if changed:
             self.bus.emit_properties_changed(overlay_path(name), OVERLAY_IFACE, changed)
+
+    def _announce_total(self) -> None:
+        """PropertiesChanged of the Manager's UpperSizeTotal, when an overlay came or went."""
+        total = self.manager_iface.upper_size_total()
+        if total != self._total_announced:
+            self._total_announced = total
+            self.bus.emit_properties_changed(ROOT_PATH, MANAGER_IFACE,
+                                             {"UpperSizeTotal": Variant("t", total)})
 
     def lookup(self, name: str) -> Overlay:
         if len(name) > ECHO_LIMIT:  # no name is that long; the reply shows its start only

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from overlayd.bus.client import OverlaydClient
 from overlayd.bus.errors import AccessDenied, InvalidArgs
 from overlayd.errors import (
     Cancelled,
@@ -22,6 +21,10 @@ from overlayd.errors import (
     OverlayBusy,
     OverlayExists,
 )
+
+if TYPE_CHECKING:  # the reading commands start without dbus-next (bus/wire.py)
+    from overlayd.bus.client import OverlaydClient
+    from overlayd.bus.wire import ClientReads
 
 # sysexits(3)-style, 64 and up, so that they never read as the LSB names systemd prints for
 # a unit's exit status (5 is NOTINSTALLED there); 1 is any other failure.
@@ -56,6 +59,25 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        """argparse makes a formatter for every add_argument, and a formatter without a
+        width imports shutil (with bz2 and lzma) for the terminal's: 2-5 ms of every
+        start. The same width, from os (shutil.get_terminal_size's rule)."""
+        make: Any = self.formatter_class  # typeshed's protocol knows no width
+        formatter: argparse.HelpFormatter = make(prog=self.prog, width=_columns() - 2)
+        return formatter
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 # The global options: one table, given to the main parser (with their defaults) and to every
@@ -119,18 +141,20 @@ def time_left(end_usec: int) -> str:
     return f"{left // 60}m {left % 60:02d}s" if left >= 60 else f"{left}s"
 
 
-BusRun = Callable[[OverlaydClient, argparse.Namespace], Awaitable[int]]
+BusRun = Callable[["OverlaydClient", argparse.Namespace], Awaitable[int]]
+ReadRun = Callable[["ClientReads", argparse.Namespace], Coroutine[Any, Any, int]]
 LocalRun = Callable[[argparse.Namespace], int]
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """One overlayctl command: a row of ctl.COMMANDS. To add a command, write its function
-    and its arguments in the module of its group (overlayd/cli/), and add a row there."""
+    and its arguments in the module of its group (overlayd/cli/), and add a row there.
+    (A NamedTuple, not a dataclass: dataclasses imports inspect, 10 ms of every start.)"""
 
     name: str
     help: str
     run: BusRun | None = None  # over the bus
+    reads: ReadRun | None = None  # or over the bus, only reading: the light wire client
     local: LocalRun | None = None  # or without it (render, schema)
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
     reads_file: bool = False  # NAME.overlay is loaded (and checked) before the bus

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overlayd.bus.client import ClientError, OverlaydClient
 from overlayd.bus.names import JOB_IFACE, job_id_of, overlay_path
+from overlayd.bus.wire import ClientError, ClientReads
 from overlayd.cli.common import EXIT_NO_SUCH, Command, did, say, table, time_left
 from overlayd.cli.layers import add_commit_options
-from overlayd.jobs import human
-from overlayd.sizes import format_size
+from overlayd.sizes import format_size, human
+
+if TYPE_CHECKING:
+    from overlayd.bus.client import OverlaydClient
 
 
 class CommitView:
@@ -150,7 +151,7 @@ def interrupted(args: argparse.Namespace) -> None:
               f"cancel it: overlayctl cancel {view.name}", file=sys.stderr)
 
 
-async def cmd_jobs(client: OverlaydClient, args: argparse.Namespace) -> int:
+async def cmd_jobs(client: ClientReads, args: argparse.Namespace) -> int:
     jobs = await client.jobs()
     names = {p: n for n, p in await client.overlays()}
     for j in jobs:
@@ -184,6 +185,8 @@ async def cmd_cancel(client: OverlaydClient, args: argparse.Namespace) -> int:
         print(f"overlayctl: no job runs for {what}.", file=sys.stderr)
         return EXIT_NO_SUCH
     ended: dict[str, tuple[bool, str]] = {}
+    import asyncio  # here: the reading commands start without it
+
     done = asyncio.Event()
     paths = {j["ObjectPath"] for j in chosen}
 
@@ -232,7 +235,7 @@ def _cancel_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = (
     Command("commit", "merge the writes into the image", cmd_commit, arguments=_commit_args),
-    Command("jobs", "list the jobs (commits) running", cmd_jobs),
+    Command("jobs", "list the jobs (commits) running", reads=cmd_jobs),
     Command("cancel", "cancel a job: its number, or the name of the overlay it commits",
             cmd_cancel, arguments=_cancel_args),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from overlayd.bus.client import OverlaydClient
+from overlayd.bus.wire import ClientReads
 from overlayd.cli.common import Command, did, say
 from overlayd.sizes import format_size
 
@@ -21,7 +21,7 @@ def add_commit_options(p: argparse.ArgumentParser) -> None:
                         "of mtime and no ACLs)")
 
 
-async def cmd_layers(client: OverlaydClient, args: argparse.Namespace) -> int:
+async def cmd_layers(client: ClientReads, args: argparse.Namespace) -> int:
     """The stack, top first, as overlayfs sees it: the upper, the layer files, the image."""
     p = await client.properties(await client.path_of(args.name))
     layers = list(p["Layers"])
@@ -44,6 +44,6 @@ def _layers_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = (
-    Command("layers", "the layer files an overlay stacks above its image", cmd_layers,
+    Command("layers", "the layer files an overlay stacks above its image", reads=cmd_layers,
             arguments=_layers_args),
 )

@@ -6,17 +6,20 @@ import argparse
 import json
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overlayd.bus.client import ClientError, OverlaydClient
+from overlayd.bus.wire import ClientError, ClientReads
 from overlayd.cli.common import Command, did, percent, say, since, table
 from overlayd.cli.files import overlay_file_args
 from overlayd.cli.jobs import cmd_commit
 from overlayd.errors import NoSuchOverlay, OverlayExists
-from overlayd.sizes import format_size, parse_size
+from overlayd.sizes import format_approx, format_size, parse_size
+
+if TYPE_CHECKING:
+    from overlayd.bus.client import OverlaydClient
 
 
-async def cmd_list(client: OverlaydClient, args: argparse.Namespace) -> int:
+async def cmd_list(client: ClientReads, args: argparse.Namespace) -> int:
     rows = []
     for _name, path in await client.overlays():
         try:
@@ -32,7 +35,7 @@ async def cmd_list(client: OverlaydClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
+async def cmd_status(client: ClientReads, args: argparse.Namespace) -> int:
     path = await client.path_of(args.name)
     p = await client.properties(path)
     if args.json:
@@ -50,6 +53,7 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
                    f"{p['UpperInodesUsed']} inodes"),
         ("Usage", f"{p.get('UpperUsage', 'ok')} ({percent(p['UpperUsed'], p['UpperSize'])} "
                   "of the RAM for writes)"),
+        ("Image space", _image_space_line(p)),
         ("Upper", _upper_line(p)),
         ("Options", ",".join(p["MountOptions"]) or "-"),
         ("Owner", f"uid {p['OwnerUID']}"),
@@ -66,6 +70,23 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
     for label, value in fields:
         print(f"{label:>12}: {value}")
     return 0
+
+
+READ_ONLY_FSTYPES = ("squashfs", "erofs", "iso9660")
+
+
+def _image_space_line(p: dict[str, Any]) -> str:
+    """The image's free space beside the writes: whether a commit into it will fit."""
+    if p.get("FsType") in READ_ONLY_FSTYPES:
+        return f"none: {p['FsType']} is read-only (commit to a layer)"
+    size, free = p.get("ImageSize", 0), p.get("ImageFree", 0)
+    if not size:
+        return "-"
+    line = f"{format_approx(free)} free of {format_approx(size)}"
+    if free < p["UpperUsed"]:
+        line += f", less than the {format_approx(p['UpperUsed'])} of writes: a commit may " \
+                "not fit"
+    return line
 
 
 async def cmd_diff(client: OverlaydClient, args: argparse.Namespace) -> int:
@@ -264,8 +285,8 @@ def _root_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = (
-    Command("list", "list the overlays", cmd_list),
-    Command("status", "show one overlay", cmd_status, arguments=_name),
+    Command("list", "list the overlays", reads=cmd_list),
+    Command("status", "show one overlay", reads=cmd_status, arguments=_name),
     Command("diff", "what the writes changed", cmd_diff, arguments=_name),
     Command("create", "create an overlay of an image", cmd_create, arguments=_create_args),
     Command("discard", "throw the writes away and unmount", cmd_discard,

@@ -10,7 +10,6 @@ ALLOW_INTERACTIVE_AUTHORIZATION, so that the desktop's polkit agent may ask for 
 from __future__ import annotations
 
 import os
-import stat
 import sys
 import time
 from typing import Any
@@ -66,6 +65,7 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         self.win, self.proxy = win, proxy
         self.name: str = prop(proxy, "Name", "")
         self.used = 0
+        self.image_free: int | None = prop(proxy, "ImageFree", None)  # None: an old daemon
         self.usage = prop(proxy, "UpperUsage", "ok")
         self.job: Gio.DBusProxy | None = None
         self.set_title(self.name)
@@ -119,7 +119,8 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         last = prop(p, "LastError", "")
         if last:
             words.append(f"last error: {last}")
-        self.set_subtitle(f"{image} → {mnt}\n{' · '.join(words)}{self.free_text(image)}")
+        free = text.image_free_text(prop(p, "FsType", ""), self.image_free, self.used)
+        self.set_subtitle(f"{image} → {mnt}\n{' · '.join(words + ([free] if free else []))}")
         size = prop(p, "UpperSize", 0)
         self.bar.set_value(min(1.0, self.used / size) if size else 0)
         for level in text.USAGE_LEVELS:
@@ -130,18 +131,6 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         for label in ("Commit", "Discard"):
             self.buttons[label].set_sensitive(not busy)
         log("ROW", self.name, state, self.usage, self.used)
-
-    @staticmethod
-    def free_text(image: str) -> str:
-        """Free space of the file system that holds the image (what a commit can grow into
-        when the image is a directory or a growing file); '' when it cannot be read."""
-        try:
-            if stat.S_ISBLK(os.stat(image).st_mode):  # a device (the root's): no room beside
-                return ""
-            st = os.statvfs(image if os.path.isdir(image) else os.path.dirname(image) or "/")
-        except OSError:
-            return ""
-        return f" · {text.human(st.f_bavail * st.f_frsize)} free beside the image"
 
     def on_changed(self, proxy: Gio.DBusProxy, changed: GLib.Variant, _inv: list[str]) -> None:
         values = changed.unpack()
@@ -156,18 +145,22 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         self.refresh()
 
     def read_used(self) -> None:
-        """UpperUsed is read live and never announced: ask for it."""
-        def done(conn: Gio.DBusConnection, res: Gio.AsyncResult) -> None:
+        """UpperUsed and ImageFree are read live and never announced: ask for them."""
+        def done(conn: Gio.DBusConnection, res: Gio.AsyncResult, name: str) -> None:
             try:
                 (value,) = conn.call_finish(res).unpack()
             except GLib.Error:
                 return
-            self.used = int(value)
+            if name == "UpperUsed":
+                self.used = int(value)
+            else:
+                self.image_free = int(value)
             self.refresh()
-        self.proxy.get_connection().call(
-            BUS_NAME, self.proxy.get_object_path(), "org.freedesktop.DBus.Properties", "Get",
-            GLib.Variant("(ss)", (OVERLAY, "UpperUsed")), GLib.VariantType("(v)"),
-            Gio.DBusCallFlags.NONE, -1, None, done)
+        for name in ("UpperUsed", "ImageFree"):
+            self.proxy.get_connection().call(
+                BUS_NAME, self.proxy.get_object_path(), "org.freedesktop.DBus.Properties",
+                "Get", GLib.Variant("(ss)", (OVERLAY, name)), GLib.VariantType("(v)"),
+                Gio.DBusCallFlags.NONE, -1, None, done, name)
 
     # -- jobs -----------------------------------------------------------------------------
 

@@ -46,6 +46,16 @@ def ram_text(used: int, size: int) -> str:
     return f"RAM {human(used)} of {human(size)} ({pct}%)"
 
 
+def image_free_text(fstype: str, free: int | None, used: int) -> str:
+    """The image's free space (ImageFree), beside the writes: whether a commit fits."""
+    if fstype in ("squashfs", "erofs", "iso9660"):
+        return "read-only image"
+    if free is None:
+        return ""
+    words = f"{human(free)} free in the image"
+    return words + (": less than the writes" if free < used else "")
+
+
 def time_left(end_usec: int, now_usec: int) -> str:
     """'1m 05s left' until END_USEC; '' if not known."""
     if not end_usec:

@@ -64,6 +64,9 @@ def run(host: Host, rec: Overlay, layout: Layout, *, force: bool,
         steps.remove_dirs(host, rec, layout)
     except OverlaydError as e:
         return Stopped(e, True)
+    # A zram upper another mount namespace held is let go once its mount points are
+    # removed (the kernel detaches the copies there): remove it now if so, else later.
+    host.upper.collect(str(layout.base.parent), wait=1.0)
     if has_image and release_lock:
         host.locks.release(rec.lowers[0].dev, rec.lowers[0].ino)
     return None

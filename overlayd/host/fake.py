@@ -94,6 +94,13 @@ class FakeHost:
     _next_id: int = 100
     _layer_inos: dict[str, int] = field(default_factory=dict)  # layer files: stable inodes
     watcher: FakeWatch | None = None
+    space: dict[str, tuple[int, int]] = field(default_factory=dict)  # fs_space, by path
+    # zram uppers: each device and the UUID of the file system on it ("" before mkfs);
+    # those another mount namespace holds (hot_remove is EBUSY); the leftovers noted.
+    zram: dict[str, str] = field(default_factory=dict)
+    zram_held: set[str] = field(default_factory=set)
+    zram_leftovers: dict[str, str] = field(default_factory=dict)
+    _uuids: int = 0
 
     kind = UpperKind.TMPFS  # as an UpperBackend
 
@@ -153,6 +160,9 @@ class FakeHost:
 
     def user_name(self, uid: int) -> str:
         return {0: "root", 65534: "nobody"}.get(uid, str(uid))
+
+    def fs_space(self, path: str) -> tuple[int, int]:
+        return self.space.get(path, (1 << 30, 256 << 20))
 
     # -- Images -------------------------------------------------------------------------
 
@@ -323,29 +333,105 @@ class FakeHost:
     # -- UpperBackend and MergeMount ------------------------------------------------------
 
     def owns(self, name: str, upper: Upper | None = None) -> Owned:
+        if upper is not None and upper.kind is UpperKind.ZRAM:  # as ZramUpper.owns
+            return lambda m: m.fstype == "ext4" and m.source in self.zram and (
+                m.source == upper.device if upper.device
+                else bool(upper.fs_uuid) and self.zram[m.source] == upper.fs_uuid)
         src = mount_source(name)
         return lambda m: m.source == src
 
     def plan(self, upper: Upper) -> Upper:
+        if upper.kind is UpperKind.ZRAM:
+            self._uuids += 1
+            return upper.model_copy(update={"fs_uuid": f"uuid-{self._uuids}"})
         return upper
 
     def make(self, name: str, target: str, upper: Upper) -> Upper:
+        if upper.kind is UpperKind.ZRAM:
+            return self._make_zram(target, upper)
         self._mount("mount_tmpfs", mount_source(name), target, "tmpfs",
                     super_options=("rw", f"size={upper.size // 1024}k"))
         self.upper_data[self._next_id] = set()
         return upper
 
+    def _make_zram(self, target: str, upper: Upper) -> Upper:
+        """As ZramUpper.make, step by step: the recorded device formatted again, or a new
+        one hot-added, noted in TARGET.zram, formatted and mounted (removed again if a
+        step fails; a kill leaves what was done)."""
+        dev = upper.device
+        if dev and self.zram.get(dev) == upper.fs_uuid and \
+                not any(m.source == dev for m in self.mount_table):
+            self._call("zram_mkfs")
+            self._mount("mount_zram", dev, target, "ext4")
+            self.upper_data[self._next_id] = set()
+            return upper
+        self.collect(os.path.dirname(os.path.dirname(target)))
+        self._call("zram_hot_add")
+        n = 0
+        while f"/dev/zram{n}" in self.zram:
+            n += 1
+        dev = f"/dev/zram{n}"
+        self.zram[dev] = ""
+        try:
+            self._call("zram_note")
+            self.file_data[target + ".zram"] = f"zram{n} {upper.fs_uuid}\n".encode()
+            self._call("zram_mkfs")
+            self.zram[dev] = upper.fs_uuid
+            self._mount("mount_zram", dev, target, "ext4")
+            self.upper_data[self._next_id] = set()
+        except OverlaydError:
+            del self.zram[dev]
+            self.file_data.pop(target + ".zram", None)
+            raise
+        return upper.model_copy(update={"device": dev})
+
     def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
-        return self.unmount(target, self.owns(name), lazy=lazy)
+        if upper.kind is not UpperKind.ZRAM:
+            return self.unmount(target, self.owns(name), lazy=lazy)
+        owned = self.owns(name, upper)
+        top = [m for m in self.mount_table if m.target == target]
+        dev = top[-1].source if top and owned(top[-1]) else None
+        was = self.unmount(target, owned, lazy=lazy)
+        if dev is None and upper.device and self.zram.get(upper.device) == upper.fs_uuid:
+            dev = upper.device
+        if dev is None and not upper.device:  # the note make left before the record knew
+            words = self.file_data.get(target + ".zram", b"").decode().split()
+            if len(words) == 2 and words[1] == upper.fs_uuid and \
+                    self.zram.get(f"/dev/{words[0]}") in ("", upper.fs_uuid):
+                dev = f"/dev/{words[0]}"
+        if dev is not None:
+            self._call("zram_hot_remove")
+            if dev in self.zram_held:
+                self.zram_leftovers[dev] = upper.fs_uuid
+            else:
+                del self.zram[dev]
+        self.file_data.pop(target + ".zram", None)
+        return was
+
+    def collect(self, runtime_dir: str, *, wait: float = 0.0) -> list[str]:
+        """The leftovers nothing holds any more are removed (those still ours)."""
+        gone = []
+        for dev, fs_uuid in list(self.zram_leftovers.items()):
+            if dev in self.zram_held:
+                continue
+            if self.zram.get(dev) == fs_uuid:
+                del self.zram[dev]
+                gone.append(dev)
+            del self.zram_leftovers[dev]
+        return gone
 
     def detach_for_later(self, name: str, target: str,
                          upper: Upper | None = None) -> Callable[[], None]:
+        if upper is not None and upper.kind is UpperKind.ZRAM:
+            self.unmount(target, self.owns(name, upper))  # make formats it again
+            return lambda: None
         self.unmount(target, self.owns(name), lazy=True)
         return lambda: None
 
     def usage(self, target: str, upper: Upper | None = None) -> UpperUsage:
         self._call("usage")
         return UpperUsage(size=1 << 20, used=0, inodes_used=1)
+
 
     def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
               options: tuple[str, ...], target_fd: int | None = None) -> None:
@@ -426,7 +512,8 @@ class FakeHost:
     def _tmpfs_of(self, path: str) -> int | None:
         """The id of the tmpfs mount that holds PATH, if any."""
         for m in reversed(self.mount_table):
-            if m.fstype == "tmpfs" and (path == m.target or path.startswith(m.target + "/")):
+            if (m.fstype == "tmpfs" or m.mount_id in self.upper_data) and \
+                    (path == m.target or path.startswith(m.target + "/")):
                 return m.mount_id
         return None
 

@@ -6,6 +6,7 @@ an errno.
 
 from __future__ import annotations
 
+import os
 import pwd
 
 from overlayd.errors import OverlaydError
@@ -38,6 +39,12 @@ class LinuxSystem:
             return pwd.getpwuid(uid).pw_name
         except KeyError:
             return str(uid)
+
+    def fs_space(self, path: str) -> tuple[int, int]:
+        """f_bfree, not f_bavail: a commit writes as root, which may use the reserve."""
+        with map_os_errors(f"read the free space of '{path}'", Op.FILE):
+            v = os.statvfs(path)
+        return v.f_blocks * v.f_frsize, v.f_bfree * v.f_frsize
 
 
 class LinuxHost:

@@ -9,9 +9,12 @@ helper, once in its namespace, detaches there (only there) the mounts overlayd m
 * every tmpfs and overlay whose source starts with ``overlayd-`` (any overlayd's: the
   contract in DESIGN.md reserves the prefix);
 * the image mounts, ``<runtime_dir>/<name>/lower`` and the shared ones
-  ``<runtime_dir>/.lowers/<dev>-<ino>``, for the daemon's runtime directory and
-  for every overlay whose tmpfs is ``<dir>/<name>/rw`` with source ``overlayd-<name>``
-  (another overlayd with another runtime directory).
+  ``<runtime_dir>/.lowers/<dev>-<ino>``, and the zram uppers (ext4 from ``/dev/zramN`` at
+  ``<runtime_dir>/<name>/rw``), for the daemon's runtime directory and for every overlay
+  whose tmpfs is ``<dir>/<name>/rw`` with source ``overlayd-<name>``, or whose overlay
+  (source ``overlayd-<name>``) has its upperdir at ``<dir>/<name>/rw/upper`` (another
+  overlayd with another runtime directory). A zram upper kept here would keep its
+  device busy after the overlay's Discard, for polkitd's whole life.
 
 Nothing else: not another /dev/loop mount of the host, not a foreign mount that hides one
 of ours (then ours stays), and never the root file system on an overlay (the initramfs' mounts
@@ -93,11 +96,19 @@ def overlayd_mounts(mounts: Sequence[MountInfo], runtime_dirs: Iterable[Path]
         if m.fstype == "tmpfs" and m.target == str(base.upper_mount) \
                 and m.source == SOURCE_PREFIX + base.base.name:
             dirs.add(str(base.base.parent))
+        upperdir = m.super_option("upperdir") if m.fstype == "overlay" else None
+        if upperdir:  # and its overlay's upperdir <dir>/<name>/rw/upper (a zram upper)
+            up = Layout(Path(upperdir).parent.parent)
+            if upperdir == str(up.upper) and m.source == SOURCE_PREFIX + up.base.name:
+                dirs.add(str(up.base.parent))
     picked = {id(m) for m in ours}
     for m in mounts:
         base = Layout(Path(m.target).parent)
         if m.target == str(base.lower) and str(base.base.parent) in dirs:
             picked.add(id(m))
+        elif m.target == str(base.upper_mount) and str(base.base.parent) in dirs \
+                and m.fstype == "ext4" and m.source.startswith("/dev/zram"):
+            picked.add(id(m))  # a zram upper
         elif base.base.name == SHARED_LOWERS and str(base.base.parent) in dirs \
                 and m.source.startswith("/dev/"):
             picked.add(id(m))  # <dir>/.lowers/<dev>-<ino>: an image shared by overlays

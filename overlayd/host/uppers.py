@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import logging
 import os
 import subprocess
 import time
@@ -26,7 +28,7 @@ from overlayd.host.syscalls import (
     FsContext,
     umount2,
 )
-from overlayd.layout import mount_source
+from overlayd.layout import ZRAM_LEFTOVERS, mount_source, runtime_dir_of
 from overlayd.model import Upper, UpperKind, UpperUsage
 from overlayd.mountinfo import MountInfo
 
@@ -89,9 +91,24 @@ class TmpfsUpper:
                           inodes_used=v.f_files - v.f_ffree)
 
 
+log = logging.getLogger("overlayd")
+
 ZRAM_CONTROL = "/sys/class/zram-control"
 SYS_BLOCK = "/sys/block"
 FREE_WAIT = 10.0  # seconds: how long a device may stay busy after its last unmount
+# After this long busy, look whether another mount namespace holds the device (a process
+# that unshared its namespace while the upper was mounted keeps a copy of the mount): then
+# it stays busy as long as that process lives, and waiting longer is of no use.
+HELD_CHECK = 0.2
+
+
+class HeldElsewhere(Exception):
+    """Not an overlayd error: the device is held by the mount namespaces of WHO (processes),
+    which copied its mount. Handled here (the device is left for later), never reported."""
+
+    def __init__(self, who: list[str]) -> None:
+        super().__init__(", ".join(who))
+        self.who = who
 
 
 def _zram_id(device: str) -> int | None:
@@ -119,17 +136,28 @@ def _write_sys(path: str, value: str) -> None:
         f.write(value)
 
 
-def _until_free(what: str, attempt: Callable[[], bool]) -> None:
+def _until_free(what: str, attempt: Callable[[], bool],
+                held: Callable[[], list[str]] | None = None, limit: float = FREE_WAIT) -> None:
     """ATTEMPT until it says done: after the last unmount of a file system the kernel may
     hold its block device a moment longer (overlayfs's private clones of the layer mounts
     go from a work queue, udev's probe opens it). Each wait doubles, from 1 ms, and ends
-    as soon as the device is free; after FREE_WAIT seconds it is an error."""
-    deadline = time.monotonic() + FREE_WAIT
+    as soon as the device is free; after FREE_WAIT seconds it is an error. HELD, asked
+    once after HELD_CHECK seconds: the processes whose mount namespaces hold the device
+    (then HeldElsewhere at once: it will not be free before they end)."""
+    start = time.monotonic()
     pause = 0.001
+    asked = held is None
     while not attempt():
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - start
+        if not asked and waited > min(HELD_CHECK, limit):
+            asked = True
+            assert held is not None
+            who = held()
+            if who:
+                raise HeldElsewhere(who)
+        if waited > limit:
             raise MountFailed(f"Cannot {what}: the device is still in use after "
-                                    f"{FREE_WAIT:.0f} s.")
+                              f"{limit:.0f} s.")
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
 
@@ -145,6 +173,16 @@ def _ext4_uuid(device: str) -> str | None:
     if len(sb) < 0x78 or sb[0x38:0x3A] != b"\x53\xef":
         return None
     return str(uuid.UUID(bytes=sb[0x68:0x78]))
+
+
+def _has_signature(device: str) -> bool:
+    """Whether DEVICE's first 64 KiB hold anything but zeros (a file system, swap, a
+    partition table: what blkid would find)."""
+    try:
+        with open(device, "rb") as f:
+            return any(f.read(65536))
+    except OSError:
+        return True  # unreadable: not provably blank
 
 
 def _namespaces_mounting(zid: int) -> list[str]:
@@ -169,6 +207,19 @@ def _namespaces_mounting(zid: int) -> list[str]:
             continue
     own = os.readlink("/proc/self/ns/mnt")
     return [who for ns, who in seen.items() if who and ns != own][:5]
+
+
+def _try_remove(zid: int) -> bool:
+    """Hot-remove /dev/zramZID: False while it is busy."""
+    try:
+        _write_sys(f"{ZRAM_CONTROL}/hot_remove", str(zid))
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            return False
+        if e.errno == errno.ENODEV:  # gone already
+            return True
+        raise MountFailed(f"Cannot remove /dev/zram{zid}: {e.strerror}.") from None
+    return True
 
 
 class ZramUpper:
@@ -216,6 +267,37 @@ class ZramUpper:
             return None
         return zid if _ext4_uuid(upper.device) == upper.fs_uuid else None
 
+    # A kill between hot_add and the record that names the device would leak it: make
+    # notes it first in TARGET.zram (RUNTIME_DIR/NAME/rw.zram: "zramN UUID"), which
+    # unmake reads when the record has no device, and removes.
+
+    @staticmethod
+    def _note(target: str, zid: int, fs_uuid: str) -> None:
+        with map_os_errors(f"note /dev/zram{zid} in '{target}.zram'", Op.FILE), \
+                open(target.rstrip("/") + ".zram", "w") as f:
+            f.write(f"zram{zid} {fs_uuid}\n")
+
+    @staticmethod
+    def _noted(target: str, upper: Upper) -> int | None:
+        """The device make noted for UPPER, if it is still the one make added: it carries
+        UPPER's UUID, or is blank (no file system yet) with no size or UPPER's size."""
+        words = (_read_sys(target.rstrip("/") + ".zram") or "").split()
+        zid = _zram_id(f"/dev/{words[0]}") if len(words) == 2 else None
+        if zid is None or not upper.fs_uuid or words[1] != upper.fs_uuid or \
+                not os.path.exists(_sys(zid, "dev")):
+            return None
+        found = _ext4_uuid(f"/dev/zram{zid}")
+        if found == upper.fs_uuid:
+            return zid
+        blank = found is None and not _has_signature(f"/dev/zram{zid}")
+        return zid if blank and _read_sys(_sys(zid, "disksize")) in ("0", str(upper.size)) \
+            else None
+
+    @staticmethod
+    def _forget_note(target: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target.rstrip("/") + ".zram")
+
     def make(self, name: str, target: str, upper: Upper) -> Upper:
         """A fresh file system at TARGET: on the recorded device if it is still ours (a
         commit renews the upper: mkfs discards the old blocks, which frees zram's RAM),
@@ -226,10 +308,14 @@ class ZramUpper:
             self._mkfs(device, upper.fs_uuid, discard=True)
             self._mount(device, target)
             return upper
+        self.collect(runtime_dir_of(target))  # give back what others held, first
         zid = self._hot_add()
         device = f"/dev/zram{zid}"
         fs_uuid = upper.fs_uuid or str(uuid.uuid4())
         try:
+            # Before anything else: the record learns the device only when make returns,
+            # and a blank device says nothing of whose it is.
+            self._note(target, zid, fs_uuid)
             if upper.compressor:
                 self._set_compressor(zid, upper.compressor)
             with map_os_errors(f"set the size of {device} to {upper.size} bytes", Op.MOUNT):
@@ -237,22 +323,89 @@ class ZramUpper:
             self._mkfs(device, fs_uuid, discard=False)
             self._mount(device, target)
         except BaseException:
-            with contextlib.suppress(OverlaydError):
+            # nothing was mounted yet, so no other namespace can hold it
+            with contextlib.suppress(OverlaydError, HeldElsewhere):
                 self._hot_remove(zid)
+                self._forget_note(target)
             raise
         return upper.model_copy(update={"device": device, "fs_uuid": fs_uuid})
 
     def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
-        """Unmount (if ours is mounted at TARGET) and remove the device (if ours)."""
+        """Unmount (if ours is mounted at TARGET) and remove the device (if ours). A device
+        that another mount namespace holds (it copied the mount) cannot be removed while
+        that namespace lives: it is left in RUNTIME_DIR/.zram-leftovers with its UUID and
+        removed by a later ``collect``; the overlay goes all the same. Then the leftovers
+        of earlier discards are tried once more."""
         owned = self.owns(name, upper)
         top = self.mounts.at(target)
         zid = _zram_id(top.source) if top is not None and owned(top) else None
         was = self.mounts.unmount(target, owned, lazy=lazy)
         if zid is None:
             zid = self._ours_unmounted(upper)
+        if zid is None and not upper.device:
+            zid = self._noted(target, upper)
         if zid is not None:
-            self._hot_remove(zid)
+            try:
+                self._hot_remove(zid)
+            except HeldElsewhere as e:
+                self._leave(runtime_dir_of(target), zid, upper.fs_uuid, name, e.who)
+        self._forget_note(target)
         return was
+
+    def collect(self, runtime_dir: str, *, wait: float = 0.0) -> list[str]:
+        """Remove the leftover devices (``unmake``) that nothing holds any more: those that
+        still carry the recorded UUID. An entry whose device is gone or carries another
+        file system is dropped, the device untouched. One that is busy but mounted in no
+        mount namespace any more is being let go (a copy detached when its mount point
+        was removed): it is tried again for up to WAIT seconds. The devices removed."""
+        where = os.path.join(runtime_dir, ZRAM_LEFTOVERS)
+        try:
+            entries = sorted(e for e in os.listdir(where) if not e.endswith(".tmp"))
+        except OSError:
+            return []
+        removed = []
+        for entry in entries:
+            path = os.path.join(where, entry)
+            zid = _zram_id(f"/dev/{entry}")
+            recorded = _read_sys(path) or ""
+            if zid is not None and os.path.exists(_sys(zid, "dev")) and recorded and \
+                    _ext4_uuid(f"/dev/{entry}") == recorded:
+                held = functools.partial(_namespaces_mounting, zid) if wait > 0 else None
+                try:
+                    _until_free(f"remove /dev/{entry}", functools.partial(_try_remove, zid),
+                                held, limit=wait)
+                except (HeldElsewhere, MountFailed):
+                    continue  # still held: next time
+                removed.append(f"/dev/{entry}")
+                log.info("Removed /dev/%s, the zram device of a discarded overlay that "
+                         "another mount namespace held until now.", entry)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(where):  # a kill while one was written
+                if entry.endswith(".tmp"):
+                    os.unlink(os.path.join(where, entry))
+            os.rmdir(where)  # when empty
+        return removed
+
+    def _leave(self, runtime_dir: str, zid: int, fs_uuid: str, name: str,
+               who: list[str]) -> None:
+        """Note /dev/zramZID for a later ``collect`` (atomically: a kill leaves a .tmp,
+        which collect drops) and say why it stays."""
+        where = os.path.join(runtime_dir, ZRAM_LEFTOVERS)
+        path = os.path.join(where, f"zram{zid}")
+        with map_os_errors(f"note /dev/zram{zid} for a later removal", Op.FILE):
+            os.makedirs(where, mode=0o700, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                f.write(fs_uuid + "\n")
+            os.rename(path + ".tmp", path)
+        log.warning("Overlay '%s': its zram device /dev/zram%d is unmounted here but still "
+                    "mounted in another mount namespace (that of %s), which copied it while "
+                    "it was mounted; it keeps the device and its RAM until that process "
+                    "ends. The overlay is discarded; overlayd removes the device at its "
+                    "next start or zram create or discard after that.", name, zid,
+                    ", ".join(who), extra={"OVERLAYD_NAME": name,
+                                           "OVERLAYD_ZRAM_DEVICE": f"/dev/zram{zid}"})
 
     def detach_for_later(self, name: str, target: str,
                          upper: Upper | None = None) -> Callable[[], None]:
@@ -336,26 +489,8 @@ class ZramUpper:
         os.chmod(target, 0o700)
 
     def _hot_remove(self, zid: int) -> None:
-        def remove() -> bool:
-            try:
-                _write_sys(f"{ZRAM_CONTROL}/hot_remove", str(zid))
-            except OSError as e:
-                if e.errno == errno.EBUSY:
-                    return False
-                if e.errno == errno.ENODEV:  # gone already
-                    return True
-                raise MountFailed(f"Cannot remove /dev/zram{zid}: {e.strerror}.") from None
-            return True
-        try:
-            _until_free(f"remove /dev/zram{zid}", remove)
-        except MountFailed:
-            where = _namespaces_mounting(zid)
-            if not where:
-                raise
-            raise MountFailed(
-                f"Cannot remove /dev/zram{zid}: it is unmounted here but still mounted in "
-                f"another mount namespace (that of {', '.join(where)}), which copied it "
-                "while it was mounted. Discard again once that process has ended.") from None
+        _until_free(f"remove /dev/zram{zid}", lambda: _try_remove(zid),
+                    lambda: _namespaces_mounting(zid))
 
 
 class Uppers:
@@ -387,3 +522,8 @@ class Uppers:
 
     def usage(self, target: str, upper: Upper | None = None) -> UpperUsage:
         return self._of(upper).usage(target, upper)
+
+    def collect(self, runtime_dir: str, *, wait: float = 0.0) -> list[str]:
+        zram = self.backends[UpperKind.ZRAM]
+        assert isinstance(zram, ZramUpper)
+        return zram.collect(runtime_dir, wait=wait)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -108,3 +109,108 @@ def test_someone_elses_zram_device_is_never_touched(env: Env, image: Path,
             Path(f"{ZRAM_CONTROL}/hot_remove").write_text(str(other))
         except OSError as e:
             raise OverlaydError(f"the test's own zram{other} stays: {e}") from None
+
+
+# --- a copied mount namespace holds the device (issue 16) ---------------------------------
+
+def _hold_copy() -> subprocess.Popen[bytes]:
+    """A process in a mount namespace copied from ours now: it keeps every mount there is,
+    the zram upper's too, after we unmount it."""
+    p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "120"])
+    for _ in range(200):  # until the namespace exists (not just the unshare process)
+        try:
+            if os.readlink(f"/proc/{p.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt") and \
+                    Path(f"/proc/{p.pid}/comm").read_text().strip() == "sleep":
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return p
+
+
+def _leftovers(env: Env) -> list[str]:
+    where = env.config.runtime_dir / ".zram-leftovers"
+    return sorted(os.listdir(where)) if where.exists() else []
+
+
+def test_a_copy_of_the_default_mount_point_is_let_go_at_once(env: Env, image: Path) -> None:
+    """Removing the mount points detaches the copies in other namespaces (the kernel does,
+    since 3.18): the device is free before Discard answers, with the copy still alive."""
+    rec = env.create("held", image, upper="zram", size="16M")
+    dev = os.path.basename(rec.upper.device)
+    holder = _hold_copy()
+    try:
+        env.run(env.manager.discard("held"))
+        assert env.manager.list() == [] and holder.poll() is None
+        assert not os.path.exists(f"/sys/block/{dev}") and _leftovers(env) == []
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_device_held_by_a_copied_namespace_does_not_wedge_discard(
+        env: Env, image: Path, root: Path) -> None:
+    """A mount point of the caller's (not removed at discard) copied into another
+    namespace keeps the overlay there, and with it the zram device: Discard does not wait
+    10 s and fail, leaving a failed overlay, as it did; the overlay goes, the device is
+    noted, and removed once nothing holds it."""
+    mp = root / "view"
+    mp.mkdir()
+    rec = env.create("held", image, upper="zram", size="16M", mountpoint=str(mp))
+    (mp / "w.txt").write_text("in zram\n")
+    dev = os.path.basename(rec.upper.device)
+    holder = _hold_copy()
+    try:
+        env.run(env.manager.discard("held"))
+        assert env.manager.list() == [], "the overlay is gone, its name is free"
+        assert os.path.exists(f"/sys/block/{dev}"), "the copy keeps the device"
+        assert _leftovers(env) == [dev]
+        assert (env.config.runtime_dir / ".zram-leftovers" / dev).read_text().strip() == \
+            rec.upper.fs_uuid
+        env.create("held", image, upper="zram", size="16M")  # the name works again
+        env.run(env.manager.discard("held"))
+        assert _leftovers(env) == [dev], "still held: kept for later"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the next zram create (or discard, or start) removes it, now that nothing holds it
+    for _ in range(100):  # the namespace goes with its last process, a moment after
+        env.create("again", image, upper="zram", size="16M")
+        env.run(env.manager.discard("again"))
+        if not os.path.exists(f"/sys/block/{dev}"):
+            break
+    assert not os.path.exists(f"/sys/block/{dev}") and _leftovers(env) == []
+
+
+def test_a_restart_removes_a_device_let_go_meanwhile(env: Env, image: Path,
+                                                     root: Path) -> None:
+    mp = root / "view"
+    mp.mkdir()
+    rec = env.create("held", image, upper="zram", size="16M", mountpoint=str(mp))
+    dev = os.path.basename(rec.upper.device)
+    holder = _hold_copy()
+    try:
+        env.run(env.manager.discard("held"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _leftovers(env) == [dev]
+    for _ in range(100):
+        env.manager = env.fresh_manager()
+        env.run(env.manager.start())
+        if not _leftovers(env):
+            break
+    assert not os.path.exists(f"/sys/block/{dev}") and _leftovers(env) == []
+
+
+def test_a_leftover_entry_never_removes_another_device(env: Env, image: Path) -> None:
+    """An entry whose device now carries another file system (or none) is dropped, and
+    the device left alone: only the recorded UUID makes a device ours."""
+    rec = env.create("mine", image, upper="zram", size="16M")
+    dev = os.path.basename(rec.upper.device)
+    where = env.config.runtime_dir / ".zram-leftovers"
+    where.mkdir()
+    (where / dev).write_text(str(uuid.uuid4()) + "\n")  # not the UUID it carries
+    env.run(env.manager.start())  # collects: the entry goes, the device stays
+    assert _leftovers(env) == [] and os.path.exists(f"/sys/block/{dev}")
+    assert env.manager.get("mine").state.value == "active"

@@ -99,9 +99,11 @@ def test_objects_follow_the_manager(harness: Harness) -> None:
     svc = served(harness, manager)
     path = ROOT + "/overlay/new_2done"
     manager.change("new-one", Record(name="new-one"))
-    ((where, member, (obj, ifaces)),) = harness.signals()
+    ((where, member, (obj, ifaces)), total) = harness.signals()
     assert (where, member, obj) == (ROOT, "InterfacesAdded", path)
     assert ifaces["org.overlayd.Overlayd1.Overlay"]["State"] == Variant("s", "active")
+    assert total == (ROOT, "PropertiesChanged", ["org.overlayd.Overlayd1.Manager", {
+        "UpperSizeTotal": Variant("t", 64 << 20)}, []]), "the RAM reserved grew"
     harness.sent.clear()
     manager.change("new-one", replace(Record(name="new-one"), state=OverlayState.COMMITTING))
     manager.change("new-one", replace(Record(name="new-one"), state=OverlayState.COMMITTING))
@@ -110,8 +112,10 @@ def test_objects_follow_the_manager(harness: Harness) -> None:
         "only what changed, once"
     harness.sent.clear()
     manager.change("new-one", None)
-    assert harness.signals() == [(ROOT, "InterfacesRemoved",
-                                  [path, ["org.overlayd.Overlayd1.Overlay"]])]
+    assert harness.signals() == [
+        (ROOT, "InterfacesRemoved", [path, ["org.overlayd.Overlayd1.Overlay"]]),
+        (ROOT, "PropertiesChanged", ["org.overlayd.Overlayd1.Manager",
+                                     {"UpperSizeTotal": Variant("t", 0)}, []])]
     assert path not in harness.bus._path_exports and svc.objects == {}
 
 

@@ -61,6 +61,7 @@ class StubManager:
         self.records = {r.name: r for r in records}
         self.listeners: list[Callable[[str, Any], None]] = []
         self.usage_reads = 0
+        self.space_reads = 0
 
     def list(self) -> list[Record]:
         return [self.records[n] for n in sorted(self.records)]
@@ -74,6 +75,13 @@ class StubManager:
     def usage_now(self, name: str) -> UpperUsage:
         self.usage_reads += 1
         return UpperUsage(size=self.get(name).size, used=12288, inodes_used=3)
+
+    def image_space(self, name: str) -> tuple[int, int]:
+        self.space_reads += 1
+        return 1 << 30, 300 << 20
+
+    def total_limit(self) -> int:
+        return 4 << 30
 
     def fd_path(self, fd: int) -> str:
         return f"/proc/self/fd/{fd}"
@@ -156,6 +164,8 @@ def test_getters_values_and_signalled_values_agree() -> None:
     obj = overlay(manager)
     values = obj.property_values()
     assert manager.usage_reads == 1, "one statvfs for all the properties"
+    assert manager.space_reads == 1, "one look at the image's space for all of them"
+    assert values["ImageSize"].value == 1 << 30 and values["ImageFree"].value == 300 << 20
     assert set(values) == {p.name for p in PROPERTIES}
     for p in PROPERTIES:
         assert values[p.name].signature == p.signature
@@ -176,7 +186,7 @@ def test_reading_a_const_property_reads_no_usage() -> None:
     for p in PROPERTIES:
         if p.changes != LIVE:
             getattr(obj, p.name)
-    assert manager.usage_reads == 0
+    assert manager.usage_reads == 0 and manager.space_reads == 0
     assert {p.changes for p in PROPERTIES} == {CONST, SIGNALLED, LIVE}
 
 
@@ -207,15 +217,21 @@ def test_the_manager_says_whether_the_root_is_on_an_overlay() -> None:
     manager = StubManager(Record())
     iface = ManagerInterface(StubService(manager))  # type: ignore[arg-type]
     version = Variant("s", overlayd.__version__)
-    assert iface.property_values() == {"RootOverlay": Variant("o", "/"), "Version": version}
+    ram = {"MaxTotalSize": Variant("t", 4 << 30), "UpperSizeTotal": Variant("t", 64 << 20)}
+    assert iface.property_values() == {"RootOverlay": Variant("o", "/"), "Version": version,
+                                       **ram}
     manager.records["root"] = Record(name="root")
+    ram["UpperSizeTotal"] = Variant("t", 128 << 20)  # the root's tmpfs counts too
     assert iface.property_values() == {
-        "RootOverlay": Variant("o", "/org/overlayd/Overlayd1/overlay/root"), "Version": version}
+        "RootOverlay": Variant("o", "/org/overlayd/Overlayd1/overlay/root"), "Version": version,
+        **ram}
     assert iface.Version == overlayd.__version__
     assert iface.RootOverlay == "/org/overlayd/Overlayd1/overlay/root"
     xml = ET.tostring(iface.introspect().to_xml(), encoding="unicode")
     assert xml_properties(f"<node>{xml}</node>", "org.overlayd.Overlayd1.Manager") == {
-        "RootOverlay": ("o", "read", "const"), "Version": ("s", "read", "const")}
+        "MaxTotalSize": ("t", "read", "const"), "RootOverlay": ("o", "read", "const"),
+        "UpperSizeTotal": ("t", "read", "true"), "Version": ("s", "read", "const")}
     written = (DBUS_DIR / "org.overlayd.Overlayd1.Manager.xml").read_text()
     assert xml_properties(written, "org.overlayd.Overlayd1.Manager") == {
-        "RootOverlay": ("o", "read", "const"), "Version": ("s", "read", "const")}
+        "MaxTotalSize": ("t", "read", "const"), "RootOverlay": ("o", "read", "const"),
+        "UpperSizeTotal": ("t", "read", "true"), "Version": ("s", "read", "const")}

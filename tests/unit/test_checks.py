@@ -10,8 +10,10 @@ import pytest
 from overlayd.checks import (
     check_mountpoint,
     check_overlay_options,
+    check_total,
     choose_fstype,
     choose_size,
+    reserved_total,
 )
 from overlayd.claims import MountpointClaims
 from overlayd.config import DaemonConfig
@@ -26,6 +28,7 @@ from overlayd.model import (
     OverlaySpec,
     OverlayState,
     Upper,
+    UpperKind,
     parse_spec,
 )
 from overlayd.mountinfo import MountInfo
@@ -77,7 +80,7 @@ def test_size_default_from_config() -> None:
     assert choose_size(spec(), cfg, memory=8 * GiB) == 2 * GiB
 
 
-@pytest.mark.parametrize("size", [1, 4096, 2 * GiB, 8 * GiB])
+@pytest.mark.parametrize("size", [MiB, MiB + 4096, 2 * GiB, 8 * GiB])
 def test_size_requested(size: int) -> None:
     assert choose_size(spec(size=size), CFG, memory=8 * GiB) == size
 
@@ -110,6 +113,62 @@ def test_size_max_size_above_memory_is_capped_to_memory() -> None:
     cfg = DaemonConfig(max_size="64G")
     with pytest.raises(LimitExceeded, match="memory"):
         choose_size(spec(size="16G"), cfg, memory=8 * GiB)
+
+
+# --- the minimum size, max_total_size (issue 15) -------------------------------------------------
+
+@pytest.mark.parametrize("size", [1, 4096, "1023K", MiB - 1])
+def test_a_size_below_the_minimum_is_refused(size: int | str) -> None:
+    with pytest.raises(InvalidSpec, match="at least 1M") as ei:
+        spec(size=size)
+    assert ei.value.field == "size"
+
+
+def test_default_size_below_the_minimum_is_refused() -> None:
+    with pytest.raises(ValueError, match="default_size must be at least 1M"):
+        DaemonConfig(default_size="512K")
+
+
+@pytest.mark.parametrize(("setting", "memory", "limit"), [
+    ("50%", 8 * GiB, 4 * GiB), (" 150 %", 8 * GiB, 12 * GiB), ("12G", 8 * GiB, 12 * GiB),
+    (3 * GiB, 8 * GiB, 3 * GiB), ("100%", 1000, 1000)])
+def test_max_total_size_is_a_size_or_a_percent_of_memory(setting: str | int, memory: int,
+                                                         limit: int) -> None:
+    assert DaemonConfig(max_total_size=setting).total_limit(memory) == limit
+
+
+def test_max_total_size_defaults_to_half_the_memory() -> None:
+    assert DaemonConfig().max_total_size == "50%"
+    assert DaemonConfig().total_limit(23 * GiB) == 23 * GiB // 2
+
+
+@pytest.mark.parametrize("setting", ["0%", "1001%", "x%", "-5%", "0", "512K", "lots", 1.5])
+def test_a_bad_max_total_size_is_refused(setting: object) -> None:
+    with pytest.raises(ValueError, match=r"max_total_size|percent|size"):
+        DaemonConfig(max_total_size=setting)
+
+
+def test_the_sum_counts_every_upper_whatever_its_kind() -> None:
+    zram = record("z", "/mnt/z").evolve(upper=Upper(kind=UpperKind.ZRAM, size=3 * GiB,
+                                                    device="/dev/zram1", fs_uuid="u"))
+    assert reserved_total([record("a", "/mnt/a"), zram]) == 4 * GiB
+
+
+def test_within_the_total_is_fine() -> None:
+    check_total(GiB, 3 * GiB, 4 * GiB, name="demo")  # exactly at the limit
+
+
+def test_beyond_the_total_names_the_limit_the_sum_and_the_size() -> None:
+    with pytest.raises(LimitExceeded) as ei:
+        check_total(2 * GiB, 3 * GiB, 4 * GiB, name="demo")
+    text = str(ei.value)
+    assert "'demo'" in text and "max_total_size" in text
+    assert "2G" in text and "3G" in text and "4G" in text and "1G is left" in text
+
+
+def test_nothing_left_says_zero() -> None:
+    with pytest.raises(LimitExceeded, match="0B is left"):
+        check_total(MiB, 5 * GiB, 4 * GiB, name="demo")
 
 
 # --- choose_fstype -----------------------------------------------------------------------------

@@ -57,8 +57,8 @@ def test_mount_root_dir_explicit() -> None:
 
 
 @pytest.mark.parametrize(("value", "expected"), [("2G", 2 * GiB), ("512M", 512 * MiB),
-                                                 ("1.5G", GiB + GiB // 2), (4096, 4096),
-                                                 ("4096", 4096)])
+                                                 ("1.5G", GiB + GiB // 2), (4 * MiB, 4 * MiB),
+                                                 ("4194304", 4 * MiB)])
 def test_sizes_as_strings(value: Any, expected: int) -> None:
     cfg = DaemonConfig(default_size=value, max_size=value)
     assert cfg.default_size == expected

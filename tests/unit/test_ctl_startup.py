@@ -30,6 +30,17 @@ def test_list_and_status_import_no_models(tmp_path: Path) -> None:
         assert not heavy, (argv, sorted(heavy))
 
 
+def test_the_reading_commands_load_neither_dbus_next_nor_asyncio(tmp_path: Path) -> None:
+    """list, status, jobs and layers speak the wire protocol themselves (bus/wire.py):
+    dbus-next and asyncio were most of what was left of list's start-up."""
+    for argv in (["list"], ["status", "x"], ["jobs"], ["layers", "x"]):
+        rc, mods = _modules_after(tmp_path, *argv)
+        assert rc == 69
+        heavy = {m for m in mods if m.split(".")[0] in ("dbus_next", "asyncio", "dataclasses",
+                                                          "logging", "shutil")}
+        assert not heavy, (argv, sorted(heavy))
+
+
 def test_schema_still_has_them(tmp_path: Path) -> None:
     rc, mods = _modules_after(tmp_path, "schema")
     assert rc == 0 and "pydantic" in mods

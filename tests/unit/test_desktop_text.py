@@ -48,3 +48,11 @@ def test_errors_are_the_daemons_words_without_the_error_name() -> None:
 def test_names_from_file_names() -> None:
     assert text.safe_name("my disk (1)") == "my-disk-1"
     assert text.safe_name("...") == "overlay"
+
+
+def test_the_image_free_space_beside_the_writes() -> None:
+    assert text.image_free_text("ext4", 3 << 20, 1 << 20) == "3.0 MiB free in the image"
+    assert text.image_free_text("ext4", 1 << 20, 3 << 20) == \
+        "1.0 MiB free in the image: less than the writes"
+    assert text.image_free_text("squashfs", 0, 0) == "read-only image"
+    assert text.image_free_text("ext4", None, 0) == "", "a daemon without ImageFree"

@@ -255,3 +255,25 @@ def test_the_job_property_table_is_the_xml() -> None:
     values = obj.property_values()
     assert values["Objects"].value == ["/org/overlayd/Overlayd1/overlay/demo"]
     assert values["ProgressValid"].value is False and values["Cancelable"].value is True
+
+
+# --- SpaceCache: the images' free space, read once per file system per interval -----------
+
+def test_the_space_of_a_file_system_is_read_once_per_interval() -> None:
+    from overlayd.usage import SpaceCache
+    reads: list[str] = []
+    now = [100.0]
+
+    def read(path: str) -> tuple[int, int]:
+        reads.append(path)
+        return 1000, 100 * len(reads)
+
+    cache = SpaceCache(read, lambda: now[0], ttl=2.0)
+    assert [cache.get("/a") for _ in range(50)] == [(1000, 100)] * 50
+    assert cache.get("/b") == (1000, 200)
+    assert reads == ["/a", "/b"], "one read per file system, however many overlays ask"
+    now[0] += 2.0
+    assert cache.get("/a") == (1000, 300), "read again after the interval"
+    cache.forget("/a")  # a commit wrote into it
+    assert cache.get("/a") == (1000, 400)
+    assert reads == ["/a", "/b", "/a", "/a"]

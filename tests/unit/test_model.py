@@ -209,14 +209,13 @@ def test_mountpoint_accepted() -> None:
     ("1G", GiB),
     ("512M", 512 * MiB),
     ("1.5G", GiB + GiB // 2),
-    ("4096", 4096),
-    ("4K", 4096),
+    ("1048576", MiB),
+    ("1024K", MiB),
     ("1T", 1 << 40),
     ("1GiB", GiB),
     ("1gb", GiB),
     (" 2 G ", 2 * GiB),
-    (4096, 4096),
-    (1, 1),
+    (MiB + 1, MiB + 1),
     (MAX_U64, MAX_U64),
 ])
 def test_size_accepted(value: Any, expected: int) -> None:

@@ -78,3 +78,21 @@ def test_never_the_root_file_system_on_an_overlay() -> None:
              mount(4, "/run/overlayd/a/lower", "/dev/loop3", "ext4"),
              mount(5, "/run/overlayd/a/rw", "overlayd-a")]
     assert picked(table) == ["/run/overlayd/a/rw", "/run/overlayd/a/lower"]
+
+
+def test_zram_uppers_of_ours_and_of_another_daemon() -> None:
+    """A zram upper held in polkitd's namespace would keep its device busy after Discard
+    (issue 16): ours, and another daemon's found from its overlay's upperdir."""
+    overlay = MountInfo(mount_id=4, parent_id=1, device="0:9", root="/",
+                        target="/srv/v", options=("rw",), fstype="overlay",
+                        source="overlayd-w",
+                        super_options=("rw", "lowerdir=/x", "upperdir=/var/o/w/rw/upper",
+                                       "workdir=/var/o/w/rw/work"))
+    table = [mount(1, "/run/overlayd/z/rw", "/dev/zram3", "ext4"),
+             mount(2, "/var/o/w/rw", "/dev/zram4", "ext4"),
+             mount(3, "/var/o/w/lower", "/dev/loop4", "ext4"),
+             overlay,
+             mount(5, "/run/overlayd/y/rw", "/dev/sdb1", "ext4"),  # not a zram device
+             mount(6, "/srv/zram/rw", "/dev/zram0", "ext4")]  # not in a runtime dir
+    assert picked(table) == ["/srv/v", "/var/o/w/lower", "/var/o/w/rw",
+                             "/run/overlayd/z/rw"]

@@ -105,7 +105,7 @@ class Paths:
         return self.root / "busrun"
 
     @property
-    def daemon_config(self) -> Path:  # never created: the daemon runs on its defaults
+    def daemon_config(self) -> Path:  # the defaults, but max_total_size (Daemon.start)
         return self.root / "overlayd.conf"
 
     @property
