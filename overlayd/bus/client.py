@@ -139,6 +139,14 @@ class OverlaydClient:
             options["layer_format"] = Variant("s", layer_format)
         await self._manager("Commit", "sa{sv}", [name, options])
 
+    async def reconfigure(self, name: str, spec: dict[str, Any]
+                          ) -> tuple[list[str], dict[str, str]]:
+        """Apply SPEC to the live overlay: (keys changed now, {key: why not} for the rest)."""
+        variants, _fds = _spec_variants(spec)
+        changed, not_changed = await self._manager("Reconfigure", "sa{sv}a{sv}",
+                                                   [name, variants, {}])
+        return list(changed), dict(not_changed)
+
     async def root_overlay(self) -> str:
         """The root overlay's object path, or "/" when the root is not on an overlay."""
         (value,) = await self.call(ROOT_PATH, "org.freedesktop.DBus.Properties", "Get", "ss",
