@@ -190,3 +190,18 @@ def test_a_discard_that_throws_writes_away_says_what(caplog: pytest.LogCaptureFi
     assert lost.levelno == NOTICE and "2 entries (2 added" in lost.getMessage()
     assert lost.__dict__["OVERLAYD_ENTRIES"] == 2 and lost.__dict__["OVERLAYD_ADDED"] == 2
     assert events["clean"].levelno == logging.INFO  # nothing thrown away: no notice
+
+
+def test_the_bus_spec_takes_the_image_by_path_only() -> None:
+    from dbus_next import Variant
+
+    from overlayd.bus.errors import InvalidArgs
+    from overlayd.bus.spec import decode_settings
+    from overlayd.errors import InvalidSpec
+
+    assert decode_settings({"size": Variant("s", "1G"), "mount_options": Variant("as", [])}) \
+        == {"size": 1 << 30, "mount_options": ()}
+    with pytest.raises(InvalidArgs, match="Unknown Reconfigure spec key 'image_fd'"):
+        decode_settings({"image_fd": Variant("h", 0)})
+    with pytest.raises(InvalidSpec, match="size"):
+        decode_settings({"size": Variant("t", 0)})
