@@ -39,10 +39,8 @@ def parser() -> argparse.ArgumentParser:
     """overlayd's options (also the source of overlayd(8), tools/manpages.py)."""
     p = argparse.ArgumentParser(prog="overlayd", description=(
         "Serve org.overlayd.Overlayd1: read-only images with their writes in RAM, "
-        "committed or discarded on request. SIGTERM stops it, leaving the overlays "
-        "mounted; SIGHUP (systemctl reload overlayd) re-reads the configuration, whose "
-        "defaults apply to overlays created after (a bad file is logged, naming the file "
-        "and the setting, and the configuration in use stays)."))
+        "committed or discarded on request. SIGTERM stops it (the overlays stay mounted); "
+        "SIGHUP (systemctl reload overlayd) re-reads the configuration."))
     p.add_argument("--standalone", action="store_true",
                    help="start a private system-like bus (for machines without one) and print "
                         "DBUS_SYSTEM_BUS_ADDRESS=... on stdout once ready")
