@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayd.errors import InvalidSpec
-from overlayd.host.uppers import ZRAM_CONTROL
+from overlayd.errors import InvalidSpec, OverlaydError
+from overlayd.host.uppers import ZRAM_CONTROL, TmpfsUpper
 from overlayd.model import OverlayState
 from overlayd.mountinfo import parse as parse_mountinfo
 from tests.kernel.conftest import Env
@@ -76,13 +76,10 @@ def test_below_what_the_writes_use_is_refused(env: Env, image: Path) -> None:
 def test_the_kernel_refuses_too_small_a_size_itself(env: Env, image: Path) -> None:
     """Between our check and the remount writes may come: the kernel's own refusal is a
     clear error too, and changes nothing."""
-    from overlayd.errors import OverlaydError
-    from overlayd.host.uppers import TmpfsUpper
-
     rec = env.create("race", image, size="16M")
     fill(Path(rec.mountpoint) / "ten.bin", 10)
     target = env.paths(rec).tmpfs_dir
-    with pytest.raises(OverlaydError, match="[Tt]oo small"):
+    with pytest.raises(OverlaydError, match=r"[Tt]oo small"):
         TmpfsUpper().resize("race", target, rec.upper, 4 << 20)
     assert tmpfs_size(target) == 16 << 20
 
