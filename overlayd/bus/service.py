@@ -121,11 +121,15 @@ class Service:
     async def caller(self) -> Caller:
         return await self.callers.identify(self.bus, current_message.get())
 
-    async def authorize(self, action: str, rec: Overlay, caller: Caller) -> None:
+    async def authorize(self, action: str, rec: Overlay, caller: Caller,
+                        message: str | None = None) -> None:
+        """ACTION (and manage-others for another uid's overlay) on REC for CALLER; MESSAGE:
+        what the agent shows for ACTION, when the call is not what ACTION's own says."""
         details = {"overlay": rec.name, "image": rec.image, "mountpoint": rec.mountpoint}
         if rec.owner_uid != caller.uid:
             await self.require(ACTION_MANAGE_OTHERS, caller, details)
-        await self.require(action, caller, details)
+        await self.require(action, caller,
+                           details if message is None else details | {"polkit.message": message})
 
     async def require(self, action: str, caller: Caller, details: dict[str, str]) -> None:
         """AUTH.require, with each refusal in the journal as a 'denied' event."""
@@ -227,7 +231,9 @@ class Service:
         settings = decode_settings(spec)
         rec = self.lookup(name)
         caller = await self.caller()
-        await self.authorize(ACTION_CREATE, rec, caller)
+        await self.authorize(ACTION_CREATE, rec, caller, message=(
+            f'Authentication is required to change the RAM for the writes of overlay '
+            f'"{rec.name}" (of {rec.image})'))
         plan = await self.manager.reconfigure(name, settings, caller_uid=caller.uid,
                                               created_usec=rec.created_usec)
         return [sorted(plan.live), dict(sorted(plan.fixed.items()))]

@@ -205,3 +205,13 @@ def test_the_bus_spec_takes_the_image_by_path_only() -> None:
         decode_settings({"image_fd": Variant("h", 0)})
     with pytest.raises(InvalidSpec, match="size"):
         decode_settings({"size": Variant("t", 0)})
+
+
+def test_reconfigure_asks_with_its_own_sentence() -> None:
+    from overlayd.bus.auth import polkit_details
+
+    own = polkit_details("org.overlayd.overlayd1.create",
+                         {"overlay": "demo", "image": "/i", "polkit.message": "resize demo"})
+    assert own["polkit.message"] == "resize demo"
+    plain = polkit_details("org.overlayd.overlayd1.create", {"overlay": "demo", "image": "/i"})
+    assert plain["polkit.message"].startswith("Authentication is required to mount /i")
