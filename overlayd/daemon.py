@@ -206,7 +206,10 @@ async def reload_on_each(hup: asyncio.Event, reload: Callable[[], object]) -> No
     while True:
         await hup.wait()
         hup.clear()
-        reload()
+        try:
+            reload()
+        except Exception:  # never the end of reloading, nor of the daemon
+            log.exception("Reloading the configuration failed unexpectedly.")
 
 
 async def until_stopped(server: BusServer, stop: asyncio.Event) -> str | None:
