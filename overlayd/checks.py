@@ -24,17 +24,23 @@ def choose_size(spec: OverlaySpec, cfg: DaemonConfig, memory: int) -> int:
     limit = min(cfg.max_size or memory, memory)
     if spec.size is None:
         return min(cfg.default_size, limit)
-    if spec.size > memory:
+    return check_size_limit(spec.size, cfg, memory)
+
+
+def check_size_limit(size: int, cfg: DaemonConfig, memory: int) -> int:
+    """SIZE, if the machine's memory and max_size allow it (Create and Reconfigure)."""
+    limit = min(cfg.max_size or memory, memory)
+    if size > memory:
         raise LimitExceeded(
-            f"A size of {format_size(spec.size)} for the writes is more than this machine's "
+            f"A size of {format_size(size)} for the writes is more than this machine's "
             f"memory ({format_size(memory)}); ask for less."
         )
-    if spec.size > limit:
+    if size > limit:
         raise LimitExceeded(
-            f"A size of {format_size(spec.size)} is above the configured limit of "
+            f"A size of {format_size(size)} is above the configured limit of "
             f"{format_size(limit)} (max_size in overlayd.conf)."
         )
-    return spec.size
+    return size
 
 
 def reserved_total(records: Iterable[Overlay]) -> int:

@@ -127,6 +127,23 @@ class DaemonConfig(BaseModel):
         return str(self.mount_root_dir / name)
 
 
+# Settings a running daemon cannot take on (SIGHUP, systemctl reload overlayd): where its
+# records, default mount points and layer files are is what it found its overlays by.
+RESTART_ONLY = ("runtime_dir", "mount_root", "layer_dir")
+
+
+def reloaded(old: DaemonConfig, new: DaemonConfig) -> tuple[DaemonConfig, list[str]]:
+    """The configuration a reload leaves in force: NEW, but the RESTART_ONLY settings as
+    in OLD; and the names of those that NEW changes (they wait for a restart)."""
+    kept = [k for k in RESTART_ONLY if getattr(old, k) != getattr(new, k)]
+    return new.model_copy(update={k: getattr(old, k) for k in kept}), kept
+
+
+def differences(old: DaemonConfig, new: DaemonConfig) -> list[str]:
+    """The names of the settings that differ between OLD and NEW."""
+    return [k for k in DaemonConfig.model_fields if getattr(old, k) != getattr(new, k)]
+
+
 def load_config(path: Path = DEFAULT_CONFIG, **overrides: Any) -> DaemonConfig:
     """Merge PATH and PATH.d/*.conf (sorted), then OVERRIDES; a missing file is fine."""
     data: dict[str, Any] = {}

@@ -3,6 +3,8 @@
 load config -> recover (adopt what a previous daemon left) -> connect to the bus ->
 export the objects -> request the name last (so "name owned" means ready) -> serve until
 SIGTERM. Stopping never touches live overlays; ``--standalone --discard-on-exit`` does.
+SIGHUP (``systemctl reload overlayd``) re-reads the configuration; a bad one is logged and
+the one in use stays.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from overlayd import __version__, overlayfile
 from overlayd.bus.names import BUS_NAME
 from overlayd.bus.server import BusServer
-from overlayd.config import DEFAULT_CONFIG, load_config
+from overlayd.config import DEFAULT_CONFIG, differences, load_config, reloaded
 from overlayd.errors import OverlaydError
 from overlayd.events import Event
 from overlayd.host.linux import LinuxHost
@@ -36,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
     """overlayd's options (also the source of overlayd(8), tools/manpages.py)."""
     p = argparse.ArgumentParser(prog="overlayd", description=(
         "Serve org.overlayd.Overlayd1: read-only images with their writes in RAM, "
-        "committed or discarded on request."))
+        "committed or discarded on request. SIGTERM stops it (the overlays stay mounted); "
+        "SIGHUP (systemctl reload overlayd) re-reads the configuration."))
     p.add_argument("--standalone", action="store_true",
                    help="start a private system-like bus (for machines without one) and print "
                         "DBUS_SYSTEM_BUS_ADDRESS=... on stdout once ready")
@@ -69,8 +73,8 @@ async def serve(args: argparse.Namespace) -> int:
     # First of all, so that a SIGTERM at any point, the moment after the ready line
     # included, stops the daemon cleanly instead of killing it.
     stop = stop_on_signals()
-    overrides = {"runtime_dir": args.runtime_dir} if args.runtime_dir else {}
-    config = load_config(args.config, **overrides)
+    hup = reload_on_signal()  # from the start too: a SIGHUP must never kill the daemon
+    config = load_config(args.config, **config_overrides(args))
     # The root file system on an overlay is the system's daemon's to adopt (the one with
     # the default runtime directory), not a test's or a second daemon's.
     default_runtime = type(config).model_fields["runtime_dir"].default
@@ -98,7 +102,12 @@ async def serve(args: argparse.Namespace) -> int:
                 print(f"DBUS_SYSTEM_BUS_ADDRESS={standalone.address}", flush=True)
             notifier.ready(status_line(manager))
             manager.subscribe(lambda _name, _rec: notifier.status(status_line(manager)))
-            lost = await until_stopped(server, stop)
+            reloads = asyncio.ensure_future(
+                reload_on_each(hup, lambda: reload_config(args, manager, server, notifier)))
+            try:
+                lost = await until_stopped(server, stop)
+            finally:
+                reloads.cancel()
             if lost is not None:
                 log.error("Lost the connection to the bus (%s); stopping.", lost)
             notifier.stopping(f"Stopping; {status_line(manager).lower()}")
@@ -120,6 +129,42 @@ async def serve(args: argparse.Namespace) -> int:
     # Not 0 after losing the bus: the service did not stop because it was asked to, and
     # Restart=on-failure must bring it back.
     return 0 if lost is None else 1
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """What the command line sets over the configuration file (at start and each reload)."""
+    return {"runtime_dir": args.runtime_dir} if args.runtime_dir else {}
+
+
+def reload_config(args: argparse.Namespace, manager: OverlayManager, server: BusServer,
+                  notifier: Notifier) -> bool:
+    """Read the configuration again (SIGHUP): its defaults and limits apply to what is
+    asked from now on. A file that cannot be read or checked is logged (naming the file
+    and the setting) and the configuration in use stays. Where the records, mount points
+    and layer files are changes only with a restart (config.RESTART_ONLY)."""
+    notifier.reloading("Reloading the configuration")
+    try:
+        try:
+            new = load_config(args.config, **config_overrides(args))
+        except OverlaydError as e:
+            log.error("Cannot reload the configuration; the one in use stays: %s", e,
+                      extra={"OVERLAYD_CONFIG": str(args.config)})
+            return False
+        new, kept = reloaded(manager.config, new)
+        changed = differences(manager.config, new)
+        manager.set_config(new)
+        server.service.config_changed()
+        if kept:
+            log.warning("The configuration changes %s, which take effect only when overlayd "
+                        "restarts; the running daemon keeps the values it has.",
+                        ", ".join(kept), extra={"OVERLAYD_CONFIG": str(args.config)})
+        log.info("Reloaded the configuration from '%s': %s.", args.config,
+                 ", ".join(changed) + " changed" if changed else "nothing changed",
+                 extra={"OVERLAYD_CONFIG": str(args.config),
+                        "OVERLAYD_CHANGED": ",".join(changed) or None})
+        return True
+    finally:
+        notifier.ready(status_line(manager))
 
 
 def boot_overlays() -> dict[str, OverlaySpec]:
@@ -146,6 +191,25 @@ def stop_on_signals() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def reload_on_signal() -> asyncio.Event:
+    """An event that SIGHUP sets (a reload asked for)."""
+    hup = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup.set)
+    return hup
+
+
+async def reload_on_each(hup: asyncio.Event, reload: Callable[[], object]) -> None:
+    """RELOAD once for each time HUP is set (signals that come during one reload make one
+    more), until cancelled."""
+    while True:
+        await hup.wait()
+        hup.clear()
+        try:
+            reload()
+        except Exception:  # never the end of reloading, nor of the daemon
+            log.exception("Reloading the configuration failed unexpectedly.")
 
 
 async def until_stopped(server: BusServer, stop: asyncio.Event) -> str | None:

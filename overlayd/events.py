@@ -23,6 +23,7 @@ class Event(enum.StrEnum):
     STOPPED = "stopped"
     UNMOUNTED = "unmounted"  # the merged view went from the mount table, not by overlayd
     USAGE = "usage"  # an overlay's RAM rose to a higher UpperUsage level
+    RECONFIGURED = "reconfigured"  # a new spec applied to a live overlay (Reconfigure)
 
 
 MESSAGE_IDS: dict[Event, str] = {
@@ -36,6 +37,7 @@ MESSAGE_IDS: dict[Event, str] = {
     Event.STOPPED: "dab053eff374465fa4439c11faa093dd",
     Event.UNMOUNTED: "247acf3d340946fa92612930c06e2da6",
     Event.USAGE: "bbd012253a82478dad69e048749a6b15",
+    Event.RECONFIGURED: "b59177fba1fb4e08ab6430df7d1f99d6",
 }
 
 # syslog's "notice": normal but significant. Expected failures (a refused request, a busy

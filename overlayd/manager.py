@@ -16,15 +16,18 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from overlayd import checks
+from overlayd import checks, reconfig
+from overlayd.checks import USER_FORCED_OPTIONS
 from overlayd.claims import MountpointClaims
 from overlayd.config import DaemonConfig
 from overlayd.engine import commit as commit_proc
 from overlayd.engine import create as create_proc
 from overlayd.engine import diff as diff_proc
 from overlayd.engine import layercommit as layer_proc
+from overlayd.engine import resize as resize_proc
 from overlayd.engine import squash as squash_proc
 from overlayd.engine import teardown as teardown_proc
 from overlayd.engine.recover import Recovery, adopt_late, recover
@@ -35,6 +38,7 @@ from overlayd.errors import (
     LimitExceeded,
     MountFailed,
     NoSuchOverlay,
+    OverlayBusy,
     OverlaydError,
     OverlayExists,
 )
@@ -87,6 +91,21 @@ def _fields(rec: Overlay, event: Event, *, uid: int | None = None, **more: Any
             "OVERLAYD_MOUNTPOINT": rec.mountpoint, "OVERLAYD_UID": uid, **more}
 
 
+@dataclass(frozen=True)
+class Lost:
+    """The writes a discard threw away: entries of the diff by kind, and the RAM used."""
+
+    entries: int
+    added: int
+    modified: int
+    deleted: int
+    bytes: int
+
+    def summary(self) -> str:
+        return (f"{self.entries} entries ({self.added} added, {self.modified} changed, "
+                f"{self.deleted} deleted), {format_size(self.bytes)} of RAM")
+
+
 class OverlayManager:
     def __init__(self, config: DaemonConfig, host: Host, root: RootFs | None = None) -> None:
         """ROOT: where to look for the root file system on an overlay (the daemon passes
@@ -112,6 +131,11 @@ class OverlayManager:
         self._mounts_dirty = False
         self._follower: asyncio.Task[None] | None = None
         self._last_check = 0.0
+
+    def set_config(self, config: DaemonConfig) -> None:
+        """A reloaded configuration (config.reloaded: the runtime directory and the other
+        places stay): its defaults and limits apply to what is asked from now on."""
+        self.config = config
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -540,6 +564,53 @@ class OverlayManager:
                                OVERLAYD_BYTES=stats.bytes, OVERLAYD_SECONDS=f"{stats.seconds:.6f}"))
         return stats
 
+    async def reconfigure(self, name: str, settings: dict[str, Any], *, caller_uid: int = 0,
+                          created_usec: int | None = None) -> reconfig.Plan:
+        """Apply SETTINGS (spec keys, checked by the model) to the live overlay NAME, as
+        ``systemctl reload overlayd@NAME`` does: a new size of a tmpfs upper is applied at
+        once (its writes stay); every other key that differs is named in the returned plan's
+        ``fixed`` and in the journal, never silently ignored. The record keeps the new size."""
+        async with self._lock(name):
+            rec = self._current(name, created_usec)
+            forced = USER_FORCED_OPTIONS if rec.owner_uid != 0 else ()
+            plan = reconfig.plan(rec, settings, forced_options=forced)
+            try:
+                if plan.live and self.is_root(name):
+                    raise InvalidSpec(f"Overlay '{name}' is the root file system; the size of "
+                                      "its RAM is set at boot (overlayd.root.size=).", "size")
+                if plan.live and rec.state not in (S.ACTIVE, S.UNMOUNTED):
+                    raise OverlayBusy(f"Overlay '{name}' is {rec.state}; its RAM for the writes "
+                                      "can be resized only while it is active.")
+                if "size" in plan.live:
+                    size = int(plan.live["size"])
+                    # Decided and held on the event loop, as Create's: a Create running
+                    # meanwhile counts the larger of the two sizes.
+                    checks.check_total(size, self.reserved_total() - rec.size,
+                                       self.total_limit(), name=name)
+                    self._reserving[name] = max(size - rec.size, 0)
+                    try:
+                        upper = await self._blocking(resize_proc.run, self.host, self.config,
+                                                     rec, self._layout(name), size)
+                    finally:
+                        self._reserving.pop(name, None)
+                    rec = self._move(rec, rec.state, upper=upper)
+                    await self._blocking(self.store.save, rec)
+            except OverlaydError as e:
+                self._log_failure(rec, "reconfigure", e, caller_uid)
+                raise
+        fields = _fields(rec, Event.RECONFIGURED, uid=caller_uid,
+                         OVERLAYD_CHANGED=",".join(sorted(plan.live)) or None,
+                         OVERLAYD_NOT_CHANGED=",".join(sorted(plan.fixed)) or None,
+                         OVERLAYD_UPPER_SIZE=rec.size)
+        changed = (f"the RAM for its writes is {format_size(rec.size)} now"
+                   if plan.live else "nothing changed")
+        if plan.fixed:
+            log.log(NOTICE, "Reconfigured overlay '%s': %s. %s", name, changed,
+                    reconfig.explain(plan), extra=fields)
+        else:
+            log.info("Reconfigured overlay '%s': %s.", name, changed, extra=fields)
+        return plan
+
     def _refuse_shared_commit(self, rec: Overlay, caller_uid: int) -> None:
         """Before anything changes (the state included): a commit into an image other
         overlays of ours read is ImageInUse naming them. The kernel's other users are
@@ -851,6 +922,7 @@ class OverlayManager:
                 raise e
             previous = rec.state
             rec = self._move(rec, S.DISCARDING)
+            lost = await self._blocking(self._writes_lost, rec)
             stopped = await self._blocking(self._discard_blocking, rec, force)
             if stopped is not None:
                 e = stopped.error
@@ -863,9 +935,34 @@ class OverlayManager:
             del self._overlays[name]
             self._locks.pop(name, None)
             self._claims.release(name, rec.mountpoint)
-        log.info("Discarded overlay '%s'%s.", name, " (forced)" if force else "",
-                 extra=_fields(rec, Event.DISCARDED, uid=caller_uid))
+        forced = " (forced)" if force else ""
+        if lost is None or lost.entries == 0:
+            log.info("Discarded overlay '%s'%s.", name, forced,
+                     extra=_fields(rec, Event.DISCARDED, uid=caller_uid))
+        else:  # writes were thrown away: a notice that says which, for whoever looks later
+            log.log(NOTICE, "Discarded overlay '%s'%s, throwing away its writes: %s.",
+                    name, forced, lost.summary(),
+                    extra=_fields(rec, Event.DISCARDED, uid=caller_uid,
+                                  OVERLAYD_ENTRIES=lost.entries, OVERLAYD_ADDED=lost.added,
+                                  OVERLAYD_MODIFIED=lost.modified,
+                                  OVERLAYD_DELETED=lost.deleted, OVERLAYD_BYTES=lost.bytes))
         self._changed(name, None)
+
+    def _writes_lost(self, rec: Overlay) -> Lost | None:
+        """What a discard of REC throws away (its diff, and the RAM its writes use), or None
+        if that cannot be read (an upper that is gone, a failed overlay): never a reason not
+        to discard."""
+        try:
+            kinds = [kind for _path, kind in
+                     diff_proc.run(self.host, rec, self._layout(rec.name))]
+            used = self.host.upper.usage(str(self._layout(rec.name).upper_mount),
+                                         rec.upper).used
+        except (OverlaydError, OSError) as e:
+            log.debug("Cannot count the writes of overlay '%s': %s", rec.name, e)
+            return None
+        return Lost(entries=len(kinds), added=kinds.count("added"),
+                    modified=kinds.count("modified"), deleted=kinds.count("deleted"),
+                    bytes=used)
 
     def _discard_blocking(self, rec: Overlay, force: bool) -> teardown_proc.Stopped | None:
         # Quietly: a record that cannot be written must not keep anyone from discarding

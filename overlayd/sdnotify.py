@@ -1,6 +1,7 @@
 """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
 
-READY=1 once the bus name is owned, STATUS= lines for ``systemctl status``, WATCHDOG=1
+READY=1 once the bus name is owned (and after each reload, which starts with RELOADING=1),
+STATUS= lines for ``systemctl status``, WATCHDOG=1
 pings from the event loop (a stuck loop stops pinging and systemd restarts us), and
 STOPPING=1. Outside systemd ($NOTIFY_SOCKET unset) every call does nothing.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -43,6 +45,12 @@ class Notifier:
 
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
+
+    def reloading(self, status: str) -> None:
+        """RELOADING=1 with MONOTONIC_USEC (what Type=notify-reload wants, and fine for
+        Type=notify); READY=1 again when the reload is done."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={status}")
 
     def stopping(self, status: str) -> None:
         self.send("STOPPING=1", f"STATUS={status}")

@@ -118,9 +118,10 @@ MESSAGES = {
 
 
 def polkit_details(action: str, details: dict[str, str]) -> dict[str, str]:
-    """DETAILS plus polkit.message, the sentence an agent shows, with names filled in."""
+    """DETAILS plus polkit.message, the sentence an agent shows, with names filled in (a
+    call that reuses an action for a narrower purpose, Reconfigure's create, gives its own)."""
     template = MESSAGES.get(action.removeprefix(ACTION_PREFIX))
-    if template is None:
+    if template is None or "polkit.message" in details:
         return dict(details)
     fields = {"overlay": "", "image": "", "mountpoint": "", "operation": ""} | details
     return {**details, "polkit.message": template.format(**fields)}

@@ -85,6 +85,14 @@ class OverlaydClient(ClientReads):
             options["layer_format"] = Variant("s", layer_format)
         await self._manager("Commit", "sa{sv}", [name, options])
 
+    async def reconfigure(self, name: str, spec: dict[str, Any]
+                          ) -> tuple[list[str], dict[str, str]]:
+        """Apply SPEC to the live overlay: (keys changed now, {key: why not} for the rest)."""
+        variants, _fds = _spec_variants(spec)
+        changed, not_changed = await self._manager("Reconfigure", "sa{sv}a{sv}",
+                                                   [name, variants, {}])
+        return list(changed), dict(not_changed)
+
     async def set_root_at_boot(self, enabled: bool, size: str | None = None) -> None:
         options = {"size": Variant("s", size)} if size else {}
         await self._manager("SetRootOverlayAtBoot", "ba{sv}", [enabled, options])

@@ -90,7 +90,7 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("UpperInodesUsed", "t", LIVE, lambda r: r.usage.inodes_used),
     OverlayProperty("UpperKind", "s", CONST, lambda r: str(r.rec.upper.kind)),
     OverlayProperty("UpperOriginalSize", "t", LIVE, lambda r: r.usage.original),
-    OverlayProperty("UpperSize", "t", CONST, lambda r: r.rec.size),
+    OverlayProperty("UpperSize", "t", SIGNALLED, lambda r: r.rec.size),
     OverlayProperty("UpperUsage", "s", SIGNALLED, lambda r: r.level),
     OverlayProperty("UpperUsed", "t", LIVE, lambda r: r.usage.used),
 )
@@ -114,14 +114,16 @@ def signalled_values(manager: OverlayManager, rec: Overlay, level: str = "ok"
 
 
 # dbus-next leaves return values unnamed; the contract (dbus/*.xml) names them.
-OUT_NAMES = {"Create": "overlay", "GetOverlay": "overlay", "ListOverlays": "overlays",
-             "Diff": "changes", "StartCommit": "job"}
+OUT_NAMES: dict[str, tuple[str, ...]] = {
+    "Create": ("overlay",), "GetOverlay": ("overlay",), "ListOverlays": ("overlays",),
+    "Diff": ("changes",), "StartCommit": ("job",), "Reconfigure": ("changed", "not_changed")}
 
 
 def name_out_args(iface: intr.Interface) -> intr.Interface:
     for m in iface.methods:
-        for arg in m.out_args:
-            arg.name = arg.name or OUT_NAMES.get(m.name)
+        names = OUT_NAMES.get(m.name, ())
+        for i, arg in enumerate(m.out_args):
+            arg.name = arg.name or (names[i] if i < len(names) else None)
     return iface
 
 
@@ -213,6 +215,10 @@ class ManagerInterface(CheapInterface):
         await self.svc.revert(name, options)
 
     @method()
+    async def Reconfigure(self, name: "s", spec: "a{sv}", options: "a{sv}") -> "asa{ss}":
+        return await self.svc.reconfigure(name, spec, options)
+
+    @method()
     async def SetRootOverlayAtBoot(self, enabled: "b", options: "a{sv}"):
         await self.svc.set_root_at_boot(enabled, options)
 
@@ -284,6 +290,10 @@ class OverlayInterface(CheapInterface):
     @method()
     async def StartCommit(self, options: "a{sv}") -> "o":
         return await self.svc.start_commit(self.overlay, options)
+
+    @method()
+    async def Reconfigure(self, spec: "a{sv}", options: "a{sv}") -> "asa{ss}":
+        return await self.svc.reconfigure(self.overlay, spec, options)
 
     @method()
     async def Diff(self) -> "a(ss)":

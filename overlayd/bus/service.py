@@ -34,10 +34,12 @@ from overlayd.bus.objects import ManagerInterface, OverlayInterface, signalled_v
 from overlayd.bus.spec import (
     COMMIT_OPTIONS,
     DISCARD_OPTIONS,
+    RECONFIGURE_OPTIONS,
     REVERT_OPTIONS,
     ROOT_AT_BOOT_OPTIONS,
     SQUASH_OPTIONS,
     decode_options,
+    decode_settings,
     decode_spec,
 )
 from overlayd.bus.usage import UsageWatch
@@ -77,6 +79,10 @@ class Service:
 
     def close(self) -> None:
         self.usage.stop()
+
+    def config_changed(self) -> None:
+        """The manager's configuration was reloaded: the usage levels follow it."""
+        self.usage.config = self.manager.config
 
     def _export(self, rec: Overlay, *, announce: bool) -> None:
         self.usage.look(rec, announce=False)
@@ -128,11 +134,15 @@ class Service:
     async def caller(self) -> Caller:
         return await self.callers.identify(self.bus, current_message.get())
 
-    async def authorize(self, action: str, rec: Overlay, caller: Caller) -> None:
+    async def authorize(self, action: str, rec: Overlay, caller: Caller,
+                        message: str | None = None) -> None:
+        """ACTION (and manage-others for another uid's overlay) on REC for CALLER; MESSAGE:
+        what the agent shows for ACTION, when the call is not what ACTION's own says."""
         details = {"overlay": rec.name, "image": rec.image, "mountpoint": rec.mountpoint}
         if rec.owner_uid != caller.uid:
             await self.require(ACTION_MANAGE_OTHERS, caller, details)
-        await self.require(action, caller, details)
+        await self.require(action, caller,
+                           details if message is None else details | {"polkit.message": message})
 
     async def require(self, action: str, caller: Caller, details: dict[str, str]) -> None:
         """AUTH.require, with each refusal in the journal as a 'denied' event."""
@@ -223,6 +233,23 @@ class Service:
             await self.manager.request_commit_at_shutdown(name, False, caller_uid=caller.uid)
         await self.manager.discard(name, force=bool(opts.get("force", False)),
                                    caller_uid=caller.uid, created_usec=rec.created_usec)
+
+    async def reconfigure(self, name: str, spec: dict[str, Variant],
+                          options: dict[str, Variant]) -> list[Any]:
+        """Apply SPEC to the live overlay: (the keys changed now, {key: why} of those that
+        differ but cannot change while it is mounted). polkit: create's action, since the
+        one thing that changes live is how much RAM the overlay may pin, which is what
+        Create grants (and manage-others for someone else's overlay)."""
+        decode_options(options, RECONFIGURE_OPTIONS, "Reconfigure")
+        settings = decode_settings(spec)
+        rec = self.lookup(name)
+        caller = await self.caller()
+        await self.authorize(ACTION_CREATE, rec, caller, message=(
+            f'Authentication is required to change the RAM for the writes of overlay '
+            f'"{rec.name}" (of {rec.image})'))
+        plan = await self.manager.reconfigure(name, settings, caller_uid=caller.uid,
+                                              created_usec=rec.created_usec)
+        return [sorted(plan.live), dict(sorted(plan.fixed.items()))]
 
     async def set_root_at_boot(self, enabled: bool, options: dict[str, Variant]) -> None:
         opts = decode_options(options, ROOT_AT_BOOT_OPTIONS, "SetRootOverlayAtBoot")

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from dbus_next import Variant
+from pydantic import ValidationError
 
 from overlayd.bus.errors import InvalidArgs, shown
-from overlayd.model import OverlaySpec, parse_spec
+from overlayd.model import OverlaySpec, SpecSettings, parse_spec, spec_error
 
 # Variant types accepted for each spec key ('size' may also be a string like "1G"); the
 # first is the one an error message asks for.
@@ -34,6 +35,8 @@ DISCARD_OPTIONS: dict[str, str] = {"force": "b", "at_shutdown": "b"}
 SQUASH_OPTIONS: dict[str, str] = {"target": "s", "layer_format": "s"}
 REVERT_OPTIONS: dict[str, str] = {"discard": "b"}
 ROOT_AT_BOOT_OPTIONS: dict[str, str] = {"size": "s"}
+# Reconfigure takes no option yet; the argument is there so that one can come.
+RECONFIGURE_OPTIONS: dict[str, str] = {}
 
 
 def decode_options(options: dict[str, Variant], allowed: dict[str, str],
@@ -71,3 +74,24 @@ def decode_spec(name: str, spec: dict[str, Variant]) -> OverlaySpec:
                               "with the call.")
         data[key] = variant.value
     return parse_spec(data)
+
+
+def decode_settings(spec: dict[str, Variant]) -> dict[str, Any]:
+    """Reconfigure's SPEC: the keys it gives, with their values as the model checked them
+    (a Create spec without name and image_fd: the image goes by path, to compare)."""
+    data: dict[str, Any] = {}
+    for key, variant in spec.items():
+        types = SPEC_TYPES.get(key)
+        if types is None or key == "image_fd":
+            known = ", ".join(k for k in SPEC_TYPES if k != "image_fd")
+            raise InvalidArgs(f"Unknown Reconfigure spec key '{shown(key)}'; the known keys "
+                              f"are {known}.")
+        if variant.signature not in types:
+            raise InvalidArgs(f"The spec key '{key}' must be of type '{types[0]}', "
+                              f"not '{shown(variant.signature)}'.")
+        data[key] = variant.value
+    try:
+        checked = SpecSettings.model_validate(data)
+    except ValidationError as e:
+        raise spec_error(e) from None
+    return {key: getattr(checked, key) for key in data}

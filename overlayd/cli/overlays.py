@@ -1,4 +1,5 @@
-"""overlayctl list, status, diff, create, discard, root, start, stop: the overlays."""
+"""overlayctl list, status, diff, create, discard, root, start, stop, reload: the
+overlays."""
 
 from __future__ import annotations
 
@@ -210,7 +211,8 @@ async def cmd_start(client: OverlaydClient, args: argparse.Namespace) -> int:
         image=p["Image"], mountpoint=p["MountPoint"], size=p["UpperSize"],
         on_stop=spec_file.on_stop)
     say(args, f"Overlay '{args.name}': {p['State']}, {p['Image']} at {p['MountPoint']}, "
-          f"{format_size(p['UpperSize'])} of RAM for writes, on stop: {spec_file.on_stop}.")
+          f"{format_size(p['UpperSize'])} of RAM for writes, on stop: {spec_file.on_stop}; "
+          f"commit with 'overlayctl commit {args.name}'.")
     return 0
 
 
@@ -241,6 +243,33 @@ def _partition_line(p: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     start, size = p.get("PartitionOffset", 0), p.get("PartitionSize", 0)
     return [("Partition", f"{p['Partition']} ({format_size(size)} at byte {start})")]
+
+
+async def cmd_reload(client: OverlaydClient, args: argparse.Namespace) -> int:
+    """Apply NAME.overlay again to the live overlay (systemctl reload overlayd@NAME): a new
+    size now; what cannot change while it is mounted is named. Never commits."""
+    path, spec_file = args.loaded
+    spec = spec_file.spec(args.name).model_dump(exclude_none=True,
+                                                exclude={"name", "image_fd"})
+    spec["image"] = os.path.realpath(spec["image"])  # as the kernel resolved it, as start
+    if "mountpoint" in spec:
+        spec["mountpoint"] = os.path.realpath(spec["mountpoint"])
+    spec["layers"] = [os.path.realpath(la) for la in spec.get("layers", ())]
+    obj = await client.path_of(args.name)
+    before = await client.properties(obj)
+    changed, not_changed = await client.reconfigure(args.name, spec)
+    p = await client.properties(obj)
+    did(args, overlay=args.name, file=str(path), changed=changed, not_changed=not_changed,
+        size=p["UpperSize"])
+    if "size" in changed:
+        say(args, f"Overlay '{args.name}': the RAM for its writes is "
+                  f"{format_size(p['UpperSize'])} now (was {format_size(before['UpperSize'])}).")
+    elif not not_changed:
+        say(args, f"Overlay '{args.name}' is as {path} describes it; nothing changed.")
+    for key, why in sorted(not_changed.items()):
+        say(args, f"Overlay '{args.name}': '{key}' in {path} differs but cannot change "
+                  f"while it is mounted: {why}.")
+    return 0
 
 
 def _upper_line(p: dict[str, Any]) -> str:
@@ -297,4 +326,7 @@ COMMANDS = (
             arguments=overlay_file_args, reads_file=True),
     Command("stop", "do what NAME.overlay's on_stop says: discard, or commit first", cmd_stop,
             arguments=overlay_file_args, reads_file=True),
+    Command("reload", "apply NAME.overlay again to the live overlay: a new size now, "
+            "the rest named (never commits)", cmd_reload, arguments=overlay_file_args,
+            reads_file=True),
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from overlayd.errors import Cancelled, InvalidSpec, MountFailed, OverlayBusy, OverlaydError
 from overlayd.host.ports import Applied, ImageInfo, Owned, Progress
@@ -419,6 +419,15 @@ class FakeHost:
                 gone.append(dev)
             del self.zram_leftovers[dev]
         return gone
+
+    def resize(self, name: str, target: str, upper: Upper, size: int) -> Upper:
+        self._call("resize_upper")
+        for i, m in enumerate(self.mount_table):
+            if m.target == target and self.owns(name)(m):
+                self.mount_table[i] = replace(
+                    m, super_options=("rw", f"size={size // 1024}k"))
+                return upper.model_copy(update={"size": size})
+        raise MountFailed(f"No tmpfs of overlay '{name}' is mounted at '{target}'.")
 
     def detach_for_later(self, name: str, target: str,
                          upper: Upper | None = None) -> Callable[[], None]:

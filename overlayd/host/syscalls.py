@@ -19,11 +19,14 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 # Syscall numbers of the new mount API are the same on every architecture but alpha.
 SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount, SYS_openat2 = 429, 430, 431, 432, 437
+SYS_fspick = 433
 RESOLVE_NO_SYMLINKS = 0x04
 
 FSOPEN_CLOEXEC = 0x1
 FSMOUNT_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+FSCONFIG_CMD_RECONFIGURE = 7
+FSPICK_CLOEXEC, FSPICK_SYMLINK_NOFOLLOW, FSPICK_NO_AUTOMOUNT = 0x1, 0x2, 0x4
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 AT_FDCWD = -100
@@ -78,10 +81,17 @@ def umount2(target: str, flags: int = 0) -> None:
 class FsContext:
     """fsopen() .. fsmount() .. move_mount(), keeping the kernel's messages for errors."""
 
-    def __init__(self, fstype: str) -> None:
+    def __init__(self, fstype: str, *, picked: str | None = None) -> None:
+        """A new superblock of FSTYPE; or, with PICKED, the context of the superblock
+        mounted at that path, to reconfigure it (fspick(2), the new API's remount)."""
         self.fstype = fstype
-        self.fd = _check(_libc.syscall(ctypes.c_long(SYS_fsopen), _fs(fstype),
-                                       ctypes.c_uint(FSOPEN_CLOEXEC)), "fsopen", fstype)
+        if picked is None:
+            self.fd = _check(_libc.syscall(ctypes.c_long(SYS_fsopen), _fs(fstype),
+                                           ctypes.c_uint(FSOPEN_CLOEXEC)), "fsopen", fstype)
+        else:
+            flags = FSPICK_CLOEXEC | FSPICK_SYMLINK_NOFOLLOW | FSPICK_NO_AUTOMOUNT
+            self.fd = _check(_libc.syscall(ctypes.c_long(SYS_fspick), ctypes.c_int(AT_FDCWD),
+                                           _fs(picked), ctypes.c_uint(flags)), "fspick", picked)
 
     def __enter__(self) -> FsContext:
         return self
@@ -119,6 +129,10 @@ class FsContext:
 
     def create(self) -> None:
         self._config(FSCONFIG_CMD_CREATE, None, None)
+
+    def reconfigure(self) -> None:
+        """Apply what was set to the picked superblock (a remount of it, everywhere)."""
+        self._config(FSCONFIG_CMD_RECONFIGURE, None, None)
 
     def detached(self, attrs: int = 0) -> int:
         """fsmount() the configured superblock and attach it nowhere: an fd of a mount no

@@ -61,6 +61,20 @@ class TmpfsUpper:
     def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
         return self.mounts.unmount(target, self.owns(name), lazy=lazy)
 
+    def resize(self, name: str, target: str, upper: Upper, size: int) -> Upper:
+        """The tmpfs at TARGET limited to SIZE bytes from now on, its writes kept: its
+        superblock reconfigured (fspick, fsconfig size=, FSCONFIG_CMD_RECONFIGURE: the new
+        mount API's remount). The kernel refuses a size below what is used ("Too small a
+        size for current use"); the caller checks first, to say it better."""
+        if not top_owned(target, self.owns(name)):
+            raise MountFailed(f"Cannot resize the RAM for the writes: no tmpfs of overlay "
+                              f"'{name}' is mounted at '{target}'.")
+        with map_os_errors(f"set the size of the tmpfs at '{target}' to {size} bytes",
+                           Op.MOUNT), FsContext("tmpfs", picked=target) as fc:
+            fc.set_string("size", str(size))
+            fc.reconfigure()
+        return upper.model_copy(update={"size": size})
+
     def detach_for_later(self, name: str, target: str,
                          upper: Upper | None = None) -> Callable[[], None]:
         """Detach the tmpfs at TARGET now, but free it later: an O_PATH fd keeps its
@@ -407,6 +421,10 @@ class ZramUpper:
                     ", ".join(who), extra={"OVERLAYD_NAME": name,
                                            "OVERLAYD_ZRAM_DEVICE": f"/dev/zram{zid}"})
 
+    def resize(self, name: str, target: str, upper: Upper, size: int) -> Upper:
+        raise MountFailed(f"Cannot resize the RAM for the writes of overlay '{name}': a zram "
+                          "device's size cannot change while it holds data.")
+
     def detach_for_later(self, name: str, target: str,
                          upper: Upper | None = None) -> Callable[[], None]:
         """Unmount now (make formats the same device again): nothing to free later."""
@@ -515,6 +533,9 @@ class Uppers:
 
     def unmake(self, name: str, target: str, upper: Upper, *, lazy: bool = False) -> bool:
         return self._of(upper).unmake(name, target, upper, lazy=lazy)
+
+    def resize(self, name: str, target: str, upper: Upper, size: int) -> Upper:
+        return self._of(upper).resize(name, target, upper, size)
 
     def detach_for_later(self, name: str, target: str,
                          upper: Upper | None = None) -> Callable[[], None]:

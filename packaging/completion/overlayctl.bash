@@ -26,7 +26,7 @@ _overlayctl() {
         if [[ $cur == -* ]]; then
             mapfile -t COMPREPLY < <(compgen -W "$globals" -- "$cur")
         else
-            mapfile -t COMPREPLY < <(compgen -W 'list status diff create discard root start stop commit jobs cancel layers render schema' -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W 'list status diff create discard root start stop reload commit jobs cancel layers render schema' -- "$cur")
         fi
         return 0
     fi
@@ -100,6 +100,18 @@ _overlayctl() {
             esac
             ;;
         stop)
+            case $prev in
+                --file) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return 0 ;;
+            esac
+            for ((i = 2; i < COMP_CWORD; i++)); do case ${COMP_WORDS[i-1]} in --file) npos=$((npos - 1)) ;; esac; done
+            if [[ $cur == -* ]]; then
+                mapfile -t COMPREPLY < <(compgen -W '--file --help --json --no-ask-password --no-legend --quiet -h -q' -- "$cur"); return 0
+            fi
+            case $npos in
+                0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_names)" -- "$cur") ;;
+            esac
+            ;;
+        reload)
             case $prev in
                 --file) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return 0 ;;
             esac

@@ -107,10 +107,52 @@ def test_busctl_commit_writes_the_image(ct: Container) -> None:
     assert image_file(ct, f"{IMAGES}/demo.img", "/one.txt") == "one\n"
 
 
-def test_reload_commits(ct: Container) -> None:
+def test_reload_rereads_the_file_and_never_commits(ct: Container) -> None:
     ct.run("sh", "-c", "echo two > /run/overlayd/mnt/demo/two.txt")
+    ct.run("sh", "-c", f"printf 'image = \"{IMAGES}/demo.img\"\\nsize = \"96M\"\\n"
+           "mount_options = [\"noexec\"]\\n' > /etc/overlayd/demo.overlay")
     ct.run("systemctl", "reload", "overlayd@demo.service")
+    assert image_file(ct, f"{IMAGES}/demo.img", "/two.txt") is None  # reload never commits
+    blocks, bsize = ct.run("stat", "-f", "-c", "%b %S", "/run/overlayd/mnt/demo").stdout.split()
+    assert int(blocks) * int(bsize) == 96 << 20  # the live tmpfs, its writes kept
+    assert ct.run("cat", "/run/overlayd/mnt/demo/two.txt").stdout == "two\n"
+    (entry,) = journal(ct, f"MESSAGE_ID={MESSAGE_IDS[Event.RECONFIGURED]}",
+                       "OVERLAYD_NAME=demo")
+    assert entry["OVERLAYD_CHANGED"] == "size" and entry["OVERLAYD_NOT_CHANGED"] == \
+        "mount_options" and entry["PRIORITY"] == "5"
+    unit_log = ct.run("journalctl", "--no-pager", "-o", "cat", "-u",
+                      "overlayd@demo.service").stdout
+    assert "the RAM for its writes is 96M now (was 64M)" in unit_log
+    assert "'mount_options'" in unit_log and "cannot change while it is mounted" in unit_log
+    status = ct.run("systemctl", "status", "--no-pager", "overlayd@demo.service",
+                    check=False).stdout
+    assert "commit its writes: overlayctl commit demo" in status
+    # committing is overlayctl's
+    ct.run("overlayctl", "--no-ask-password", "commit", "demo")
     assert image_file(ct, f"{IMAGES}/demo.img", "/two.txt") == "two\n"
+
+
+def test_reload_of_the_daemon_rereads_its_configuration(ct: Container) -> None:
+    pid = ct.run("systemctl", "show", "overlayd.service", "-p", "MainPID").stdout
+    ct.run("sh", "-c", "echo 'default_size = \"40M\"' > /etc/overlayd/overlayd.conf")
+    ct.run("systemctl", "reload", "overlayd.service")
+    assert ct.run("systemctl", "show", "overlayd.service", "-p", "MainPID").stdout == pid
+    assert ct.run("systemctl", "is-active", "overlayd.service").stdout.strip() == "active"
+    busctl(ct, "Create", "sa{sv}", "conf", "1", "image", "s", f"{IMAGES}/keep.img")
+    size = ct.run("busctl", "--system", "get-property", "org.overlayd.Overlayd1",
+                  "/org/overlayd/Overlayd1/overlay/conf", "org.overlayd.Overlayd1.Overlay",
+                  "UpperSize").stdout
+    assert size.split() == ["t", str(40 << 20)]
+    busctl(ct, "Discard", "sa{sv}", "conf", "0")
+    # a bad file: logged, naming the file and the setting; the daemon goes on as it was
+    ct.run("sh", "-c", "echo 'usage_high = 200' > /etc/overlayd/overlayd.conf")
+    ct.run("systemctl", "reload", "overlayd.service")
+    assert ct.run("systemctl", "show", "overlayd.service", "-p", "MainPID").stdout == pid
+    log = ct.run("journalctl", "--no-pager", "-o", "cat", "-u", "overlayd.service").stdout
+    assert "Cannot reload the configuration" in log and "'usage_high'" in log
+    assert "/etc/overlayd/overlayd.conf" in log
+    ct.run("rm", "/etc/overlayd/overlayd.conf")
+    ct.run("systemctl", "reload", "overlayd.service")
 
 
 def test_polkit_refuses_nobody(ct: Container) -> None:
@@ -159,6 +201,11 @@ def test_busy_discard_names_the_holder_under_the_sandbox(ct: Container) -> None:
 def test_stop_with_on_stop_discard_throws_the_writes_away(ct: Container) -> None:
     ct.run("systemctl", "stop", "overlayd@demo.service")
     assert image_file(ct, f"{IMAGES}/demo.img", "/three.txt") is None
+    # and says what it threw away, at notice
+    (lost,) = journal(ct, f"MESSAGE_ID={MESSAGE_IDS[Event.DISCARDED]}", "OVERLAYD_NAME=demo")
+    assert lost["PRIORITY"] == "5" and int(lost["OVERLAYD_ENTRIES"]) >= 1
+    assert int(lost["OVERLAYD_ADDED"]) >= 1 and int(lost["OVERLAYD_BYTES"]) > 0
+    assert "throwing away its writes" in lost["MESSAGE"]
     assert '"demo"' not in busctl(ct, "ListOverlays").stdout
     assert ct.run("findmnt", "/run/overlayd/mnt/demo", check=False).returncode != 0
 

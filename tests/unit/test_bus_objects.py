@@ -176,7 +176,7 @@ def test_getters_values_and_signalled_values_agree() -> None:
     signalled = signalled_values(manager, rec)  # type: ignore[arg-type]
     assert set(signalled) == {p.name for p in PROPERTIES if p.changes == SIGNALLED} \
         == {"State", "LoopDevice", "HalfCommitted", "LastError", "CommitAtShutdown",
-            "UpperUsage", "Layers", "StackDepth"}
+            "UpperUsage", "UpperSize", "Layers", "StackDepth"}
     assert all(signalled[k] == values[k] for k in signalled)
 
 
@@ -210,7 +210,8 @@ def test_the_manager_names_what_it_returns() -> None:
     assert outs == {"Create": ["overlay"], "GetOverlay": ["overlay"],
                     "ListOverlays": ["overlays"], "Commit": [], "Discard": [],
                     "SetRootOverlayAtBoot": [], "StartCommit": ["job"],
-                    "Squash": [], "Revert": []}
+                    "Squash": [], "Revert": [],
+                    "Reconfigure": ["changed", "not_changed"]}
 
 
 def test_the_manager_says_whether_the_root_is_on_an_overlay() -> None:

@@ -319,7 +319,14 @@ def test_instance_unit_does_not_stop_with_the_daemon() -> None:
     assert "Requires" not in s and "BindsTo" not in s and "PartOf" not in s
     assert s["Wants"] == ["overlayd.service"]
     assert [v.split()[-2:] for v in s["ExecStart"] + s["ExecReload"] + s["ExecStop"]] == [
-        ["start", "%i"], ["commit", "%i"], ["stop", "%i"]]
+        ["start", "%i"], ["reload", "%i"], ["stop", "%i"]]
+    # reload re-reads NAME.overlay and never commits; status says how to commit
+    assert "overlayctl commit %i" in s["Description"][0]
+
+
+def test_daemon_unit_reloads_its_configuration_on_sighup() -> None:
+    s = _settings("overlayd.service")
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and s["Type"] == ["notify"]
 
 
 def test_bus_activation_points_at_the_unit() -> None:
