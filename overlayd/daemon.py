@@ -99,8 +99,12 @@ async def serve(args: argparse.Namespace) -> int:
                 print(f"DBUS_SYSTEM_BUS_ADDRESS={standalone.address}", flush=True)
             notifier.ready(status_line(manager))
             live = LiveNames(manager)
-            manager.subscribe(lambda name, rec: live.changed(name, rec) and
-                              notifier.status(status_text(live.names)))
+
+            def on_change(name: str, rec: object | None) -> None:
+                if live.changed(name, rec):
+                    notifier.status(status_text(live.names))
+
+            manager.subscribe(on_change)
             lost = await until_stopped(server, stop)
             if lost is not None:
                 log.error("Lost the connection to the bus (%s); stopping.", lost)

@@ -83,6 +83,8 @@ MAX_CALLS_IN_FLIGHT = 64
 class HasPropertyValues(Protocol):
     """An interface that can give all its properties at once (synchronous getters)."""
 
+    name: str  # the interface's, as ServiceInterface has it
+
     def property_values(self) -> dict[str, Variant]: ...
 
 

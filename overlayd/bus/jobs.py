@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dbus_next import Variant
 from dbus_next import introspection as intr
@@ -43,9 +43,8 @@ from overlayd.bus.properties import (
     AnnotatedProperty,
     BusProperty,
     TableProperties,
-    readings,
     signalled,
-    variants,
+    values,
     with_properties,
 )
 from overlayd.bus.spec import decode_options
@@ -114,7 +113,7 @@ class JobInterface(TableProperties, CheapInterface):
         return self
 
     def signalled_values(self) -> dict[str, Variant]:
-        return variants(SIGNALLED_JOB_PROPERTIES, readings(SIGNALLED_JOB_PROPERTIES, self))
+        return values(SIGNALLED_JOB_PROPERTIES, self)
 
     @method()
     async def Cancel(self, options: "a{sv}"):

@@ -11,7 +11,7 @@ No ``from __future__ import annotations`` here: dbus-next reads the signature st
 """
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dbus_next import Variant
 from dbus_next import introspection as intr
@@ -28,9 +28,8 @@ from overlayd.bus.properties import (
     AnnotatedProperty,
     BusProperty,
     TableProperties,
-    readings,
     signalled,
-    variants,
+    values,
     with_properties,
 )
 from overlayd.errors import NoSuchOverlay
@@ -89,13 +88,12 @@ MANAGER_VERSION = OverlayProperty("Version", "s", CONST, lambda r: None)
 
 
 def property_values(reading: Reading) -> dict[str, Variant]:
-    return variants(PROPERTIES, readings(PROPERTIES, reading))
+    return values(PROPERTIES, reading)
 
 
 def signalled_values(manager: OverlayManager, rec: Overlay, level: str = "ok"
                      ) -> dict[str, Variant]:
-    reading = Reading(manager, rec, level)
-    return variants(SIGNALLED_PROPERTIES, readings(SIGNALLED_PROPERTIES, reading))
+    return values(SIGNALLED_PROPERTIES, Reading(manager, rec, level))
 
 
 # dbus-next leaves return values unnamed; the contract (dbus/*.xml) names them.

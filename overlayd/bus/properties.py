@@ -49,6 +49,11 @@ def variants(table: Sequence[BusProperty[S]], values: list[Any]) -> dict[str, Va
     return {p.name: Variant(p.signature, v) for p, v in zip(table, values, strict=True)}
 
 
+def values(table: Sequence[BusProperty[S]], source: S) -> dict[str, Variant]:
+    """TABLE's values read from SOURCE, as sent."""
+    return variants(table, readings(table, source))
+
+
 def signalled(table: Sequence[BusProperty[S]]) -> tuple[BusProperty[S], ...]:
     return tuple(p for p in table if p.changes == SIGNALLED)
 

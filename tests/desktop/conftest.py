@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpers
-from tests.bus.conftest import TEST_RULES, VENV_BIN, Daemon, start_daemon, stop_daemon
+from tests.bus.conftest import VENV_BIN, Daemon, session_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -166,16 +166,7 @@ class Gui:
 
 @pytest.fixture(scope="session")
 def desktop_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    root = tmp_path_factory.mktemp("desktop")
-    rules = root / "rules"
-    rules.mkdir()
-    (rules / "50-test.rules").write_text(TEST_RULES)
-    rules.chmod(0o755)
-    d = start_daemon(root, "--discard-on-exit", "--polkit-rules", str(rules))
-    yield d
-    d.discard_all()
-    err = stop_daemon(d)
-    assert "Traceback" not in err, err
+    yield from session_daemon(tmp_path_factory.mktemp("desktop"))
 
 
 def app_copy(dest: Path) -> Path:

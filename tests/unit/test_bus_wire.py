@@ -17,9 +17,11 @@ from overlayd.bus.wire import MarshalledReturn, dict_array, dict_entry
 from overlayd.jobs import Job
 from overlayd.model import Layer, OverlayState, UpperUsage
 from overlayd.usage import UsageLevel
-from tests.unit.test_bus_connection import ROOT, Harness, harness, served  # noqa: F401
+from tests.unit import test_bus_connection
+from tests.unit.test_bus_connection import ROOT, Harness, served
 from tests.unit.test_bus_objects import Record, StubManager
 
+harness = test_bus_connection.harness  # the fixture: a bus whose sends are kept
 SIGNATURE = "a{oa{sa{sv}}}"
 OM = "org.freedesktop.DBus.ObjectManager"
 
