@@ -145,6 +145,9 @@ def test_the_kept_reply_equals_a_fresh_one_after_every_kind_of_change(harness: H
     same()
     assert job.path not in h.bus.marshalled, "what is unexported is forgotten"
     assert served_reply(h, ROOT + "/overlay").marshalled_body == fresh(h, ROOT + "/overlay")
+    everything = {p: {i.name: i.property_values() for i in ifaces}  # the Manager too
+                  for p, ifaces in h.bus._path_exports.items()}
+    assert served_reply(h, "/").marshalled_body == one_piece([everything])
 
 
 def test_a_new_property_row_needs_nothing_more(harness: Harness, monkeypatch: Any) -> None:
