@@ -30,7 +30,7 @@ dbus-next 0.2.3 (pinned in pyproject.toml) has habits a system service cannot ke
 9. GetManagedObjects marshals every property of every object on every call (a megabyte
    at a thousand overlays): here each object's entry is kept marshalled for as long as
    its plain values (``property_readings``) stay the same, and the reply is the entries
-   joined (wire.py). The values are read anew for every call, so nothing is ever stale:
+   joined (premarshalled.py). The values are read anew for every call, so nothing is ever stale:
    no invalidation to forget when a property row is added.
 
 Unix fds received with any message are closed once it is handled: by ``_reply`` for the
@@ -57,7 +57,7 @@ from dbus_next.service import ServiceInterface
 
 from overlayd.bus.errors import InvalidArgs, LimitsExceeded, UnknownMethod, shown, to_dbus
 from overlayd.bus.names import ROOT_PATH
-from overlayd.bus.wire import Entry, MarshalledReturn, dict_array, dict_entry
+from overlayd.bus.premarshalled import Entry, MarshalledReturn, dict_array, dict_entry
 from overlayd.bus.writer import Writer
 
 log = logging.getLogger("overlayd.bus")

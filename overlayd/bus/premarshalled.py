@@ -8,7 +8,7 @@ its values stay the same (connection.py), and the reply's body is the entries jo
 
 Why joining is exact: in D-Bus's wire format a dict entry starts at a multiple of 8 and
 nothing inside it is aligned to more than 8, so an entry's bytes do not depend on where
-in the message it stands. tests/unit/test_bus_wire.py holds the result byte-equal to what
+in the message it stands. tests/unit/test_bus_premarshalled.py holds the result byte-equal to what
 dbus-next marshals in one piece.
 """
 

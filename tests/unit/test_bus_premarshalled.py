@@ -1,4 +1,4 @@
-"""GetManagedObjects from entries marshalled before (bus/wire.py, connection.py): the
+"""GetManagedObjects from entries marshalled before (bus/premarshalled.py, connection.py): the
 joined bytes are what dbus-next marshals in one piece, and the reply served from the
 bus's kept entries equals a fresh one after every kind of change."""
 
@@ -13,7 +13,7 @@ from dbus_next._private.marshaller import Marshaller
 from overlayd.bus.jobs import JOB_PROPERTIES, JobInterface, JobRunner
 from overlayd.bus.objects import PROPERTIES
 from overlayd.bus.properties import BusProperty
-from overlayd.bus.wire import MarshalledReturn, dict_array, dict_entry
+from overlayd.bus.premarshalled import MarshalledReturn, dict_array, dict_entry
 from overlayd.jobs import Job
 from overlayd.model import Layer, OverlayState, UpperUsage
 from overlayd.usage import UsageLevel
