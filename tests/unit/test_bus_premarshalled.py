@@ -12,8 +12,8 @@ from dbus_next._private.marshaller import Marshaller
 
 from overlayd.bus.jobs import JOB_PROPERTIES, JobInterface, JobRunner
 from overlayd.bus.objects import PROPERTIES
-from overlayd.bus.properties import BusProperty
 from overlayd.bus.premarshalled import MarshalledReturn, dict_array, dict_entry
+from overlayd.bus.properties import BusProperty
 from overlayd.jobs import Job
 from overlayd.model import Layer, OverlayState, UpperUsage
 from overlayd.usage import UsageLevel
