@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import logging
 import os
 import signal
@@ -101,7 +102,13 @@ async def serve(args: argparse.Namespace) -> int:
             if standalone:
                 print(f"DBUS_SYSTEM_BUS_ADDRESS={standalone.address}", flush=True)
             notifier.ready(status_line(manager))
-            manager.subscribe(lambda _name, _rec: notifier.status(status_line(manager)))
+            live = LiveNames(manager)
+
+            def on_change(name: str, rec: object | None) -> None:
+                if live.changed(name, rec):
+                    notifier.status(status_text(live.names))
+
+            manager.subscribe(on_change)
             reloads = asyncio.ensure_future(
                 reload_on_each(hup, lambda: reload_config(args, manager, server, notifier)))
             try:
@@ -177,11 +184,37 @@ def boot_overlays() -> dict[str, OverlaySpec]:
 
 def status_line(manager: OverlayManager) -> str:
     """STATUS= for systemctl status: how many overlays are live, and which."""
-    names = [rec.name for rec in manager.list()]
+    return status_text([rec.name for rec in manager.list()])
+
+
+def status_text(names: list[str]) -> str:
+    """The status line of the overlays NAMES (sorted)."""
     if not names:
         return "No overlays live"
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     return f"{len(names)} overlay{'s' if len(names) != 1 else ''} live: {shown}"
+
+
+class LiveNames:
+    """The names of the live overlays, sorted, kept up to date with each change: the
+    status line after a Create or Discard costs no sort of all the overlays (at a
+    thousand, that was most of what made a Discard slower than at none). A change of
+    state of an overlay leaves the line as it is, and is not sent again."""
+
+    def __init__(self, manager: OverlayManager) -> None:
+        self.names = [rec.name for rec in manager.list()]
+
+    def changed(self, name: str, rec: object | None) -> bool:
+        """Take the change of NAME (REC None: it is gone); whether the names changed."""
+        i = bisect.bisect_left(self.names, name)
+        here = i < len(self.names) and self.names[i] == name
+        if rec is None and here:
+            del self.names[i]
+        elif rec is not None and not here:
+            self.names.insert(i, name)
+        else:
+            return False
+        return True
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -26,7 +26,12 @@ dbus-next 0.2.3 (pinned in pyproject.toml) has habits a system service cannot ke
    ``CheapInterface`` scans and introspects once per class, and ``export_object``,
    ``unexport_object`` and ``emit_properties_changed`` take the path they act on.
    ``export_object(announce=False)`` exports without InterfacesAdded, for the objects
-   exported before the name is owned (nobody can have subscribed to them yet).
+   exported before the name is owned (nobody can have subscribed to them yet);
+9. GetManagedObjects marshals every property of every object on every call (a megabyte
+   at a thousand overlays): here each object's entry is kept marshalled for as long as
+   its plain values (``property_readings``) stay the same, and the reply is the entries
+   joined (premarshalled.py). The values are read anew for every call, so nothing is ever stale:
+   no invalidation to forget when a property row is added.
 
 Unix fds received with any message are closed once it is handled: by ``_reply`` for the
 calls our methods serve, by ``_on_message`` for everything else (a Ping or a signal with
@@ -42,7 +47,8 @@ import contextvars
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeGuard
 
 from dbus_next import Message, MessageFlag, MessageType, Variant
 from dbus_next import introspection as intr
@@ -51,6 +57,7 @@ from dbus_next.service import ServiceInterface
 
 from overlayd.bus.errors import InvalidArgs, LimitsExceeded, UnknownMethod, shown, to_dbus
 from overlayd.bus.names import ROOT_PATH
+from overlayd.bus.premarshalled import Entry, MarshalledReturn, dict_array, dict_entry
 from overlayd.bus.writer import Writer
 
 log = logging.getLogger("overlayd.bus")
@@ -73,11 +80,40 @@ STANDARD_METHODS = {
 MAX_CALLS_IN_FLIGHT = 64
 
 
-@runtime_checkable
 class HasPropertyValues(Protocol):
     """An interface that can give all its properties at once (synchronous getters)."""
 
+    name: str  # the interface's, as ServiceInterface has it
+
     def property_values(self) -> dict[str, Variant]: ...
+
+
+class HasPropertyReadings(HasPropertyValues, Protocol):
+    """One that gives them as plain values first, cheap to compare (properties.py)."""
+
+    def property_readings(self) -> list[Any]: ...
+    def property_variants(self, values: list[Any]) -> dict[str, Variant]: ...
+
+
+def _gives_all(interface: object) -> TypeGuard[HasPropertyValues]:
+    # not a runtime_checkable isinstance: that costs microseconds an object
+    return hasattr(interface, "property_values")
+
+
+def _gives_readings(interface: object) -> TypeGuard[HasPropertyReadings]:
+    return hasattr(interface, "property_readings")
+
+
+@dataclass
+class _Marshalled:
+    """An object's GetManagedObjects entry, marshalled from VALUES of INTERFACE."""
+
+    interface: object
+    values: list[Any]
+    entry: Entry
+
+
+MANAGED_OBJECTS = "a{oa{sa{sv}}}"
 
 
 _MEMBERS: dict[type, tuple[Any, Any, Any]] = {}
@@ -126,6 +162,7 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._writer = Writer(self)
         self.in_flight: dict[str, int] = {}  # calls of our methods running, per client
+        self.marshalled: dict[str, _Marshalled] = {}  # GetManagedObjects entries, per path
         # Whoever waits for the disconnect reads its outcome; this reads it in any case, so
         # that a connection lost with nobody waiting (a failed start) logs nothing.
         self._disconnect_future.add_done_callback(
@@ -150,6 +187,7 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
         exports.remove(interface)
         if not exports:
             del self._path_exports[path]
+        self.marshalled.pop(path, None)
         ServiceInterface._remove_bus(interface, self)
         self._emit_interface_removed(path, [interface.name])
 
@@ -183,7 +221,7 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
                 member="InterfacesAdded", signature="oa{sa{sv}}",
                 body=[path, {iface.name: values}]))
 
-        if isinstance(interface, HasPropertyValues):
+        if _gives_all(interface):
             send(interface, interface.property_values(), None, None)
         else:
             ServiceInterface._get_all_property_values(interface, send)
@@ -301,21 +339,36 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
         GetManagedObjects agree (and read the upper's usage once, not per property)."""
         if msg.member == "GetAll" and msg.signature == "s":
             for interface in self._path_exports.get(msg.path, []):
-                if interface.name == msg.body[0] and isinstance(interface, HasPropertyValues):
+                if interface.name == msg.body[0] and _gives_all(interface):
                     send_reply(Message.new_method_return(msg, "a{sv}",
                                                          [interface.property_values()]))
                     return
         super()._default_properties_handler(msg, send_reply)
 
     def _default_get_managed_objects_handler(self, msg: Message, send_reply: SendReply) -> None:
-        nodes = {p: ifaces for p, ifaces in self._path_exports.items()
-                 if msg.path == "/" or p.startswith(msg.path + "/")}
-        if not all(isinstance(i, HasPropertyValues) for ifaces in nodes.values()
-                   for i in ifaces):
+        nodes = [(p, ifaces) for p, ifaces in self._path_exports.items()
+                 if msg.path == "/" or p.startswith(msg.path + "/")]
+        if not all(_gives_all(i) for _, ifaces in nodes for i in ifaces):
             super()._default_get_managed_objects_handler(msg, send_reply)
             return
-        result = {p: {i.name: i.property_values() for i in ifaces} for p, ifaces in nodes.items()}
-        send_reply(Message.new_method_return(msg, "a{oa{sa{sv}}}", [result]))
+        entries = [self._managed_entry(p, ifaces) for p, ifaces in nodes]
+        send_reply(MarshalledReturn(msg, MANAGED_OBJECTS, dict_array(entries)))
+
+    def _managed_entry(self, path: str, ifaces: list[ServiceInterface]) -> Entry:
+        """PATH's entry in GetManagedObjects: the one marshalled before if its interface
+        and values are the same as then."""
+        if len(ifaces) != 1 or not _gives_readings(ifaces[0]):
+            return dict_entry(MANAGED_OBJECTS[2:-1], path,
+                              {i.name: i.property_values() for i in ifaces})
+        interface = ifaces[0]
+        values = interface.property_readings()
+        known = self.marshalled.get(path)
+        if known is not None and known.interface is interface and known.values == values:
+            return known.entry
+        entry = dict_entry(MANAGED_OBJECTS[2:-1], path,
+                           {interface.name: interface.property_variants(values)})
+        self.marshalled[path] = _Marshalled(interface, values, entry)
+        return entry
 
 
 def _close_all(fds: list[int]) -> None:

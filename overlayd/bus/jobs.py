@@ -21,14 +21,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dbus_next import Variant
 from dbus_next import introspection as intr
-from dbus_next.constants import PropertyAccess
-from dbus_next.service import dbus_property, method, signal
+from dbus_next.service import method, signal
 
 from overlayd.bus.connection import CheapInterface
 from overlayd.bus.errors import INTERNAL
@@ -40,7 +37,16 @@ from overlayd.bus.names import (
     job_path,
     overlay_path,
 )
-from overlayd.bus.objects import CONST, SIGNALLED, AnnotatedProperty
+from overlayd.bus.properties import (
+    CONST,
+    SIGNALLED,
+    AnnotatedProperty,
+    BusProperty,
+    TableProperties,
+    signalled,
+    values,
+    with_properties,
+)
 from overlayd.bus.spec import decode_options
 from overlayd.errors import OverlaydError
 from overlayd.events import NOTICE
@@ -56,12 +62,7 @@ log = logging.getLogger("overlayd.bus")
 CANCEL_OPTIONS: dict[str, str] = {}
 
 
-@dataclass(frozen=True)
-class JobProperty:
-    name: str
-    signature: str
-    changes: str  # CONST or SIGNALLED
-    read: Callable[["JobInterface"], Any]
+JobProperty = BusProperty["JobInterface"]  # CONST or SIGNALLED: a job has no LIVE row
 
 
 JOB_PROPERTIES: tuple[JobProperty, ...] = (
@@ -76,6 +77,7 @@ JOB_PROPERTIES: tuple[JobProperty, ...] = (
     JobProperty("StartTime", "t", CONST, lambda j: j.job.start_usec),
     JobProperty("StartedByUID", "u", CONST, lambda j: j.job.started_by_uid),
 )
+SIGNALLED_JOB_PROPERTIES = signalled(JOB_PROPERTIES)
 SIGNAL_ARGS = {"Completed": ("success", "message")}
 
 
@@ -83,23 +85,10 @@ def _now() -> tuple[float, int]:
     return time.monotonic(), time.time_ns() // 1000
 
 
-def _getter(prop: JobProperty) -> Any:
-    def get(self: "JobInterface") -> Any:
-        return prop.read(self)
+@with_properties(JOB_PROPERTIES, lambda self: self)
+class JobInterface(TableProperties, CheapInterface):
+    property_table = JOB_PROPERTIES
 
-    get.__name__ = get.__qualname__ = prop.name
-    get.__annotations__ = {"return": prop.signature}
-    return dbus_property(access=PropertyAccess.READ, name=prop.name)(get)
-
-
-def _with_properties(cls: type) -> type:
-    for prop in JOB_PROPERTIES:
-        setattr(cls, prop.name, _getter(prop))
-    return cls
-
-
-@_with_properties
-class JobInterface(CheapInterface):
     def __init__(self, runner: "JobRunner", job: Job) -> None:
         super().__init__(JOB_IFACE)
         self.runner = runner
@@ -120,12 +109,11 @@ class JobInterface(CheapInterface):
                 arg.name = name
         return iface
 
-    def property_values(self) -> dict[str, Variant]:
-        return {p.name: Variant(p.signature, p.read(self)) for p in JOB_PROPERTIES}
+    def property_source(self) -> "JobInterface":
+        return self
 
     def signalled_values(self) -> dict[str, Variant]:
-        return {p.name: Variant(p.signature, p.read(self)) for p in JOB_PROPERTIES
-                if p.changes == SIGNALLED}
+        return values(SIGNALLED_JOB_PROPERTIES, self)
 
     @method()
     async def Cancel(self, options: "a{sv}"):

@@ -1,19 +1,17 @@
 """The objects on the bus: the Manager (with ObjectManager) and one Overlay per overlay.
 
 Their methods hand over to the Service (service.py), which decodes, authorizes and calls
-the OverlayManager. Each Overlay property is defined once, in ``PROPERTIES``: the getters
-dbus-next serves, ``property_values`` (GetAll, GetManagedObjects, InterfacesAdded),
-``signalled_values`` (PropertiesChanged) and the introspection all come from that table.
+the OverlayManager. Each Overlay property is defined once, in ``PROPERTIES`` (a property
+table, properties.py): the getters dbus-next serves, ``property_values`` (GetAll,
+GetManagedObjects, InterfacesAdded), ``signalled_values`` (PropertiesChanged) and the
+introspection all come from that table.
 
 No ``from __future__ import annotations`` here: dbus-next reads the signature strings
 ('s', 'a{sv}') from the annotations.
 """
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-from xml.etree import ElementTree as ET
+from typing import TYPE_CHECKING
 
 from dbus_next import Variant
 from dbus_next import introspection as intr
@@ -23,6 +21,17 @@ from dbus_next.service import dbus_property, method
 from overlayd import __version__
 from overlayd.bus.connection import CheapInterface
 from overlayd.bus.names import MANAGER_IFACE, OVERLAY_IFACE, overlay_path
+from overlayd.bus.properties import (
+    CONST,
+    LIVE,
+    SIGNALLED,
+    AnnotatedProperty,
+    BusProperty,
+    TableProperties,
+    signalled,
+    values,
+    with_properties,
+)
 from overlayd.checks import reserved_total
 from overlayd.errors import NoSuchOverlay
 from overlayd.manager import OverlayManager
@@ -30,12 +39,6 @@ from overlayd.model import Overlay, UpperUsage
 
 if TYPE_CHECKING:
     from overlayd.bus.service import Service
-
-# How a property changes: the values of org.freedesktop.DBus.Property.EmitsChangedSignal.
-CONST = "const"  # never, once the overlay exists
-SIGNALLED = "true"  # announced with PropertiesChanged
-LIVE = "false"  # with every write in the overlay: read live on every Get, never announced
-EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
 class Reading:
@@ -57,13 +60,7 @@ class Reading:
         return self.manager.image_space(self.rec.name)
 
 
-@dataclass(frozen=True)
-class OverlayProperty:
-    name: str
-    signature: str
-    changes: str  # CONST, SIGNALLED or LIVE
-    read: Callable[[Reading], Any]
-
+OverlayProperty = BusProperty[Reading]
 
 PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("CommitAtShutdown", "b", SIGNALLED,
@@ -94,7 +91,7 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("UpperUsage", "s", SIGNALLED, lambda r: r.level),
     OverlayProperty("UpperUsed", "t", LIVE, lambda r: r.usage.used),
 )
-SIGNALLED_PROPERTIES = tuple(p for p in PROPERTIES if p.changes == SIGNALLED)
+SIGNALLED_PROPERTIES = signalled(PROPERTIES)
 # The Manager's properties: the root overlay's object when / is on an overlay, else "/";
 # the RAM the overlays reserve and max_total_size in bytes; the daemon's version.
 MANAGER_MAX_TOTAL_SIZE = OverlayProperty("MaxTotalSize", "t", CONST, lambda r: None)
@@ -104,13 +101,12 @@ MANAGER_VERSION = OverlayProperty("Version", "s", CONST, lambda r: None)
 
 
 def property_values(reading: Reading) -> dict[str, Variant]:
-    return {p.name: Variant(p.signature, p.read(reading)) for p in PROPERTIES}
+    return values(PROPERTIES, reading)
 
 
 def signalled_values(manager: OverlayManager, rec: Overlay, level: str = "ok"
                      ) -> dict[str, Variant]:
-    reading = Reading(manager, rec, level)
-    return {p.name: Variant(p.signature, p.read(reading)) for p in SIGNALLED_PROPERTIES}
+    return values(SIGNALLED_PROPERTIES, Reading(manager, rec, level))
 
 
 # dbus-next leaves return values unnamed; the contract (dbus/*.xml) names them.
@@ -125,31 +121,6 @@ def name_out_args(iface: intr.Interface) -> intr.Interface:
         for i, arg in enumerate(m.out_args):
             arg.name = arg.name or (names[i] if i < len(names) else None)
     return iface
-
-
-class Described(Protocol):
-    """What the introspection needs of a property-table entry (Overlay's or Job's)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def signature(self) -> str: ...
-    @property
-    def changes(self) -> str: ...
-
-
-class AnnotatedProperty(intr.Property):  # type: ignore[misc]
-    """A read-only property that says how it changes (dbus-next cannot annotate them)."""
-
-    def __init__(self, prop: Described) -> None:
-        super().__init__(prop.name, prop.signature, PropertyAccess.READ)
-        self.changes = prop.changes
-
-    def to_xml(self) -> ET.Element:
-        element: ET.Element = super().to_xml()
-        if self.changes != SIGNALLED:  # "true" is what a property without it means
-            ET.SubElement(element, "annotation", name=EMITS, value=self.changes)
-        return element
 
 
 class ManagerInterface(CheapInterface):
@@ -235,26 +206,10 @@ class ManagerInterface(CheapInterface):
         return [[r.name, overlay_path(r.name)] for r in self.svc.manager.list()]
 
 
-def _getter(prop: OverlayProperty) -> Any:
-    """PROP as dbus-next wants a property: a getter of self alone, named after it, with the
-    D-Bus type as its return annotation."""
-    def get(self: "OverlayInterface") -> Any:
-        return prop.read(self.reading())
+@with_properties(PROPERTIES, lambda self: self.reading())
+class OverlayInterface(TableProperties, CheapInterface):
+    property_table = PROPERTIES
 
-    get.__name__ = get.__qualname__ = prop.name  # dbus-next calls it by this name
-    get.__annotations__ = {"return": prop.signature}
-    return dbus_property(access=PropertyAccess.READ, name=prop.name)(get)
-
-
-def _with_properties(cls: type) -> type:
-    """CLS with a getter for each entry of PROPERTIES."""
-    for prop in PROPERTIES:
-        setattr(cls, prop.name, _getter(prop))
-    return cls
-
-
-@_with_properties
-class OverlayInterface(CheapInterface):
     def __init__(self, svc: "Service", name: str) -> None:
         super().__init__(OVERLAY_IFACE)
         self.svc = svc
@@ -270,14 +225,13 @@ class OverlayInterface(CheapInterface):
         return Reading(self.svc.manager, self.svc.manager.get(self.overlay),
                        self.svc.usage.level(self.overlay))
 
-    def property_values(self) -> dict[str, Variant]:
-        """Every property at once, for GetAll, InterfacesAdded and GetManagedObjects: one
-        statvfs, no callback chain (the getters are synchronous). Empty if the overlay
-        went meanwhile, so that one object cannot fail a GetManagedObjects of all."""
+    def property_source(self) -> Reading | None:
+        """For every property at once (GetAll, InterfacesAdded, GetManagedObjects): one
+        statvfs, no callback chain (the getters are synchronous)."""
         try:
-            return property_values(self.reading())
+            return self.reading()
         except NoSuchOverlay:
-            return {}
+            return None
 
     @method()
     async def Commit(self, options: "a{sv}"):

@@ -1,7 +1,8 @@
 """RAM running out, seen before it happens: each overlay's ``UpperUsage`` level.
 
 One periodic task looks at every live overlay every ``usage_interval`` seconds (one
-statvfs each, on the event loop: a tmpfs answers from memory) and classifies it
+statvfs each, on the event loop: a tmpfs answers from memory; ``LOOKS_PER_TURN`` at a
+time, so that a call never waits for a whole sweep of a thousand) and classifies it
 (``overlayd/usage.py``). A change of level is announced with PropertiesChanged; a rise is
 also a journal entry of its own MESSAGE_ID (``Event.USAGE``), at warning for ``critical``
 and ``full``. An overlay that is being committed or discarded keeps its last level until
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from overlayd.config import DaemonConfig
+from overlayd.errors import NoSuchOverlay
 from overlayd.events import NOTICE, Event
 from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, OverlayState
@@ -26,6 +28,7 @@ log = logging.getLogger("overlayd")
 WORDS = {UsageLevel.HIGH: "is running low", UsageLevel.CRITICAL: "is almost full",
          UsageLevel.FULL: "is full: writers get 'No space left on device'"}
 Announce = Callable[[str], None]  # an overlay's level changed: announce its properties
+LOOKS_PER_TURN = 50  # about a millisecond of the event loop's time
 
 
 class UsageWatch:
@@ -65,8 +68,17 @@ class UsageWatch:
     def forget(self, name: str) -> None:
         self.levels.pop(name, None)
 
-    def look_at_all(self) -> None:
-        for rec in self.manager.list():
+    async def look_at_all(self) -> None:
+        """Look at every overlay, giving the event loop back between turns; one that went
+        (or changed) meanwhile is taken as it is now."""
+        names = [rec.name for rec in self.manager.list()]
+        for i, name in enumerate(names):
+            if i and i % LOOKS_PER_TURN == 0:
+                await asyncio.sleep(0)
+            try:
+                rec = self.manager.get(name)
+            except NoSuchOverlay:
+                continue
             self.look(rec)
 
     def start(self) -> None:
@@ -82,7 +94,7 @@ class UsageWatch:
         while True:
             await asyncio.sleep(self.config.usage_interval)
             try:
-                self.look_at_all()
+                await self.look_at_all()
             except Exception as e:  # a look that fails must not end the watch
                 with contextlib.suppress(Exception):
                     log.warning("Cannot look at the usage of the overlays: %s", e)

@@ -59,27 +59,50 @@ class Committed:
         return not self.remount_problems
 
     def outcome_error(self, upper_dir: str) -> OverlaydError | None:
-        problems = "; ".join(self.remount_problems)
-        if self.error is not None:
-            if problems:
-                return CommitFailed(f"{self.error} The overlay could not be mounted again "
-                                    f"({problems}); the writes are still in RAM under "
-                                    f"'{upper_dir}'.")
-            text = (f"Commit of overlay '{self.name}' failed: {self.error} Nothing was lost: "
-                    "the writes are still in RAM and the overlay is mounted again; fix the "
-                    "cause and commit again.")
-            if isinstance(self.error, Cancelled):
-                part = ("the image holds part of them (commit again to finish)"
-                        if self.image_touched else "the image is unchanged")
-                return Cancelled(f"Commit of overlay '{self.name}' was cancelled. Nothing was "
-                                 "lost: the writes are still in RAM and the overlay is mounted "
-                                 f"again; {part}.")
-            return NoSpace(text) if isinstance(self.error, NoSpace) else CommitFailed(text)
+        part = ("the image holds part of them (commit again to finish)"
+                if self.image_touched else "the image is unchanged")
+        return outcome_error(
+            self.error, self.remount_problems, upper_dir,
+            what=f"Commit of overlay '{self.name}'", into="the image",
+            name=self.name, cancelled=f" and the overlay is mounted again; {part}.",
+            failed="fix the cause and commit again.")
+
+
+def outcome_error(error: OverlaydError | None, remount_problems: list[str], upper_dir: str,
+                  *, what: str, into: str, name: str, cancelled: str, failed: str
+                  ) -> OverlaydError | None:
+    """How a commit (into the image, or to a layer) ended, as its caller is told: ERROR
+    (None: it worked) with the overlay mounted again or not (REMOUNT_PROBLEMS). WHAT
+    names the commit, INTO where the writes went; CANCELLED ends the sentence of a
+    cancelled one ("Nothing was lost: the writes are still in RAM" and this), FAILED that
+    of a failed one."""
+    problems = "; ".join(remount_problems)
+    if error is not None:
         if problems:
-            return CommitFailed(f"The changes of overlay '{self.name}' were written to the "
-                                f"image, but the overlay could not be mounted again: "
-                                f"{problems}.")
-        return None
+            return CommitFailed(f"{error} The overlay could not be mounted again "
+                                f"({problems}); the writes are still in RAM under "
+                                f"'{upper_dir}'.")
+        if isinstance(error, Cancelled):
+            return Cancelled(f"{what} was cancelled. Nothing was lost: the writes are still "
+                             f"in RAM{cancelled}")
+        text = (f"{what} failed: {error} Nothing was lost: the writes are still in RAM and "
+                f"the overlay is mounted again; {failed}")
+        return NoSpace(text) if isinstance(error, NoSpace) else CommitFailed(text)
+    if problems:
+        return CommitFailed(f"The changes of overlay '{name}' were written to {into}, but "
+                            f"the overlay could not be mounted again: {problems}.")
+    return None
+
+
+def unmount_to_commit(host: Host, rec: Overlay) -> None:
+    """Unmount the overlay a commit (into the image or to a layer) takes the writes of;
+    OverlayBusy naming who holds it, and nothing changed, if it is in use."""
+    try:
+        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
+    except OverlayBusy as e:
+        raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
+                          f"{describe_holders(e.holders)}; close those files and try again.",
+                          e.holders) from None
 
 
 def refuse_early(rec: Overlay, as_uid: int, *, layers_ok: bool = False) -> None:
@@ -179,12 +202,7 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
                    finish: Callable[[], Overlay] | None = None) -> Committed:
     # Computed before anything is unmounted: a failure here must leave the overlay up.
     driver = steps.driver_for(host, rec.fstype) if rec.fstype else ""
-    try:
-        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
-    except OverlayBusy as e:
-        raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
-                          f"{describe_holders(e.holders)}; close those files and try again.",
-                          e.holders) from None
+    unmount_to_commit(host, rec)
     out = Committed(rec.name)
     rw_fd: int | None = None
     try:

@@ -25,15 +25,13 @@ from dataclasses import dataclass, field
 
 from overlayd.config import DaemonConfig
 from overlayd.engine import steps
+from overlayd.engine.commit import outcome_error, unmount_to_commit
 from overlayd.engine.create import KERNEL_MAX_LOWERS
 from overlayd.errors import (
     Cancelled,
     CommitFailed,
     LimitExceeded,
-    NoSpace,
-    OverlayBusy,
     OverlaydError,
-    describe_holders,
 )
 from overlayd.host.ports import Applied, Host
 from overlayd.jobs import CancelToken
@@ -62,25 +60,12 @@ class Layered:
         return not self.remount_problems
 
     def outcome_error(self, upper_dir: str) -> OverlaydError | None:
-        problems = "; ".join(self.remount_problems)
-        if self.error is not None:
-            if problems:
-                return CommitFailed(f"{self.error} The overlay could not be mounted again "
-                                    f"({problems}); the writes are still in RAM under "
-                                    f"'{upper_dir}'.")
-            if isinstance(self.error, Cancelled):
-                return Cancelled(f"Commit of overlay '{self.name}' to a layer was cancelled. "
-                                 "Nothing was lost: the writes are still in RAM, the overlay "
-                                 "is mounted again, and no layer was added.")
-            text = (f"Commit of overlay '{self.name}' to a layer failed: {self.error} "
-                    "Nothing was lost: the writes are still in RAM and the overlay is "
-                    "mounted again; no layer was added.")
-            return NoSpace(text) if isinstance(self.error, NoSpace) else CommitFailed(text)
-        if problems:
-            return CommitFailed(f"The changes of overlay '{self.name}' were written to the "
-                                f"layer '{self.layers[-1].path}', but the overlay could not "
-                                f"be mounted again: {problems}.")
-        return None
+        return outcome_error(
+            self.error, self.remount_problems, upper_dir,
+            what=f"Commit of overlay '{self.name}' to a layer",
+            into=f"the layer '{self.layers[-1].path}'" if self.layers else "a layer",
+            name=self.name, cancelled=", the overlay is mounted again, and no layer was added.",
+            failed="no layer was added.")
 
 
 def check_depth(rec: Overlay, cfg: DaemonConfig, more: int = 1) -> None:
@@ -105,12 +90,7 @@ def run(host: Host, rec: Overlay, layout: Layout, cfg: DaemonConfig, fmt: LayerF
     host.layerfiles.prepare_dir(directory)
     path = host.layerfiles.next_path(directory, fmt.value)
     checkpoint(CommitPhase.LAYERING, rec.layers, path)
-    try:
-        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
-    except OverlayBusy as e:
-        raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
-                          f"{describe_holders(e.holders)}; close those files and try again.",
-                          e.holders) from None
+    unmount_to_commit(host, rec)
     out = Layered(rec.name, rec.layers)
     index = len(rec.layers)
     mounted = False

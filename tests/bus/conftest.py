@@ -132,10 +132,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
     if kernel_unavailable():
         pytest.skip(kernel_unavailable() or "")
-    root = tmp_path_factory.mktemp("bus")
+    yield from session_daemon(tmp_path_factory.mktemp("bus"))
+
+
+def session_daemon(root: Path, polkit_rules: str = TEST_RULES) -> Iterator[Daemon]:
+    """For a session fixture (this one, the desktop's): a daemon under ROOT with
+    POLKIT_RULES, that discards what is left when it stops and has logged no traceback."""
     rules = root / "rules"
     rules.mkdir()
-    (rules / "50-test.rules").write_text(TEST_RULES)
+    (rules / "50-test.rules").write_text(polkit_rules)
     rules.chmod(0o755)
     d = start_daemon(root, "--discard-on-exit", "--polkit-rules", str(rules))
     yield d

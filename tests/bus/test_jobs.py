@@ -38,12 +38,15 @@ class Monitor:
     """``gdbus monitor`` of everything the daemon sends, as a separate process; its lines
     are read by a thread, so that a wait for one can time out."""
 
-    def __init__(self, d: Daemon) -> None:
-        self.proc = subprocess.Popen(["gdbus", "monitor", "--system", "--dest", BUS],
-                                     env=d.env, text=True, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+    def __init__(self, d: Daemon, argv: tuple[str, ...] = ("gdbus", "monitor", "--system",
+                                                           "--dest", BUS),
+                 header_lines: int = 2) -> None:
+        """ARGV: what watches (by default every signal the daemon sends), printing
+        HEADER_LINES before it does ("Monitoring ...", "The name ... is owned by ...")."""
+        self.proc = subprocess.Popen(list(argv), env=d.env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout is not None
-        for _ in range(2):  # "Monitoring ...", "The name ... is owned by ..."
+        for _ in range(header_lines):
             self.proc.stdout.readline()
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()

@@ -15,38 +15,60 @@ from dbus_next.aio import MessageBus
 import overlayd
 from tests import helpers
 from tests.bus.conftest import MANAGER, Daemon, start_daemon, stop_daemon
+from tests.bus.test_jobs import Monitor
+from tests.gate import OpenGate
 
 
 def test_a_long_commit_does_not_hold_up_other_calls(clean: Daemon, root: Path) -> None:
-    img = helpers.make_image(root / "big.img", size="3G")
-    path = clean.create("slow", img, "size", "t", str(2 << 30))
+    """The commit is held at a known point (an OpenGate on the file it copies), for as
+    long as the test needs: no timing, whatever the speed of the machine."""
+    img = helpers.make_image(root / "big.img")
+    path = clean.create("slow", img)
     mp = Path(clean.prop(path, "MountPoint"))
-    chunk = os.urandom(1 << 20)
-    with open(mp / "big.bin", "wb") as f:
-        for _ in range(1536):  # 1.5 GiB: the commit takes a second or more here
-            f.write(chunk)
+    (mp / "big.bin").write_bytes(os.urandom(1 << 20))
+    upper = clean.runtime / "slow" / "rw" / "upper"
     other = helpers.make_image(root / "other.img")
-    commit = subprocess.Popen(["busctl", "--system", "--timeout=300", "call", *MANAGER,
-                               "Commit", "sa{sv}", "slow", "0"], env=clean.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for _ in range(500):  # wait until the commit has started
-            if clean.prop(path, "State") == "committing":
-                break
-            time.sleep(0.01)
-        assert clean.prop(path, "State") == "committing"
-        # While it runs, the rest of the API answers: reads, and changes to other overlays.
-        assert '"slow"' in clean.call("ListOverlays").stdout
-        assert clean.prop(path, "Name") == "slow"
-        clean.create("quick", other)
-        assert clean.call("Discard", "sa{sv}", "quick", "0").returncode == 0
-        assert clean.prop(path, "State") == "committing", "all that happened during the commit"
-        # Calls on the same overlay wait their turn.
-        r = clean.call("Discard", "sa{sv}", "slow", "0")
-        assert r.returncode == 0, r.stderr
-    finally:
-        _out, err = commit.communicate(timeout=300)
+    with OpenGate(upper / "big.bin") as gate:
+        commit = subprocess.Popen(["busctl", "--system", "--timeout=300", "call", *MANAGER,
+                                   "Commit", "sa{sv}", "slow", "0"], env=clean.env,
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            gate.wait()  # the commit is copying big.bin, and stays there until released
+            assert clean.prop(path, "State") == "committing"
+            # While it runs, the rest of the API answers: reads, and changes to others.
+            assert '"slow"' in clean.call("ListOverlays").stdout
+            assert clean.prop(path, "Name") == "slow"
+            clean.create("quick", other)
+            assert clean.call("Discard", "sa{sv}", "quick", "0").returncode == 0
+            assert clean.prop(path, "State") == "committing", "all while the commit ran"
+            # A call on the same overlay waits its turn: it has reached the daemon while
+            # the commit is held, and answers only once the commit is done.
+            discard = discard_delivered(clean, "slow")
+            assert discard.poll() is None, "the Discard waits for the commit"
+        finally:
+            gate.release()
+            _out, err = commit.communicate(timeout=300)
     assert commit.returncode == 0, err
+    _out, err = discard.communicate(timeout=60)
+    assert discard.returncode == 0, err
+
+
+def discard_delivered(d: Daemon, name: str) -> subprocess.Popen[str]:
+    """A Discard of NAME by busctl, returned once dbus-daemon has handed it to the daemon
+    (dbus-monitor saw it go; dbus-monitor watches from the NameLost it is sent when it
+    becomes a monitor)."""
+    watch = Monitor(d, ("dbus-monitor", "--system",
+                        "type='method_call',interface='org.overlayd.Overlayd1.Manager',"
+                        "member='Discard'"), header_lines=0)
+    try:
+        watch.until("member=NameLost")
+        discard = subprocess.Popen(["busctl", "--system", "--timeout=300", "call", *MANAGER,
+                                    "Discard", "sa{sv}", name, "0"], env=d.env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        watch.until(f'string "{name}"')
+    finally:
+        watch.stop()
+    return discard
 
 
 async def _watch(address: str, actions: Any) -> list[tuple[str, str, list[Any]]]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpers
-from tests.bus.conftest import TEST_RULES, VENV_BIN, Daemon, start_daemon, stop_daemon
+from tests.bus.conftest import TEST_RULES, VENV_BIN, Daemon, session_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -184,15 +184,7 @@ class Gui:
 def desktop_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("desktop")
     helpers.traversable(root)  # the mount points, for the desktop user's file manager
-    rules = root / "rules"
-    rules.mkdir()
-    (rules / "50-test.rules").write_text(DESKTOP_RULES)
-    rules.chmod(0o755)
-    d = start_daemon(root, "--discard-on-exit", "--polkit-rules", str(rules))
-    yield d
-    d.discard_all()
-    err = stop_daemon(d)
-    assert "Traceback" not in err, err
+    yield from session_daemon(root, DESKTOP_RULES)
 
 
 def app_copy(dest: Path) -> Path:

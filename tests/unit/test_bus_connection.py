@@ -330,3 +330,22 @@ def test_a_commit_at_shutdown_is_signalled(harness: Harness) -> None:
     manager.change("root", Record(name="root"))  # what the manager does when asked
     assert harness.signals() == [(ROOT + "/overlay/root", "PropertiesChanged", [
         "org.overlayd.Overlayd1.Overlay", {"CommitAtShutdown": Variant("b", True)}, []])]
+
+
+def test_the_usage_sweep_gives_the_loop_back_and_skips_what_went(harness: Harness) -> None:
+    from overlayd.bus.usage import LOOKS_PER_TURN
+
+    manager = StubManager(*(Record(name=f"o{i:03d}") for i in range(2 * LOOKS_PER_TURN + 5)))
+    svc = served(harness, manager)
+    svc.usage.levels.clear()
+    manager.usage_reads = 0
+    seen: list[int] = []
+
+    async def meanwhile() -> None:  # a call served between two turns
+        seen.append(manager.usage_reads)
+        manager.change("o104", None)  # discarded while the sweep waits for its next turn
+
+    asyncio.get_event_loop().run_until_complete(
+        asyncio.gather(svc.usage.look_at_all(), meanwhile()))
+    assert seen == [LOOKS_PER_TURN], "one turn, then the loop is free"
+    assert "o104" not in svc.usage.levels and len(svc.usage.levels) == 2 * LOOKS_PER_TURN + 4

@@ -88,6 +88,30 @@ def test_logging_goes_to_stderr_without_journald(monkeypatch: pytest.MonkeyPatch
 
 # -- sd_notify ------------------------------------------------------------------------------
 
+def test_the_status_line_follows_changes_without_walking_all_overlays() -> None:
+    from types import SimpleNamespace
+
+    from overlayd.daemon import LiveNames, status_line, status_text
+
+    recs = {n: SimpleNamespace(name=n) for n in ("m", "c")}
+    manager = SimpleNamespace(list=lambda: [recs[n] for n in sorted(recs)])
+    live = LiveNames(manager)  # type: ignore[arg-type]
+    assert status_text(live.names) == status_line(manager) == "2 overlays live: c, m"  # type: ignore[arg-type]
+    steps = [("a", True), ("a", True), ("z", True), ("c", False), ("q", True), ("zz", False),
+             *((f"n{i}", True) for i in range(9)), ("m", False)]
+    for name, there in steps:
+        before = list(live.names)
+        if there:
+            recs[name] = SimpleNamespace(name=name)
+        else:
+            recs.pop(name, None)
+        sent = live.changed(name, recs.get(name))
+        assert sent == (live.names != before), name  # a state change is not sent again
+        assert status_text(live.names) == status_line(manager), name  # type: ignore[arg-type]
+    assert status_text([]) == "No overlays live"
+    assert status_text(live.names).endswith(", ...")
+
+
 def test_notifier_sends_datagrams(tmp_path: Path) -> None:
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
