@@ -178,7 +178,7 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
     # Computed before anything is unmounted: a failure here must leave the overlay up.
     driver = steps.driver_for(host, rec.fstype) if rec.fstype else ""
     try:
-        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
+        steps.unmount_merged(host, rec, layout)
     except OverlayBusy as e:
         raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
                           f"{describe_holders(e.holders)}; close those files and try again.",

@@ -106,7 +106,7 @@ def run(host: Host, rec: Overlay, layout: Layout, cfg: DaemonConfig, fmt: LayerF
     path = host.layerfiles.next_path(directory, fmt.value)
     checkpoint(CommitPhase.LAYERING, rec.layers, path)
     try:
-        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
+        steps.unmount_merged(host, rec, layout)
     except OverlayBusy as e:
         raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
                           f"{describe_holders(e.holders)}; close those files and try again.",

@@ -28,15 +28,14 @@ class Stopped:
 def run(host: Host, rec: Overlay, layout: Layout, *, force: bool,
         drop_lower: bool = True) -> Stopped | None:
     """DROP_LOWER: this overlay is the last user of its image mount (and image lock)."""
-    owns = host.merge.owns(rec.name)
     try:
-        was_up = host.mounts.unmount(rec.mountpoint, owns)
+        was_up = steps.unmount_merged(host, rec, layout)
     except OverlayBusy as e:
         if not force:
             return Stopped(OverlayBusy(
                 f"Overlay '{rec.name}' is busy: in use by {describe_holders(e.holders)}. Close "
                 "those files or discard with force to detach it anyway.", e.holders), False)
-        host.mounts.unmount(rec.mountpoint, owns, lazy=True)
+        steps.unmount_merged(host, rec, layout, lazy=True)
         was_up = True
     except OverlaydError as e:
         return Stopped(e, False)

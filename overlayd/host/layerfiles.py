@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 from overlayd.errors import Cancelled, CommitFailed, NoSpace
 from overlayd.host.guard import set_death_signal
+from overlayd.host.ovlformat import FUSE_PREFIX, is_marker
 from overlayd.host.ports import Applied
 
 PRIVATE_PREFIX = "trusted.overlay."
@@ -184,6 +185,9 @@ class LinuxLayerFiles:
                 d, impure = stack.pop()
                 with os.scandir(d) as it:
                     for e in it:
+                        if is_marker(e.name):  # fuse-overlayfs' opaque markers: its
+                            os.unlink(e.path)  # trusted.overlay.opaque says it already
+                            continue
                         entries += 1
                         if e.is_dir(follow_symlinks=False):
                             stack.append((e.path, IMPURE in self._clean_one(e.path, fmt)))
@@ -208,8 +212,8 @@ class LinuxLayerFiles:
                     "system.* xattrs) of an entry the overlay changed; commit to an erofs "
                     "layer instead (layer_format 'erofs').")
         for n in names:
-            if n.startswith(PRIVATE_PREFIX) and n not in KEPT \
-                    and not n.startswith(ESCAPED_PREFIX):
+            if (n.startswith(PRIVATE_PREFIX) and n not in KEPT \
+                    and not n.startswith(ESCAPED_PREFIX)) or n.startswith(FUSE_PREFIX):
                 os.removexattr(path, n, follow_symlinks=False)
         return names
 
