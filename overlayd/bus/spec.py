@@ -19,7 +19,7 @@ from overlayd.model import OverlaySpec, parse_spec
 SPEC_TYPES: dict[str, tuple[str, ...]] = {
     "image": ("s",), "image_fd": ("h",), "fstype": ("s",), "mountpoint": ("s",),
     "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",), "layers": ("as",),
-    "upper": ("s",), "compressor": ("s",),
+    "upper": ("s",), "compressor": ("s",), "engine": ("s",),
 }
 # at_shutdown: the root overlay's writes are committed (Commit) or thrown away (Discard,
 # also the default for it) when the system shuts down; only the root overlay has it.

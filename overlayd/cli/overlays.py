@@ -50,6 +50,7 @@ async def cmd_status(client: OverlaydClient, args: argparse.Namespace) -> int:
         ("Usage", f"{p.get('UpperUsage', 'ok')} ({percent(p['UpperUsed'], p['UpperSize'])} "
                   "of the RAM for writes)"),
         ("Upper", _upper_line(p)),
+        ("Engine", _engine_line(p)),
         ("Options", ",".join(p["MountOptions"]) or "-"),
         ("Owner", f"uid {p['OwnerUID']}"),
         ("Created", since(p["CreatedUSec"])),
@@ -106,6 +107,8 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
             spec["upper"] = args.upper
         if args.compressor:
             spec["compressor"] = args.compressor
+        if args.engine:
+            spec["engine"] = args.engine
         path = await client.create(args.name, spec)
     finally:
         if fd is not None:
@@ -217,6 +220,11 @@ def _upper_line(p: dict[str, Any]) -> str:
     return f"zram: {format_size(orig)} stored in {format_size(comp)} of RAM{ratio}"
 
 
+def _engine_line(p: dict[str, Any]) -> str:
+    engine = str(p.get("Engine", "kernel"))
+    return "fuse (fuse-overlayfs)" if engine == "fuse" else "kernel (overlayfs)"
+
+
 def _name(p: argparse.ArgumentParser) -> None:
     p.add_argument("name")
 
@@ -233,6 +241,9 @@ def _create_args(p: argparse.ArgumentParser) -> None:
                    help="where the writes live: tmpfs (default) or zram (compressed RAM)")
     p.add_argument("--compressor", help="with --upper zram: the compression algorithm "
                                         "(default: the kernel's)")
+    p.add_argument("--engine", choices=["kernel", "fuse"],
+                   help="what merges the layers: kernel (default, overlayfs) or fuse "
+                        "(fuse-overlayfs, where the kernel has no overlayfs)")
 
 
 def _discard_args(p: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from overlayd.bus.objects import (
 )
 from overlayd.config import DaemonConfig
 from overlayd.errors import NoSuchOverlay
-from overlayd.model import OverlayState, Upper, UpperUsage
+from overlayd.model import MergeEngine, OverlayState, Upper, UpperUsage
 
 DBUS_DIR = Path(__file__).resolve().parents[2] / "dbus"
 
@@ -48,6 +48,7 @@ class Record:
     error: str = ""
     layers: tuple[Any, ...] = ()
     upper: Upper = field(default_factory=lambda: Upper(size=64 << 20))
+    engine: MergeEngine = MergeEngine.KERNEL
 
 
 class StubManager:
