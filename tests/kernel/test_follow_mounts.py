@@ -17,6 +17,8 @@ from overlayd.manager import OverlayManager
 from overlayd.model import OverlayState
 from tests import helpers
 from tests.kernel.conftest import Env
+
+PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
 from tests.kernel.test_boot_overlay import boot_overlay
 
 

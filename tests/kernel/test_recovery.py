@@ -12,6 +12,8 @@ from overlayd.host.syscalls import umount2
 from tests import helpers
 from tests.kernel.conftest import Env
 
+PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
+
 
 def _set_state(rec_dir: str, state: str) -> None:
     path = Path(rec_dir) / "overlay.json"

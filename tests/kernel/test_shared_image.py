@@ -20,6 +20,8 @@ from overlayd.host.mounttable import read_mounts
 from tests import helpers
 from tests.kernel.conftest import Env
 
+PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
+
 
 def lower_mounts(loop: str) -> list[str]:
     return [m.target for m in read_mounts() if m.source == loop]
