@@ -17,9 +17,9 @@ from overlayd.manager import OverlayManager
 from overlayd.model import OverlayState
 from tests import helpers
 from tests.kernel.conftest import Env
+from tests.kernel.test_boot_overlay import boot_overlay
 
 PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
-from tests.kernel.test_boot_overlay import boot_overlay
 
 
 async def until(cond, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -18,9 +18,9 @@ from overlayd.errors import CommitFailed, ImageInUse
 from overlayd.model import CommitTarget, LayerFormat
 from tests import helpers
 from tests.kernel.conftest import Env
+from tests.kernel.test_commit import acl_for, build_lower, comparable, mutate
 
 PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
-from tests.kernel.test_commit import acl_for, build_lower, comparable, mutate
 
 ALLOWED_IN_LAYER = ("trusted.overlay.opaque", "trusted.overlay.whiteout",
                     "trusted.overlay.whiteouts")

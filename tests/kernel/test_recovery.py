@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from overlayd.host.linux import LinuxHost
 from overlayd.host.syscalls import umount2
 from tests import helpers
@@ -79,6 +81,9 @@ def test_a_live_overlay_without_a_record_is_adopted_not_torn_down(env: Env,
                                                                   image: Path) -> None:
     """Live mounts without a record are never a dead daemon's half-made overlay (Create
     writes the record first): the writes in them are kept."""
+    if env.engine == "fuse":
+        pytest.skip("only kernel overlays are adopted without a record (boot overlays are "
+                    "kernel mounts; a FUSE mount's server and layers need the record)")
     rec = env.create("orphan", image)
     (Path(rec.mountpoint) / "w.txt").write_text("keep\n")
     os.unlink(Path(env.paths(rec).base_dir) / "overlay.json")

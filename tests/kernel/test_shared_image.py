@@ -20,8 +20,6 @@ from overlayd.host.mounttable import read_mounts
 from tests import helpers
 from tests.kernel.conftest import Env
 
-PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
-
 
 def lower_mounts(loop: str) -> list[str]:
     return [m.target for m in read_mounts() if m.source == loop]
@@ -156,6 +154,8 @@ def test_a_writer_refuses_commit(env: Env, image: Path,
 
 LOCKER = """
 import fcntl, os, struct, sys, time
+
+PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
 fd = os.open(sys.argv[1], os.O_RDONLY)
 for byte in map(int, sys.argv[2:]):
     fcntl.fcntl(fd, 37, struct.pack("hhqqi4x", 0, 0, byte, 1, 0))  # F_OFD_SETLK, F_RDLCK
