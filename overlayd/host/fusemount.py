@@ -203,16 +203,14 @@ class FuseOverlay:
         sentence when its server is gone: the dead mount (ENOTCONN) is detached then, so
         that Commit and Discard find the mount point free; the writes stay in the upper."""
         top = mount_at(target)
-        if top is None or not owns_fuse(name, top):
-            return None
-        alive = self.server(upper) is not None
+        if top is None or not owns_fuse(name, top) or self.server(upper) is not None:
+            return None  # a live server: never asked through the mount (it may be busy)
         try:
-            os.statvfs(target)
+            os.statvfs(target)  # a server we have no identity of (killed before saving it)
         except OSError as e:
             if e.errno != errno.ENOTCONN:
                 return None
-            alive = False
-        if alive:
+        else:
             return None
         with contextlib.suppress(OSError):
             umount2(target, MNT_DETACH)  # ours (owns_fuse above), and dead

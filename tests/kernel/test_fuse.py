@@ -184,3 +184,17 @@ def test_no_overlayfs_in_the_kernel_says_engine_fuse_would_work(
     assert 'engine = "fuse" would work' in str(ei.value)
     assert "no overlayfs" in str(ei.value)
 
+
+
+def test_a_stopped_server_does_not_hold_up_the_checks(env: Env, image: Path) -> None:
+    """The checks ask the server's process, never its mount: a server that hangs (here
+    SIGSTOP) cannot wedge the daemon's mount following; it stays active."""
+    env.create("slow", image)
+    pid = server_of(env, "slow")
+    os.kill(pid, signal.SIGSTOP)  # the server this test's overlay started
+    try:
+        assert env.run(asyncio.wait_for(env.manager.check_mounts(), 30)) == []
+        assert env.manager.get("slow").state.value == "active"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    env.run(env.manager.discard("slow"))
