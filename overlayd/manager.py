@@ -937,7 +937,8 @@ class OverlayManager:
         server is watched through its pidfd while the mount table is (watch_mounts)."""
         changed = []
         for name in [r.name for r in self._overlays.values()
-                     if r.engine is MergeEngine.FUSE and r.state is S.ACTIVE]:
+                     if r.engine is MergeEngine.FUSE and r.state is S.ACTIVE
+                     and not self._lock(r.name).locked()]:  # busy: left to that call
             async with self._lock(name):
                 rec = self._overlays.get(name)
                 if rec is None or rec.state is not S.ACTIVE:

@@ -282,6 +282,14 @@ def test_fuse_engine_server_in_its_own_scope_outlives_a_restart(ct: Container) -
         time.sleep(0.05)
     assert ct.run("systemctl", "is-active", "overlayd-fuse-fz.scope",
                   check=False).stdout.strip() != "active"
+    # A directory image and the caller's own mount point: both reach the server as
+    # /proc/self/fd/N through systemd-run.
+    ct.run("mkdir", "-p", "/srv/fuse-dir", "/srv/fuse-here")
+    ct.run("sh", "-c", "echo in-dir > /srv/fuse-dir/d.txt")
+    ct.run("overlayctl", "create", "fd", "/srv/fuse-dir", "--engine", "fuse",
+           "--mountpoint", "/srv/fuse-here")
+    assert ct.run("cat", "/srv/fuse-here/d.txt").stdout == "in-dir\n"
+    ct.run("overlayctl", "discard", "fd")
 
 
 def test_security_score(ct: Container) -> None:
