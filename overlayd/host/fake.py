@@ -90,6 +90,8 @@ class FakeHost:
     _next_id: int = 100
     _layer_inos: dict[str, int] = field(default_factory=dict)  # layer files: stable inodes
     watcher: FakeWatch | None = None
+    # FUSE servers that died (by overlay name): reap_dead reports them, drops their mount
+    dead_servers: set[str] = field(default_factory=set)
 
     kind = UpperKind.TMPFS  # as an UpperBackend
 
@@ -339,7 +341,11 @@ class FakeHost:
         return None
 
     def reap_dead(self, name: str, target: str, upper: str) -> str | None:
-        return None
+        if name not in self.dead_servers:
+            return None
+        self.dead_servers.discard(name)
+        self.mount_table = [m for m in self.mount_table if m.target != target]
+        return f"The FUSE server of overlay '{name}' (fuse-overlayfs) ended."
 
     def settle(self, name: str, upper: str) -> None:
         pass
