@@ -56,6 +56,7 @@ def test_interrupted_commit_is_repaired_and_keeps_the_writes(env: Env, image: Pa
     # The daemon died in the middle of Commit: overlay unmounted, image mounted read-write.
     host = LinuxHost()
     umount2(rec.mountpoint)
+    host.merge.settle(rec.name, env.paths(rec).upper_dir)  # FUSE: its server lets go
     umount2(env.paths(rec).lower_dir)
     info = host.images.reopen_image(rec.image, rec.lowers[0].dev, rec.lowers[0].ino, writable=True)
     loop = host.images.attach_loop(info, read_only=False, name=info.path)
