@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,25 @@ def test_a_stopped_server_does_not_hold_up_the_checks(env: Env, image: Path) -> 
     finally:
         os.kill(pid, signal.SIGCONT)
     env.run(env.manager.discard("slow"))
+
+
+def test_another_uid_writes_as_itself_and_is_held_to_the_permissions(env: Env,
+                                                                     root: Path) -> None:
+    """The server runs as root: what uid 65534 makes through it is owned by 65534 in the
+    upper (and so in the image), and the kernel checks permissions (default_permissions)."""
+    tree = root / "tree"
+    (tree / "pub").mkdir(parents=True)
+    (tree / "pub").chmod(0o1777)
+    img = helpers.make_image(root / "pub.img", tree)
+    rec = env.create("uid", img)
+    helpers.traversable(Path(rec.mountpoint))
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"]
+    mine = subprocess.run([*as_nobody, f"echo x > {rec.mountpoint}/pub/mine"],
+                          capture_output=True, text=True)
+    assert mine.returncode == 0, mine.stderr
+    refused = subprocess.run([*as_nobody, f"echo x > {rec.mountpoint}/not-mine"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    st = os.lstat(Path(env.paths(rec).upper_dir) / "pub" / "mine")
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    env.run(env.manager.discard("uid"))
