@@ -57,6 +57,7 @@ from overlayd.model import (
     Lower,
     LowerKind,
     Merged,
+    MergeEngine,
     Overlay,
     OverlaySpec,
     OverlayState,
@@ -131,6 +132,7 @@ class OverlayManager:
         self._mounts_dirty = False
         self._follower: asyncio.Task[None] | None = None
         self._last_check = 0.0
+        self._servers: dict[str, int] = {}  # FUSE overlays: a pidfd of each one's server
 
     def set_config(self, config: DaemonConfig) -> None:
         """A reloaded configuration (config.reloaded: the runtime directory and the other
@@ -1008,12 +1010,26 @@ class OverlayManager:
         asyncio.get_running_loop().add_reader(self._watch.fileno(), self._on_mount_event)
 
     def unwatch_mounts(self) -> None:
+        for fd in self._servers.values():
+            asyncio.get_running_loop().remove_reader(fd)
+            self.host.images.close_fd(fd)
+        self._servers.clear()
         if self._watch is not None:
             asyncio.get_running_loop().remove_reader(self._watch.fileno())
             self._watch.close()
             self._watch = None
         if self._follower is not None:
             self._follower.cancel()
+
+    def _on_server_end(self, name: str) -> None:
+        """A FUSE server ended (its pidfd is readable): a check, as for a mount event."""
+        fd = self._servers.pop(name, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            self.host.images.close_fd(fd)
+        self._mounts_dirty = True
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.ensure_future(self._follow_mounts())
 
     def _on_mount_event(self) -> None:
         if self._watch is None:
@@ -1040,18 +1056,18 @@ class OverlayManager:
     async def check_mounts(self) -> builtins.list[str]:
         """Compare the registry with the kernel: the names whose state changed (or that
         were adopted). Overlays busy with a call are left to that call."""
+        changed = await self._check_servers()
         watched = {r.name: r for r in self._overlays.values()
                    if r.state in (S.ACTIVE, S.UNMOUNTED) and not self._lock(r.name).locked()
                    and not self.is_root(r.name)}  # / is not unmounted behind our back
         late = {n: spec for n, spec in self._boot.items()
                 if n not in self._overlays and n not in self._creating}
         if not watched and not late:
-            return []
+            return changed
         paths = [r.mountpoint for r in watched.values()]
         paths += [spec.mountpoint or self.config.default_mountpoint(n)
                   for n, spec in late.items()]
         tops = await self._blocking(self.host.mounts.at_each, paths)
-        changed = []
         for name, rec in watched.items():
             top = tops.get(rec.mountpoint)
             up = top is not None and self.host.merge.owns(name)(top)
@@ -1063,6 +1079,35 @@ class OverlayManager:
             top = tops.get(spec.mountpoint or self.config.default_mountpoint(name))
             if top is not None and self.host.merge.owns(name)(top) and \
                     await self._adopt_late(name, spec):
+                changed.append(name)
+        return changed
+
+    async def _check_servers(self) -> builtins.list[str]:
+        """The FUSE overlays: one whose server died (its mount answers ENOTCONN) is FAILED,
+        its dead mount detached, its writes kept in the upper (Commit remounts it); a live
+        server is watched through its pidfd while the mount table is (watch_mounts)."""
+        changed = []
+        for name in [r.name for r in self._overlays.values()
+                     if r.engine is MergeEngine.FUSE and r.state is S.ACTIVE
+                     and not self._lock(r.name).locked()]:  # busy: left to that call
+            async with self._lock(name):
+                rec = self._overlays.get(name)
+                if rec is None or rec.state is not S.ACTIVE:
+                    continue
+                upper = str(self._layout(name).upper)
+                dead = await self._blocking(self.host.merge.reap_dead, name, rec.mountpoint,
+                                            upper)
+                if dead is None:
+                    if self._watch is not None and name not in self._servers:
+                        fd = await self._blocking(self.host.merge.watch_server, name, upper)
+                        if fd is not None:
+                            self._servers[name] = fd
+                            asyncio.get_running_loop().add_reader(fd, self._on_server_end,
+                                                                  name)
+                    continue
+                rec = self._move(rec, S.FAILED, error=dead)
+                log.error("%s", dead, extra=_fields(rec, Event.FAILED))
+                await self._blocking(self._save_quietly, rec)
                 changed.append(name)
         return changed
 

@@ -106,6 +106,13 @@ class UpperKind(enum.StrEnum):
     ZRAM = "zram"  # a file system on a hot-added compressed RAM block device
 
 
+class MergeEngine(enum.StrEnum):
+    """What merges the layers; the seam is host.ports.MergeMount."""
+
+    KERNEL = "kernel"  # overlayfs in the kernel
+    FUSE = "fuse"  # fuse-overlayfs, a FUSE server process (Debian's package)
+
+
 class SpecSettings(BaseModel):
     """The settings an overlay is made from, shared by the bus spec (OverlaySpec) and the
     ``.overlay`` files of overlayd@.service (OverlayFile): one set of rules for both."""
@@ -142,6 +149,11 @@ class SpecSettings(BaseModel):
         default=UpperKind.TMPFS,
         description="Where the writes live: 'tmpfs' (default) or 'zram' (compressed RAM: a "
                     "hot-added zram device with ext4 on it, without a journal).",
+    )
+    engine: MergeEngine = Field(
+        default=MergeEngine.KERNEL,
+        description="What merges the layers: 'kernel' (default, overlayfs) or 'fuse' "
+                    "(fuse-overlayfs, a server process; where the kernel has no overlayfs).",
     )
     compressor: str | None = Field(
         default=None, description="zram only: the compression algorithm (one of "
@@ -356,6 +368,15 @@ class Merged(BaseModel):
     mountpoint: str
     created: bool = False  # overlayd made the directory (the default mount point)
     options: tuple[str, ...] = ()
+    engine: MergeEngine = MergeEngine.KERNEL
+
+    @model_serializer(mode="wrap")
+    def _drop_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A kernel overlay's record stays as it was: the engine only when it is FUSE."""
+        data: dict[str, Any] = handler(self)
+        if self.engine is MergeEngine.KERNEL:
+            data.pop("engine", None)
+        return data
 
 
 class LayerFormat(enum.StrEnum):
@@ -480,6 +501,10 @@ class Overlay(BaseModel):
     @property
     def mount_options(self) -> tuple[str, ...]:
         return self.merged.options
+
+    @property
+    def engine(self) -> MergeEngine:
+        return self.merged.engine
 
 
 class UpperUsage(BaseModel):

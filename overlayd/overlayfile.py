@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from overlayd.errors import InvalidSpec, NoSuchOverlay
-from overlayd.model import OverlaySpec, SpecSettings, UpperKind, check_name, spec_error
+from overlayd.model import MergeEngine, OverlaySpec, SpecSettings, UpperKind, check_name, spec_error
 from overlayd.places import SEARCH_PATH as SEARCH_PATH  # re-exported
 from overlayd.places import SUFFIX as SUFFIX
 
@@ -51,6 +51,10 @@ class OverlayFile(SpecSettings):
         if self.boot and self.partition is not None:
             raise ValueError("a boot overlay (boot = true) uses the whole image; 'partition' "
                              "needs the daemon (boot = false)")
+        # and merged by overlayfs: its mount units are kernel mounts, with no server
+        if self.boot and self.engine is not MergeEngine.KERNEL:
+            raise ValueError("a boot overlay (boot = true) is merged by the kernel's "
+                             "overlayfs; engine = 'fuse' needs the daemon (boot = false)")
         return self
 
     def spec(self, name: str) -> OverlaySpec:

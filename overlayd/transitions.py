@@ -11,7 +11,8 @@ ALLOWED: dict[OverlayState, frozenset[OverlayState]] = {
     # Create writes CREATING before its first mount; recovery cleans what stays CREATING.
     S.CREATING: frozenset({S.ACTIVE}),
     # UNMOUNTED: the mount watcher saw the merged view go (unmounted from outside).
-    S.ACTIVE: frozenset({S.COMMITTING, S.DISCARDING, S.UNMOUNTED}),
+    # FAILED: the FUSE server of a fuse overlay died (its writes are still in the upper).
+    S.ACTIVE: frozenset({S.COMMITTING, S.DISCARDING, S.UNMOUNTED, S.FAILED}),
     # Commit mounts it again (with the writes in the image); Discard throws them away; the
     # watcher sees it mounted again (systemctl start of its mount unit).
     S.UNMOUNTED: frozenset({S.COMMITTING, S.DISCARDING, S.ACTIVE}),

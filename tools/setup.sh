@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 # kmod (modprobe): upper = zram needs the zram module where it is not built in.
 # dosfstools (mkfs.vfat), fdisk (sfdisk): the partitioned-image tests build a Raspberry Pi-style
 # image (a FAT boot partition and an ext4 root) with a real partitioning tool.
+# fuse-overlayfs + fuse3: engine = "fuse" (and its tests and bench rows).
 # python3-gi, gir1.2-gtk-4.0, gir1.2-adw-1: the desktop app (overlayd/desktop, Debian's python3);
 # its tests: xvfb + xauth (xvfb-run), at-spi2-core + gir1.2-atspi-2.0 (AT-SPI driving),
 # imagemagick (screenshots), desktop-file-utils + appstream (validating packaging/desktop).
@@ -21,7 +22,8 @@ PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
       e2fsprogs squashfs-tools erofs-utils xfsprogs btrfs-progs util-linux
       dbus-daemon polkitd systemd libglib2.0-bin systemd-container scdoc
       python3-gi gir1.2-gtk-4.0 gir1.2-adw-1 gir1.2-atspi-2.0 at-spi2-core xvfb xauth
-      imagemagick desktop-file-utils appstream kmod dosfstools fdisk)
+      imagemagick desktop-file-utils appstream kmod dosfstools fdisk
+      fuse-overlayfs fuse3)
 # --deb (make test, make deb): what building and checking the Debian package needs: debhelper,
 # lintian, python3-pip (the bundled pydantic), and the Debian packages the .deb depends on,
 # which the system tests' container (an overlay of this /) installs it beside; man-db renders

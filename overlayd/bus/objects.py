@@ -66,6 +66,7 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
     OverlayProperty("CommitAtShutdown", "b", SIGNALLED,
                     lambda r: r.manager.commit_at_shutdown(r.rec.name)),
     OverlayProperty("CreatedUSec", "t", CONST, lambda r: r.rec.created_usec),
+    OverlayProperty("Engine", "s", CONST, lambda r: str(r.rec.engine)),
     OverlayProperty("FsType", "s", CONST, lambda r: r.rec.fstype),
     OverlayProperty("HalfCommitted", "b", SIGNALLED, lambda r: r.rec.half_committed),
     OverlayProperty("Image", "s", CONST, lambda r: r.rec.image),

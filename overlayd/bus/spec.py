@@ -20,7 +20,7 @@ from overlayd.model import OverlaySpec, SpecSettings, parse_spec, spec_error
 SPEC_TYPES: dict[str, tuple[str, ...]] = {
     "image": ("s",), "image_fd": ("h",), "fstype": ("s",), "mountpoint": ("s",),
     "size": ("t", "u", "x", "i", "s"), "mount_options": ("as",), "layers": ("as",),
-    "upper": ("s",), "compressor": ("s",),
+    "upper": ("s",), "compressor": ("s",), "engine": ("s",),
     # a partition number (an integer type), or a GPT partition label (s)
     "partition": ("u", "t", "i", "x", "q", "n", "y", "s"),
 }

@@ -56,6 +56,7 @@ async def cmd_status(client: ClientReads, args: argparse.Namespace) -> int:
                   "of the RAM for writes)"),
         ("Image space", _image_space_line(p)),
         ("Upper", _upper_line(p)),
+        ("Engine", _engine_line(p)),
         ("Options", ",".join(p["MountOptions"]) or "-"),
         ("Owner", f"uid {p['OwnerUID']}"),
         ("Created", since(p["CreatedUSec"])),
@@ -131,6 +132,8 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
             spec["compressor"] = args.compressor
         if args.partition is not None:
             spec["partition"] = partition_arg(args.partition)
+        if args.engine:
+            spec["engine"] = args.engine
         path = await client.create(args.name, spec)
     finally:
         if fd is not None:
@@ -282,6 +285,11 @@ def _upper_line(p: dict[str, Any]) -> str:
     return f"zram: {format_size(orig)} stored in {format_size(comp)} of RAM{ratio}"
 
 
+def _engine_line(p: dict[str, Any]) -> str:
+    engine = str(p.get("Engine", "kernel"))
+    return "fuse (fuse-overlayfs)" if engine == "fuse" else "kernel (overlayfs)"
+
+
 def _name(p: argparse.ArgumentParser) -> None:
     p.add_argument("name")
 
@@ -301,6 +309,9 @@ def _create_args(p: argparse.ArgumentParser) -> None:
                    help="where the writes live: tmpfs (default) or zram (compressed RAM)")
     p.add_argument("--compressor", help="with --upper zram: the compression algorithm "
                                         "(default: the kernel's)")
+    p.add_argument("--engine", choices=["kernel", "fuse"],
+                   help="what merges the layers: kernel (default, overlayfs) or fuse "
+                        "(fuse-overlayfs, where the kernel has no overlayfs)")
 
 
 def _discard_args(p: argparse.ArgumentParser) -> None:

@@ -94,11 +94,11 @@ def outcome_error(error: OverlaydError | None, remount_problems: list[str], uppe
     return None
 
 
-def unmount_to_commit(host: Host, rec: Overlay) -> None:
-    """Unmount the overlay a commit (into the image or to a layer) takes the writes of;
-    OverlayBusy naming who holds it, and nothing changed, if it is in use."""
+def unmount_to_commit(host: Host, rec: Overlay, layout: Layout) -> None:
+    """Unmount the overlay a commit (into the image or to a layer) takes the writes of (and
+    end its FUSE server); OverlayBusy naming who holds it, and nothing changed, if in use."""
     try:
-        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
+        steps.unmount_merged(host, rec, layout)
     except OverlayBusy as e:
         raise OverlayBusy(f"Cannot commit overlay '{rec.name}': it is in use by "
                           f"{describe_holders(e.holders)}; close those files and try again.",
@@ -202,7 +202,7 @@ def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress 
                    finish: Callable[[], Overlay] | None = None) -> Committed:
     # Computed before anything is unmounted: a failure here must leave the overlay up.
     driver = steps.driver_for(host, rec.fstype) if rec.fstype else ""
-    unmount_to_commit(host, rec)
+    unmount_to_commit(host, rec, layout)
     out = Committed(rec.name)
     rw_fd: int | None = None
     try:

@@ -112,7 +112,8 @@ def prepare(host: Host, cfg: DaemonConfig, spec: OverlaySpec,
                       sizelimit=info.sizelimit),),
         upper=host.upper.plan(Upper(kind=spec.upper, size=size,
                                      compressor=spec.compressor or "")),
-        merged=Merged(mountpoint=mountpoint, created=is_default, options=options),
+        merged=Merged(mountpoint=mountpoint, created=is_default, options=options,
+                      engine=spec.engine),
         owner_uid=owner_uid, created_usec=now_usec, layers=layers,
     )
     return Prepared(rec, Layout.for_overlay(cfg.runtime_dir, spec.name), info, driver, mp_fd)
@@ -155,9 +156,9 @@ def build(host: Host, cfg: DaemonConfig, p: Prepared,
             if host.files.path_kind(rec.mountpoint) == "missing":
                 _make_dir(host, rb, rec.mountpoint, 0o755)
         steps.mount_merged(host, rec, layout, target_fd=p.mountpoint_fd)
-        rb.push("unmount the overlay", host.mounts.unmount, rec.mountpoint,
-                host.merge.owns(rec.name))
-        host.merge.verify(rec.name, rec.mountpoint)
+        built = rec
+        rb.push("unmount the overlay", lambda: steps.unmount_merged(host, built, layout))
+        host.merge.verify(rec.name, rec.mountpoint, rec.engine)
         finish(rec)
     except BaseException:
         rb.unwind()

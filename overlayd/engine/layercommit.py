@@ -90,7 +90,7 @@ def run(host: Host, rec: Overlay, layout: Layout, cfg: DaemonConfig, fmt: LayerF
     host.layerfiles.prepare_dir(directory)
     path = host.layerfiles.next_path(directory, fmt.value)
     checkpoint(CommitPhase.LAYERING, rec.layers, path)
-    unmount_to_commit(host, rec)
+    unmount_to_commit(host, rec, layout)
     out = Layered(rec.name, rec.layers)
     index = len(rec.layers)
     mounted = False

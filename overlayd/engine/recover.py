@@ -34,7 +34,14 @@ from overlayd.engine import steps, teardown
 from overlayd.errors import MountFailed, OverlaydError
 from overlayd.host.ports import Host, Owned
 from overlayd.layout import Layout
-from overlayd.model import CommitPhase, LowerKind, Overlay, OverlaySpec, OverlayState
+from overlayd.model import (
+    CommitPhase,
+    LowerKind,
+    MergeEngine,
+    Overlay,
+    OverlaySpec,
+    OverlayState,
+)
 from overlayd.mountinfo import MountInfo
 from overlayd.store import StateStore, Unreadable
 
@@ -179,6 +186,13 @@ def _recover_one(host: Host, rec: Overlay, layout: Layout, top: dict[str, MountI
         result.cleaned.append(rec.name)
         return
     overlay_up = mounted(rec.mountpoint, host.merge.owns(rec.name))
+    if overlay_up and rec.engine is MergeEngine.FUSE:
+        # A FUSE server that died left a dead mount (ENOTCONN): detached, and the overlay
+        # comes back below over the same upper, with a new server.
+        dead = host.merge.reap_dead(rec.name, rec.mountpoint, str(layout.upper))
+        if dead is not None:
+            log.warning("%s It is mounted again over the same writes.", dead)
+            overlay_up = False
     lower_dir = steps.lower_dir(rec, layout)
     # A shared image mount may have been mounted by this very recovery (for another
     # overlay of the image): ask the kernel, not the table read at the start.

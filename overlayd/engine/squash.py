@@ -106,7 +106,7 @@ def squash(host: Host, rec: Overlay, layout: Layout, cfg: DaemonConfig, fmt: Lay
     host.layerfiles.prepare_dir(directory)
     path = host.layerfiles.next_path(directory, fmt.value)
     checkpoint(CommitPhase.LAYERING, rec.layers, path, ())
-    _unmount_merged(host, rec)
+    _unmount_merged(host, rec, layout)
     out = Restacked(rec.name, "squash", rec.layers)
     retired = tuple(la.path for la in rec.layers if ours(cfg, rec.name, la))
     try:
@@ -156,7 +156,7 @@ def refuse_revert(rec: Overlay, upper_used: bool, discard: bool) -> None:
 
 def revert(host: Host, rec: Overlay, layout: Layout, cfg: DaemonConfig,
            checkpoint: Checkpoint, *, discard: bool) -> Restacked:
-    _unmount_merged(host, rec)
+    _unmount_merged(host, rec, layout)
     out = Restacked(rec.name, "revert", rec.layers[:-1])
     gone = rec.layers[-1]
     retired = (gone.path,) if ours(cfg, rec.name, gone) else ()
@@ -173,9 +173,9 @@ def revert(host: Host, rec: Overlay, layout: Layout, cfg: DaemonConfig,
     return out
 
 
-def _unmount_merged(host: Host, rec: Overlay) -> None:
+def _unmount_merged(host: Host, rec: Overlay, layout: Layout) -> None:
     try:
-        host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name))
+        steps.unmount_merged(host, rec, layout)
     except OverlayBusy as e:
         raise OverlayBusy(f"Cannot change the layers of overlay '{rec.name}': it is in use "
                           f"by {describe_holders(e.holders)}; close those files and try "

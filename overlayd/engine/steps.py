@@ -8,7 +8,7 @@ from overlayd import checks
 from overlayd.errors import MountFailed, OverlaydError
 from overlayd.host.ports import Host, ImageInfo, Loop, Owned
 from overlayd.layout import Layout
-from overlayd.model import Layer, LowerKind, Overlay
+from overlayd.model import Layer, LowerKind, MergeEngine, Overlay
 from overlayd.mountinfo import MountInfo
 from overlayd.rollback import Rollback
 
@@ -208,7 +208,16 @@ def mount_merged(host: Host, rec: Overlay, layout: Layout, dir_fd: int | None = 
                  target_fd: int | None = None) -> None:
     host.merge.mount(rec.name, rec.mountpoint, lowers=stack_sources(rec, layout, dir_fd),
                      upper=str(layout.upper), work=str(layout.work),
-                     options=rec.mount_options, target_fd=target_fd)
+                     options=rec.mount_options, target_fd=target_fd, engine=rec.engine)
+
+
+def unmount_merged(host: Host, rec: Overlay, layout: Layout, *, lazy: bool = False) -> bool:
+    """Unmount the merged view (if it is ours); a FUSE server then ends (settle): it holds
+    the upper open until it does. False if nothing was mounted."""
+    was_up = host.mounts.unmount(rec.mountpoint, host.merge.owns(rec.name), lazy=lazy)
+    if rec.engine is MergeEngine.FUSE and not lazy:
+        host.merge.settle(rec.name, str(layout.upper))
+    return was_up
 
 
 def mount_merged_checked(host: Host, rec: Overlay, layout: Layout) -> None:

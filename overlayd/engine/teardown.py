@@ -32,15 +32,14 @@ def run(host: Host, rec: Overlay, layout: Layout, *, force: bool,
     file still read it under the file's one lock)."""
     if release_lock is None:
         release_lock = drop_lower
-    owns = host.merge.owns(rec.name)
     try:
-        was_up = host.mounts.unmount(rec.mountpoint, owns)
+        was_up = steps.unmount_merged(host, rec, layout)
     except OverlayBusy as e:
         if not force:
             return Stopped(OverlayBusy(
                 f"Overlay '{rec.name}' is busy: in use by {describe_holders(e.holders)}. Close "
                 "those files or discard with force to detach it anyway.", e.holders), False)
-        host.mounts.unmount(rec.mountpoint, owns, lazy=True)
+        steps.unmount_merged(host, rec, layout, lazy=True)
         was_up = True
     except OverlaydError as e:
         return Stopped(e, False)

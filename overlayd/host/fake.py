@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from overlayd.errors import Cancelled, InvalidSpec, MountFailed, OverlayBusy, OverlaydError
 from overlayd.host.ports import Applied, ImageInfo, Owned, Progress
 from overlayd.layout import TEMP_SUFFIX, mount_source
-from overlayd.model import LowerKind, Upper, UpperKind, UpperUsage
+from overlayd.model import LowerKind, MergeEngine, Upper, UpperKind, UpperUsage
 from overlayd.mountinfo import MountInfo
 
 
@@ -101,6 +101,8 @@ class FakeHost:
     zram_held: set[str] = field(default_factory=set)
     zram_leftovers: dict[str, str] = field(default_factory=dict)
     _uuids: int = 0
+    # FUSE servers that died (by overlay name): reap_dead reports them, drops their mount
+    dead_servers: set[str] = field(default_factory=set)
 
     kind = UpperKind.TMPFS  # as an UpperBackend
 
@@ -443,13 +445,28 @@ class FakeHost:
 
 
     def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
-              options: tuple[str, ...], target_fd: int | None = None) -> None:
+              options: tuple[str, ...], target_fd: int | None = None,
+              engine: MergeEngine = MergeEngine.KERNEL) -> None:
         if self._tmpfs_of(upper) is None or upper not in self.dirs:
             self._call("mount_overlay")
             raise MountFailed(f"Cannot mount the overlay: '{upper}' does not exist.")
         self._mount("mount_overlay", mount_source(name), target, "overlay", options)
 
-    def verify(self, name: str, target: str) -> None:
+    def watch_server(self, name: str, upper: str) -> int | None:
+        return None
+
+    def reap_dead(self, name: str, target: str, upper: str) -> str | None:
+        if name not in self.dead_servers:
+            return None
+        self.dead_servers.discard(name)
+        self.mount_table = [m for m in self.mount_table if m.target != target]
+        return f"The FUSE server of overlay '{name}' (fuse-overlayfs) ended."
+
+    def settle(self, name: str, upper: str) -> None:
+        pass
+
+    def verify(self, name: str, target: str,
+               engine: MergeEngine = MergeEngine.KERNEL) -> None:
         found = [m for m in self.mount_table if m.target == target]
         if not found or found[-1].source != mount_source(name):
             raise MountFailed(f"The overlay did not appear at '{target}' after mounting it.")

@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 from overlayd.errors import Cancelled, CommitFailed, NoSpace
 from overlayd.host.guard import set_death_signal
+from overlayd.host.ovlformat import FUSE_PREFIX, is_marker
 from overlayd.host.ports import Applied
 
 PRIVATE_PREFIX = "trusted.overlay."
@@ -182,13 +183,19 @@ class LinuxLayerFiles:
             stack = [(upper, IMPURE in self._clean_one(upper, fmt))]
             while stack:
                 d, impure = stack.pop()
+                markers = []
                 with os.scandir(d) as it:
                     for e in it:
+                        if is_marker(e.name):
+                            markers.append(e.path)
+                            continue
                         entries += 1
                         if e.is_dir(follow_symlinks=False):
                             stack.append((e.path, IMPURE in self._clean_one(e.path, fmt)))
                         elif impure or every:
                             self._clean_one(e.path, fmt)
+                if markers:
+                    _drop_markers(d, markers)
             vfs = os.statvfs(upper)
         except OSError as e:
             raise CommitFailed(f"Cannot read the writes in RAM: {e.strerror} "
@@ -208,8 +215,8 @@ class LinuxLayerFiles:
                     "system.* xattrs) of an entry the overlay changed; commit to an erofs "
                     "layer instead (layer_format 'erofs').")
         for n in names:
-            if n.startswith(PRIVATE_PREFIX) and n not in KEPT \
-                    and not n.startswith(ESCAPED_PREFIX):
+            if (n.startswith(PRIVATE_PREFIX) and n not in KEPT \
+                    and not n.startswith(ESCAPED_PREFIX)) or n.startswith(FUSE_PREFIX):
                 os.removexattr(path, n, follow_symlinks=False)
         return names
 
@@ -247,6 +254,16 @@ class LinuxLayerFiles:
             if "No space" in err:
                 raise NoSpace(f"No space left for the layer: {last[:300]}")
             raise CommitFailed(f"{argv[0]} failed: {last[:300]}")
+
+
+def _drop_markers(directory: str, markers: list[str]) -> None:
+    """fuse-overlayfs' opaque markers (``.wh..wh..opq``, ``.wh..opq``) go: the directory's
+    trusted.overlay.opaque says it already, and the kernel would show them as files. The
+    directory keeps its times (its mtime is the view's)."""
+    st = os.lstat(directory)
+    for path in markers:
+        os.unlink(path)
+    os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 # -- squashing layers ----------------------------------------------------------------------

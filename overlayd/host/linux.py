@@ -17,7 +17,7 @@ from overlayd.host.images import LinuxImages
 from overlayd.host.layerfiles import LinuxLayerFiles
 from overlayd.host.layers import LinuxLayers
 from overlayd.host.mounts import LinuxMounts
-from overlayd.host.overlaymount import KernelOverlay
+from overlayd.host.overlaymount import Merges
 from overlayd.host.uppers import Uppers
 
 
@@ -57,4 +57,4 @@ class LinuxHost:
         self.layers = LinuxLayers()
         self.layerfiles = LinuxLayerFiles()
         self.upper = Uppers(self.mounts)
-        self.merge = KernelOverlay()
+        self.merge = Merges()

@@ -87,7 +87,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlayd.host.ovlformat import is_opaque, is_whiteout, list_xattrs, user_xattr
+from overlayd.host.ovlformat import (
+    is_marker,
+    is_opaque,
+    is_whiteout,
+    list_xattrs,
+    user_xattr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +243,8 @@ class _Applier:
         with os.scandir(src_dir) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
+            if is_marker(entry.name):  # fuse-overlayfs' opaque markers (ovlformat.py)
+                continue
             self.apply_entry(os.path.join(rel, entry.name), entry.path,
                              os.path.join(path, entry.name), into)
 

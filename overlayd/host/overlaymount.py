@@ -1,12 +1,15 @@
-"""The merge mount: kernel overlayfs, with overlayd's pinned options.
-
-A FUSE engine would be a second class with the same methods (``ports.MergeMount``).
+"""The merge mount: kernel overlayfs, with overlayd's pinned options; ``Merges`` picks it
+or the FUSE engine (``host/fusemount.py``) by the record's engine.
 """
 
 from __future__ import annotations
 
+import errno
+
 from overlayd import checks
+from overlayd.errors import MountFailed
 from overlayd.host.errors import Op, map_os_errors
+from overlayd.host.fusemount import FuseOverlay, owns_fuse
 from overlayd.host.mounttable import mount_at
 from overlayd.host.ports import Owned
 from overlayd.host.syscalls import MOUNT_ATTR_NOATIME as _NOATIME
@@ -20,6 +23,7 @@ from overlayd.host.syscalls import (
     FsContext,
 )
 from overlayd.layout import mount_source
+from overlayd.model import MergeEngine
 from overlayd.overlayfs import PINNED
 
 _ATTRS = {
@@ -49,8 +53,14 @@ class KernelOverlay:
 
     def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
               options: tuple[str, ...], target_fd: int | None = None) -> None:
-        with map_os_errors(f"mount the overlay at '{target}'", Op.MOUNT), \
-                FsContext("overlay") as fc:
+        with map_os_errors(f"mount the overlay at '{target}'", Op.MOUNT):
+            try:
+                fc = FsContext("overlay")
+            except OSError as e:
+                if e.errno == errno.ENODEV:
+                    raise no_overlayfs() from None
+                raise
+        with map_os_errors(f"mount the overlay at '{target}'", Op.MOUNT), fc:
             fc.set_string("source", mount_source(name))
             for lower in lowers:  # the top layer first, as overlayfs stacks them
                 fc.set_string("lowerdir+", lower)  # no escaping of ':' or ',' needed
@@ -60,3 +70,42 @@ class KernelOverlay:
                 fc.set_string(key, value)
             fc.create()
             fc.mount_at(target, mount_attrs(options), target_fd)
+
+
+def no_overlayfs() -> MountFailed:
+    """The kernel has no overlayfs (fsopen: ENODEV, the module could not be loaded)."""
+    return MountFailed("This kernel has no overlayfs (the module 'overlay' is not built or "
+                       "cannot be loaded). engine = \"fuse\" would work: it merges the layers "
+                       "with fuse-overlayfs instead.", errno.ENODEV)
+
+
+class Merges:
+    """The MergeMount port: the kernel's overlayfs or fuse-overlayfs, by the record's
+    engine. A mount is told apart by its type (overlay, fuse.overlayd-NAME)."""
+
+    def __init__(self, fuse: FuseOverlay | None = None) -> None:
+        self.kernel = KernelOverlay()
+        self.fuse = fuse or FuseOverlay()
+
+    def owns(self, name: str) -> Owned:
+        kernel = self.kernel.owns(name)
+        return lambda m: owns_fuse(name, m) or (m.fstype == "overlay" and kernel(m))
+
+    def verify(self, name: str, target: str, engine: MergeEngine = MergeEngine.KERNEL) -> None:
+        (self.fuse if engine is MergeEngine.FUSE else self.kernel).verify(name, target)
+
+    def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
+              options: tuple[str, ...], target_fd: int | None = None,
+              engine: MergeEngine = MergeEngine.KERNEL) -> None:
+        impl = self.fuse if engine is MergeEngine.FUSE else self.kernel
+        impl.mount(name, target, lowers=lowers, upper=upper, work=work, options=options,
+                   target_fd=target_fd)
+
+    def watch_server(self, name: str, upper: str) -> int | None:
+        return self.fuse.watch_server(name, upper)
+
+    def reap_dead(self, name: str, target: str, upper: str) -> str | None:
+        return self.fuse.reap_dead(name, target, upper)
+
+    def settle(self, name: str, upper: str) -> None:
+        self.fuse.settle(name, upper)

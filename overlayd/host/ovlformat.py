@@ -6,6 +6,13 @@ is "y"; "x" only says the directory holds xattr whiteouts and is *not* opaque.
 ``trusted.overlay.*`` names are the kernel's private bookkeeping and never reach the
 image, except escaped names (``trusted.overlay.overlay.*``), which are real user data
 for nested overlays and are copied verbatim.
+
+fuse-overlayfs (engine = "fuse") writes the same format as root, and more: every
+directory it makes opaque (and every new one) also gets a regular file ``.wh..wh..opq``
+(aufs' opaque marker) and a character device 0/0 ``.wh..opq``; and it keeps its own
+bookkeeping in ``user.fuseoverlayfs.*`` xattrs (``origin`` on copied-up entries;
+``opaque`` where it cannot write trusted.*). Those names are bookkeeping too: the two
+markers are not entries of the directory, and those xattrs never reach the image.
 """
 
 from __future__ import annotations
@@ -18,11 +25,23 @@ OVL_PREFIX = "trusted.overlay."
 OVL_ESCAPED = "trusted.overlay.overlay."
 OPAQUE = OVL_PREFIX + "opaque"
 WHITEOUT_XATTR = OVL_PREFIX + "whiteout"
+FUSE_PREFIX = "user.fuseoverlayfs."
+FUSE_OPAQUE = FUSE_PREFIX + "opaque"
+OPAQUE_MARKER = ".wh..wh..opq"  # fuse-overlayfs: a regular file in an opaque directory
+FUSE_MARKERS = frozenset({OPAQUE_MARKER, ".wh..opq"})
 
 
 def user_xattr(name: str) -> bool:
-    """True for an xattr that belongs to the file, False for overlayfs bookkeeping."""
+    """True for an xattr that belongs to the file, False for overlayfs bookkeeping (the
+    kernel's or fuse-overlayfs')."""
+    if name.startswith(FUSE_PREFIX):
+        return False
     return not name.startswith(OVL_PREFIX) or name.startswith(OVL_ESCAPED)
+
+
+def is_marker(name: str) -> bool:
+    """A name fuse-overlayfs writes into an opaque directory: bookkeeping, not an entry."""
+    return name in FUSE_MARKERS
 
 
 def list_xattrs(path: str | int, follow: bool = False) -> list[str]:
@@ -63,4 +82,6 @@ def is_whiteout(path: str, st: os.stat_result) -> bool:
 
 
 def is_opaque(path: str) -> bool:
-    return get_xattr(path, OPAQUE) == b"y"
+    if get_xattr(path, OPAQUE) == b"y" or get_xattr(path, FUSE_OPAQUE) == b"y":
+        return True
+    return os.path.lexists(os.path.join(path, OPAQUE_MARKER))

@@ -7,7 +7,8 @@ and the manager runs them off the event loop.
 
 The two seams for what comes next:
 - ``UpperBackend``: where the writes live (a tmpfs today; zram later);
-- ``MergeMount``: what merges the layers (kernel overlayfs today; FUSE later).
+- ``MergeMount``: what merges the layers (kernel overlayfs, or fuse-overlayfs by the
+  record's ``merged.engine``).
 ``ImageLocks`` holds QEMU-style locks on the images in use.
 A new backend implements one of these and the engine does not change.
 """
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from overlayd.model import LowerKind, Upper, UpperUsage
+from overlayd.model import LowerKind, MergeEngine, Upper, UpperUsage
 from overlayd.mountinfo import MountInfo
 
 Progress = Callable[[int, int], None]
@@ -199,12 +200,22 @@ class UpperBackend(Protocol):
 
 
 class MergeMount(Protocol):
-    """What puts the layers together at the mount point."""
+    """What puts the layers together at the mount point: the kernel's overlayfs, or
+    fuse-overlayfs (a server process that outlives the daemon, as a kernel mount does).
+    UPPER (the upperdir) says where a FUSE server's identity is kept: beside it."""
 
     def mount(self, name: str, target: str, *, lowers: list[str], upper: str, work: str,
-              options: tuple[str, ...], target_fd: int | None = None) -> None: ...
-    def owns(self, name: str) -> Owned: ...
-    def verify(self, name: str, target: str) -> None: ...
+              options: tuple[str, ...], target_fd: int | None = None,
+              engine: MergeEngine = MergeEngine.KERNEL) -> None: ...
+    def owns(self, name: str) -> Owned: ...  # either engine's mount of overlay NAME
+    def verify(self, name: str, target: str,
+               engine: MergeEngine = MergeEngine.KERNEL) -> None: ...
+    # FUSE only (None / nothing for a kernel overlay): a pidfd of the live server, readable
+    # when it ends; a sentence when the server is gone (its dead mount detached then);
+    # after the mount is unmounted, the server's end (stopped if it lingers).
+    def watch_server(self, name: str, upper: str) -> int | None: ...
+    def reap_dead(self, name: str, target: str, upper: str) -> str | None: ...
+    def settle(self, name: str, upper: str) -> None: ...
 
 
 class Host(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 
-from overlayd.host.ovlformat import is_opaque, is_whiteout, user_xattrs
+from overlayd.host.ovlformat import is_marker, is_opaque, is_whiteout, user_xattrs
 
 _CHUNK = 1 << 20
 
@@ -24,7 +24,7 @@ def diff_upper(upper: str, lower: str) -> list[tuple[str, str]]:
 
 def _walk(upper: str, lower: str, rel: str, hidden: bool, out: list[tuple[str, str]]) -> None:
     with os.scandir(os.path.join(upper, rel)) as it:
-        names = sorted(e.name for e in it)
+        names = sorted(e.name for e in it if not is_marker(e.name))
     for name in names:
         r = os.path.join(rel, name)
         src, dst = os.path.join(upper, r), os.path.join(lower, r)

@@ -56,11 +56,11 @@ _overlayctl() {
             ;;
         create)
             case $prev in
-                --mountpoint|--size|--option|--fstype|--partition|--upper|--compressor) return 0 ;;
+                --mountpoint|--size|--option|--fstype|--partition|--upper|--compressor|--engine) return 0 ;;
             esac
-            for ((i = 2; i < COMP_CWORD; i++)); do case ${COMP_WORDS[i-1]} in --mountpoint|--size|--option|--fstype|--partition|--upper|--compressor) npos=$((npos - 1)) ;; esac; done
+            for ((i = 2; i < COMP_CWORD; i++)); do case ${COMP_WORDS[i-1]} in --mountpoint|--size|--option|--fstype|--partition|--upper|--compressor|--engine) npos=$((npos - 1)) ;; esac; done
             if [[ $cur == -* ]]; then
-                mapfile -t COMPREPLY < <(compgen -W '--compressor --fstype --help --json --mountpoint --no-ask-password --no-legend --option --partition --quiet --size --upper -h -q' -- "$cur"); return 0
+                mapfile -t COMPREPLY < <(compgen -W '--compressor --engine --fstype --help --json --mountpoint --no-ask-password --no-legend --option --partition --quiet --size --upper -h -q' -- "$cur"); return 0
             fi
             case $npos in
                 0) mapfile -t COMPREPLY < <(compgen -W "$(_overlayctl_names)" -- "$cur") ;;

@@ -17,6 +17,7 @@ from tests import helpers
 from tests.kernel.conftest import Env
 
 PER_UPPER = True  # with a tmpfs upper and a zram upper
+PER_ENGINE = True  # and with engine = "fuse"
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = {"a.txt": "first\n", "sub/b.txt": "second\n", "hello.txt": "changed\n"}

@@ -19,6 +19,8 @@ from tests import helpers
 from tests.kernel.conftest import Env
 from tests.kernel.test_boot_overlay import boot_overlay
 
+PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
+
 
 async def until(cond, what: str) -> None:  # type: ignore[no-untyped-def]
     """A generous bound that only detects a hang; no time is asserted."""

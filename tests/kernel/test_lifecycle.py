@@ -9,7 +9,8 @@ from overlayd.host.mounttable import read_mounts
 from tests import helpers
 from tests.kernel.conftest import Env
 
-PER_UPPER = True  # every test here runs with a tmpfs upper and a zram upper
+PER_UPPER = True
+PER_ENGINE = True  # and with engine = "fuse" (fuse-overlayfs over the same layers)
 
 
 def _mount_at(target: str):  # type: ignore[no-untyped-def]
@@ -21,9 +22,13 @@ def _mount_at(target: str):  # type: ignore[no-untyped-def]
 def test_create_builds_three_layers_read_only_lower(env: Env, image: Path) -> None:
     rec = env.create("demo", image, size="16M")
     ov = _mount_at(rec.mountpoint)
-    assert (ov.fstype, ov.source) == ("overlay", "overlayd-demo")
-    for key in ("redirect_dir", "index", "metacopy", "xino"):
-        assert ov.super_option(key) in (None, "off")
+    if env.engine == "fuse":  # libfuse names the mount after the server's argv[0]
+        assert (ov.fstype, ov.source) == ("fuse.overlayd-demo", "overlayd-demo")
+        assert rec.merged.engine == "fuse"
+    else:
+        assert (ov.fstype, ov.source) == ("overlay", "overlayd-demo")
+        for key in ("redirect_dir", "index", "metacopy", "xino"):
+            assert ov.super_option(key) in (None, "off")
     upper = _mount_at(env.paths(rec).tmpfs_dir)
     if env.upper == "zram":
         assert (upper.fstype, upper.source) == ("ext4", rec.upper.device)

@@ -154,6 +154,8 @@ def test_a_writer_refuses_commit(env: Env, image: Path,
 
 LOCKER = """
 import fcntl, os, struct, sys, time
+
+PER_ENGINE = True  # every test here runs with engine = "kernel" and engine = "fuse"
 fd = os.open(sys.argv[1], os.O_RDONLY)
 for byte in map(int, sys.argv[2:]):
     fcntl.fcntl(fd, 37, struct.pack("hhqqi4x", 0, 0, byte, 1, 0))  # F_OFD_SETLK, F_RDLCK

@@ -35,7 +35,7 @@ def install(root: Path) -> None:
     tree = root / "tmp" / "image-tree"
     tree.mkdir(parents=True, exist_ok=True)
     (tree / "hello.txt").write_text("hello from the image\n")
-    for name in ("demo", "keep", "early"):
+    for name in ("demo", "keep", "early", "fuse"):
         helpers.make_image(images / f"{name}.img", tree, size="32M")
     etc = root / "etc/overlayd"
     (etc / "demo.overlay").write_text(f'image = "{IMAGES}/demo.img"\nsize = "64M"\n')
@@ -43,7 +43,8 @@ def install(root: Path) -> None:
     (etc / "early.overlay").write_text(f'image = "{IMAGES}/early.img"\nboot = true\n')
 
 
-ct_fixture = container_fixture(machine="overlayd-e2e", prepare=install)
+# /dev/fuse: engine = "fuse" (nspawn allows the device; it does not make the node)
+ct_fixture = container_fixture(machine="overlayd-e2e", prepare=install, rw_binds=["/dev/fuse"])
 
 
 @pytest.fixture
@@ -299,6 +300,43 @@ def test_filling_an_overlay_logs_each_usage_rise(ct: Container) -> None:
     assert "is running out of RAM" in explained
     busctl(ct, "Discard", "sa{sv}", "full", "0")
     busctl(ct, "Discard", "sa{sv}", "held", "0")
+
+
+def test_fuse_engine_server_in_its_own_scope_outlives_a_restart(ct: Container) -> None:
+    """engine = "fuse" under systemd: fuse-overlayfs runs in overlayd-fuse-NAME.scope (not
+    in overlayd.service's cgroup, so a restart of the daemon leaves it), opens /dev/fuse
+    under the unit's DevicePolicy, is adopted, and commits."""
+    ct.run("overlayctl", "create", "fz", f"{IMAGES}/fuse.img", "--engine", "fuse")
+    assert ct.run("systemctl", "is-active", "overlayd-fuse-fz.scope").stdout.strip() == "active"
+    src = ct.run("findmnt", "-n", "-o", "SOURCE,FSTYPE", "/run/overlayd/mnt/fz").stdout
+    assert src.split() == ["overlayd-fz", "fuse.overlayd-fz"]
+    ct.run("sh", "-c", "echo through-fuse > /run/overlayd/mnt/fz/f.txt")
+    pids = ct.run("systemctl", "show", "-p", "ControlGroup", "overlayd-fuse-fz.scope").stdout
+    ct.run("systemctl", "restart", "overlayd.service")
+    assert ct.run("systemctl", "is-active", "overlayd-fuse-fz.scope").stdout.strip() == "active"
+    assert ct.run("systemctl", "show", "-p", "ControlGroup",
+                  "overlayd-fuse-fz.scope").stdout == pids
+    assert ct.run("cat", "/run/overlayd/mnt/fz/f.txt").stdout == "through-fuse\n"
+    status = json.loads(ct.run("overlayctl", "--json", "status", "fz").stdout)
+    assert status["State"] == "active" and status["Engine"] == "fuse"
+    ct.run("overlayctl", "commit", "fz")
+    assert image_file(ct, f"{IMAGES}/fuse.img", "/f.txt") == "through-fuse\n"
+    ct.run("overlayctl", "discard", "fz")
+    for _ in range(100):  # the server ends when its mount goes; the scope with it
+        if ct.run("systemctl", "is-active", "overlayd-fuse-fz.scope",
+                  check=False).stdout.strip() != "active":
+            break
+        time.sleep(0.05)
+    assert ct.run("systemctl", "is-active", "overlayd-fuse-fz.scope",
+                  check=False).stdout.strip() != "active"
+    # A directory image and the caller's own mount point: both reach the server as
+    # /proc/self/fd/N through systemd-run.
+    ct.run("mkdir", "-p", "/srv/fuse-dir", "/srv/fuse-here")
+    ct.run("sh", "-c", "echo in-dir > /srv/fuse-dir/d.txt")
+    ct.run("overlayctl", "create", "fd", "/srv/fuse-dir", "--engine", "fuse",
+           "--mountpoint", "/srv/fuse-here")
+    assert ct.run("cat", "/srv/fuse-here/d.txt").stdout == "in-dir\n"
+    ct.run("overlayctl", "discard", "fd")
 
 
 def test_security_score(ct: Container) -> None:

@@ -25,7 +25,7 @@ from overlayd.bus.objects import (
 )
 from overlayd.config import DaemonConfig
 from overlayd.errors import NoSuchOverlay
-from overlayd.model import OverlayState, Upper, UpperUsage
+from overlayd.model import MergeEngine, OverlayState, Upper, UpperUsage
 
 DBUS_DIR = Path(__file__).resolve().parents[2] / "dbus"
 
@@ -51,6 +51,7 @@ class Record:
     partition: str = ""
     partition_offset: int = 0
     partition_size: int = 0
+    engine: MergeEngine = MergeEngine.KERNEL
 
 
 class StubManager:

@@ -163,3 +163,29 @@ def test_shared_lowers_count_without_a_scan() -> None:
     assert not s.in_use((1, 6)) and s.counts() == {(1, 5): 2}
     with s.locked((1, 5)), s.locked(None):
         pass
+
+
+def test_a_dead_fuse_server_fails_the_overlay_and_commit_brings_it_back() -> None:
+    """engine = "fuse": a server found dead (FakeHost.dead_servers) moves the overlay from
+    active to failed, its writes kept; Commit mounts it again; a kernel overlay is never
+    asked."""
+    host = new_host()
+
+    async def go() -> None:
+        mgr = OverlayManager(DaemonConfig(runtime_dir=Path(RUN)), host)
+        await mgr.start()
+        await mgr.create(parse_spec({"name": "f", "image": IMG, "engine": "fuse"}))
+        await mgr.create(parse_spec({"name": "k", "image": IMG, "mountpoint": "/mnt"}))
+        host.dead_servers |= {"f", "k"}
+        assert await mgr.check_mounts() == ["f"]
+        rec = mgr.get("f")
+        assert rec.state is OverlayState.FAILED and "FUSE server" in rec.error
+        assert mgr.get("k").state is OverlayState.ACTIVE
+        assert OverlayState.FAILED in ALLOWED[OverlayState.ACTIVE]
+        await mgr.discard("k")  # the image is shared: Commit waits for the others
+        await mgr.commit("f")
+        assert mgr.get("f").state is OverlayState.ACTIVE and mgr.get("f").error == ""
+        await mgr.discard("f")
+        await mgr.aclose()
+
+    run(go())

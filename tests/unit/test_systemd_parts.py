@@ -226,7 +226,7 @@ def test_shipped_schema_is_the_models_and_the_example_parses() -> None:
     assert schema["additionalProperties"] is False and schema["required"] == ["image"]
     assert set(schema["properties"]) == {"image", "fstype", "mountpoint", "size",
                                          "mount_options", "layers", "on_stop", "boot",
-                                         "upper", "compressor", "partition"}
+                                         "upper", "compressor", "partition", "engine"}
     overlayfile.load(REPO / "packaging/example.overlay")
 
 

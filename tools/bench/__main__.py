@@ -15,7 +15,7 @@ from overlayd.errors import OverlaydError
 from overlayd.host.linux import LinuxHost
 from overlayd.manager import OverlayManager
 from tools.bench import __doc__ as package_doc
-from tools.bench import jobs, layers, overlays, startup, uppers
+from tools.bench import engines, jobs, layers, overlays, startup, uppers
 from tools.bench.cleanup import cleanup, ignore_signals, interrupt
 from tools.bench.daemon import OVERLAYD
 from tools.bench.measures import Bench
@@ -38,6 +38,7 @@ async def run(bench: Bench) -> list[Row]:
     rows += await layers.rows(bench, mgr)
     rows += startup.rows(bench.paths.root)
     rows += await uppers.rows(bench, mgr)
+    rows += await engines.rows(bench, mgr)
     return rows
 
 
