@@ -11,8 +11,8 @@ SYSCONFDIR=${SYSCONFDIR:-/etc}
 PYTHON=${PYTHON:-/usr/bin/python3}
 PIP=${PIP:-.venv/bin/pip}
 # WHEELS=DIR (the Debian package): offline, only pydantic and what it needs from the wheels in
-# DIR (tools/deb.sh fetch), and the overlayd package copied as it is; dbus-next, systemd and
-# rich then come from Debian's python3-dbus-next, python3-systemd, python3-rich.
+# DIR (tools/deb.sh fetch), and the overlayd package copied as it is; dbus-next, jeepney, systemd
+# and rich then come from Debian's python3-dbus-next, -jeepney, -systemd, -rich.
 WHEELS=${WHEELS:-}
 
 # dbus-daemon, polkitd and journalctl --update-catalog read only these places, whatever

@@ -29,7 +29,7 @@ PKGS=(python3-venv python3-dev libsystemd-dev pkg-config gcc make
 # which the system tests' container (an overlay of this /) installs it beside; man-db renders
 # the man pages in tests; zsh checks its completion script.
 if [[ " $* " == *" --deb "* ]]; then
-    PKGS+=(debhelper lintian dpkg-dev python3-pip python3-dbus-next python3-systemd python3-rich
+    PKGS+=(debhelper lintian dpkg-dev python3-pip python3-dbus-next python3-jeepney python3-systemd python3-rich
            man-db zsh)
 fi
 missing=()

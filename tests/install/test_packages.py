@@ -57,15 +57,16 @@ def test_the_deb_has_every_file_in_its_place(debout: Path) -> None:
               "/usr/lib/overlayd/site/overlayd/templates/overlay.mount.in",
               "/usr/lib/overlayd/site/overlayd/ctl.py"):
         assert f in files, f
-    # pydantic 2 is bundled; dbus-next, systemd and rich are Debian's, not bundled
+    # pydantic 2 is bundled; dbus-next, jeepney, systemd and rich are Debian's, not bundled
     assert any(f.startswith("/usr/lib/overlayd/site/pydantic-2.") for f in files)
-    for theirs in ("dbus_next", "systemd", "rich"):
+    for theirs in ("dbus_next", "jeepney", "systemd", "rich"):
         assert f"/usr/lib/overlayd/site/{theirs}/" not in files, theirs
 
 
 def test_the_deb_depends_on_debians_python_packages(debout: Path) -> None:
     fields = sh("dpkg-deb", "-f", the_deb(debout), "Depends").stdout
-    for dep in ("python3-dbus-next", "python3-systemd", "python3-rich", "polkitd", "dbus"):
+    for dep in ("python3-dbus-next", "python3-jeepney", "python3-systemd", "python3-rich",
+                "polkitd", "dbus"):
         assert dep in fields, dep
 
 

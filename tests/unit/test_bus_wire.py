@@ -1,84 +1,64 @@
-"""The wire client's marshalling (bus/wire.py), held to dbus-next's: what one writes the
-other reads, for every type overlayd's replies carry."""
+"""The wire client (bus/wire.py): jeepney's replies read as dbus-next's are, so the reading
+commands answer the same on both clients. The calls themselves are tested against a real
+daemon in tests/bus (every `overlayctl list`, `status`, `jobs`, `layers`)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
-from dbus_next import Message, MessageType, Variant
-from dbus_next._private.unmarshaller import Unmarshaller
+from dbus_next import Variant
+from jeepney import new_method_return
+from jeepney.low_level import Message
 
-from overlayd.bus.wire import (
-    WireVariant,
-    _parse_address,
-    _Reader,
-    encode,
-    run_sync,
-    split_types,
-    unwrap,
-)
+from overlayd.bus.wire import ClientError, ClientReads, WireClient, run_sync, value_of
 
 
-def test_split_types() -> None:
-    assert split_types("sa{sv}a(so)ya{sa{sv}}t") == ["s", "a{sv}", "a(so)", "y", "a{sa{sv}}",
-                                                      "t"]
+def test_a_variant_is_read_from_either_library() -> None:
+    assert value_of(Variant("t", 1 << 40)) == value_of(("t", 1 << 40)) == 1 << 40
+    assert value_of(Variant("as", ["/a"])) == value_of(("as", ["/a"])) == ["/a"]
 
 
-@pytest.mark.parametrize(("signature", "body"), [
-    ("", []),
-    ("s", ["org.overlayd.Overlayd1.Overlay"]),
-    ("ss", ["org.overlayd.Overlayd1.Manager", "RootOverlay"]),
-    ("sa{sv}", ["demo", {}]),
-])
-def test_a_call_we_write_dbus_next_reads(signature: str, body: list[Any]) -> None:
-    data = encode(7, {1: ("o", "/org/overlayd/Overlayd1"), 2: ("s", "org.x.Y"),
-                      3: ("s", "Get"), 6: ("s", "org.overlayd.Overlayd1")}, signature, body,
-                  flags=4)
+class Replies(ClientReads):
+    """ClientReads over canned jeepney replies, as WireClient.call returns them."""
 
-    class Stream:
-        def __init__(self) -> None:
-            self.data = data
+    def __init__(self, bodies: dict[str, tuple[Any, ...]]) -> None:
+        self.bodies = bodies
 
-        def read(self, n: int) -> bytes:
-            out, self.data = self.data[:n], self.data[n:]
-            return out
-
-    u = Unmarshaller(Stream())  # type: ignore[arg-type]
-    msg = u.unmarshall()
-    assert msg is not None and msg.serial == 7 and msg.member == "Get"
-    assert msg.path == "/org/overlayd/Overlayd1" and msg.signature == signature
-    assert msg.body == body and msg.flags.value == 4
+    async def call(self, path: str, interface: str, member: str, signature: str = "",
+                   body: list[Any] | None = None, fds: list[int] | None = None) -> list[Any]:
+        return list(self.bodies[member])
 
 
-def test_a_reply_dbus_next_writes_we_read() -> None:
-    props = {"Name": Variant("s", "demo"), "UpperUsed": Variant("t", 1 << 40),
-             "Layers": Variant("as", ["/a", "/b"]), "HalfCommitted": Variant("b", True),
-             "OwnerUID": Variant("u", 1000), "Progress": Variant("d", 0.5),
-             "RootOverlay": Variant("o", "/")}
-    body = [[["a", "/o/a"], ["b", "/o/b"]], props, {"/j/1": {"I": {"x": Variant("y", 3)}}}]
-    msg = Message(message_type=MessageType.METHOD_RETURN, reply_serial=3, serial=9,
-                  destination=":1.5", signature="a(so)a{sv}a{oa{sa{sv}}}", body=body)
-    data = msg._marshall()
-    fields_len = int.from_bytes(data[12:16], "little")
-    start = 16 + fields_len + (-(16 + fields_len) % 8)
-    r = _Reader(data[start:])
-    items, got, objects = (r.read(t) for t in split_types("a(so)a{sv}a{oa{sa{sv}}}"))
-    assert items == [["a", "/o/a"], ["b", "/o/b"]]
-    assert all(isinstance(v, WireVariant) for v in got.values())
-    assert unwrap(got) == unwrap(props) == {
-        "Name": "demo", "UpperUsed": 1 << 40, "Layers": ["/a", "/b"], "HalfCommitted": True,
-        "OwnerUID": 1000, "Progress": 0.5, "RootOverlay": "/"}
-    assert unwrap(objects) == {"/j/1": {"I": {"x": 3}}}
+def test_the_reading_methods_on_jeepney_values() -> None:
+    jobs = {"/org/overlayd/Overlayd1/job/2": {"org.overlayd.Overlayd1.Job": {
+        "Operation": ("s", "commit"), "Progress": ("d", 0.5), "Objects": ("ao", ["/o/a"])}},
+        "/org/overlayd/Overlayd1/overlay/a": {"org.overlayd.Overlayd1.Overlay": {}}}
+    client = Replies({"GetAll": ({"Name": ("s", "a"), "UpperUsed": ("t", 7)},),
+                      "Get": (("o", "/"),), "GetManagedObjects": (jobs,),
+                      "ListOverlays": ([("a", "/o/a")],)})
+    assert run_sync(client.properties("/o/a")) == {"Name": "a", "UpperUsed": 7}
+    assert run_sync(client.root_overlay()) == "/"
+    assert run_sync(client.overlays()) == [("a", "/o/a")]
+    assert run_sync(client.jobs()) == [{"Operation": "commit", "Progress": 0.5,
+                                        "Objects": ["/o/a"], "Id": 2,
+                                        "ObjectPath": "/org/overlayd/Overlayd1/job/2"}]
 
 
-def test_addresses() -> None:
-    assert _parse_address("unix:path=/run/dbus/system_bus_socket")[1] == \
-        "/run/dbus/system_bus_socket"
-    assert _parse_address("tcp:host=x;unix:abstract=/tmp/dbus-a%2cb,guid=1")[1] == \
-        "\0/tmp/dbus-a,b"
-    with pytest.raises(OSError):
-        _parse_address("tcp:host=localhost,port=1")
+def test_no_bus_is_unreachable(tmp_path: Any) -> None:
+    with pytest.raises(ClientError) as e:
+        WireClient.connect(address=f"unix:path={tmp_path}/no-bus")
+    assert e.value.unreachable and "no-bus" in str(e.value)
+
+
+def test_start_up_imports_neither_asyncio_nor_dbus_next() -> None:
+    import subprocess
+    code = ("import sys, overlayd.bus.wire; "
+            "print(sorted(m for m in ('asyncio', 'dbus_next') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_run_sync_refuses_a_coroutine_that_waits() -> None:
@@ -94,3 +74,9 @@ def test_run_sync_refuses_a_coroutine_that_waits() -> None:
     assert run_sync(does_not()) == 2
     with pytest.raises(RuntimeError, match="waited"):
         run_sync(waits())
+
+
+def test_an_error_reply_keeps_its_name() -> None:
+    assert Message is not None and new_method_return is not None  # jeepney is importable
+    e = ClientError("org.overlayd.Overlayd1.Error.NoSuchOverlay", "No overlay 'x'.")
+    assert e.error is not None and not e.unreachable
