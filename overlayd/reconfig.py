@@ -6,7 +6,8 @@ those can change while it is mounted (pure: no I/O).
 live changes, what cannot is named, never silently ignored. Only the tmpfs's size can
 change live (a remount with the new size); a zram device's size is fixed once set (the
 kernel takes ``disksize`` only on a reset device), and the image, the mount point, the
-layers, the mount options and the upper's kind are what the mounts are made of.
+layers, the partition, the mount options, the engine and the upper's kind are what the
+mounts are made of.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlayd.model import Overlay, UpperKind
+from overlayd.model import MergeEngine, Overlay, UpperKind
 
 # The settings that change while the overlay is mounted (a tmpfs upper only); the others
 # are fixed, each for its reason.
@@ -31,6 +32,10 @@ FIXED_WHY: dict[str, str] = {
               "stopping and starting the overlay",
     "upper": "the writes live where they were made; stop and start the overlay to move them",
     "compressor": "a zram device's compressor is set before it holds data",
+    "engine": "the merged view is mounted by its engine; stop and start the overlay to "
+              "change it",
+    "partition": "the image's partition is the overlay's lower layer; stop and start the "
+                 "overlay to use another",
 }
 ZRAM_SIZE_WHY = ("a zram device's size cannot change while it holds the writes (the kernel "
                  "sets disksize only on an empty device); stop and start the overlay for the "
@@ -65,6 +70,8 @@ def current(rec: Overlay) -> dict[str, Any]:
         "layers": tuple(la.path for la in rec.layers),
         "upper": rec.upper.kind,
         "compressor": rec.upper.compressor,
+        "engine": rec.engine,
+        "partition": rec.lowers[0].partition,
     }
 
 
@@ -78,6 +85,8 @@ def _wanted(key: str, value: Any, forced_options: tuple[str, ...]) -> Any:
         return frozenset((*value, *forced_options))
     if key == "upper":
         return UpperKind(value)
+    if key == "engine":
+        return MergeEngine(value)
     if key in ("compressor", "fstype"):
         return value or ""
     return value

@@ -66,7 +66,7 @@ def test_below_what_is_used_and_bad_shapes_are_clear_errors(
         r = reconfigure(clean, "tight", *spec)
         assert r.returncode != 0 and words in r.stderr, (spec, r.stderr)
         assert "Traceback" not in r.stderr and "/run/" not in r.stderr
-    r = reconfigure(clean, "nosuch", "size", "t", "1")
+    r = reconfigure(clean, "nosuch", "size", "t", str(32 * MiB))
     assert r.returncode != 0 and "nosuch" in r.stderr
 
 

@@ -231,3 +231,18 @@ def test_reconfigure_asks_with_its_own_sentence() -> None:
     assert own["polkit.message"] == "resize demo"
     plain = polkit_details("org.overlayd.overlayd1.create", {"overlay": "demo", "image": "/i"})
     assert plain["polkit.message"].startswith("Authentication is required to mount /i")
+
+
+def test_every_spec_key_is_compared() -> None:
+    """A spec key added later must be compared too (an unknown key would be an internal
+    error): every setting of SpecSettings is in ``current``, live or fixed with a reason."""
+    from overlayd.model import SpecSettings
+    rec = record()
+    assert set(SpecSettings.model_fields) == set(reconfig.current(rec))
+    assert set(reconfig.current(rec)) == set(reconfig.LIVE_KEYS) | set(reconfig.FIXED_WHY)
+
+
+def test_a_new_engine_or_partition_is_named_not_applied() -> None:
+    p = reconfig.plan(record(), {"engine": "fuse", "partition": 2})
+    assert not p.live and set(p.fixed) == {"engine", "partition"}
+    assert reconfig.plan(record(), {"engine": "kernel", "partition": None}).changes_nothing
