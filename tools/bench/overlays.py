@@ -169,6 +169,8 @@ async def scale_with(bench: Bench, daemon: Daemon, image: Path, n: int) -> dict[
     at0 = await latency(daemon, image, LATENCY_CALLS)
     at0["managed_objects_seconds"] = await timed_calls(daemon.managed_objects,
                                                        MANAGED_OBJECTS_CALLS)
+    at0["managed_objects_busctl_seconds"] = await timed_calls(daemon.managed_objects_busctl,
+                                                              MANAGED_OBJECTS_CALLS)
     made, create, error = await fill(daemon, image, names("s", n))
     n = len(made)
     bench.raw["limits"]["loop_devices_at_n"] = loop_devices()
@@ -180,6 +182,7 @@ async def scale_with(bench: Bench, daemon: Daemon, image: Path, n: int) -> dict[
         raise BenchError(f"GetManagedObjects has {len(objects)} objects, not {n}.")
     list_s = await timed_calls(daemon.list_overlays, LIST_CALLS)
     objects_s = await timed_calls(daemon.managed_objects, MANAGED_OBJECTS_CALLS)
+    objects_busctl_s = await timed_calls(daemon.managed_objects_busctl, MANAGED_OBJECTS_CALLS)
     rss[str(n)] = daemon.rss_mib()
     bus_rss[str(n)] = daemon.bus_daemon_rss_mib()
     fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
@@ -200,7 +203,8 @@ async def scale_with(bench: Bench, daemon: Daemon, image: Path, n: int) -> dict[
     bus_rss["after_discard"] = daemon.bus_daemon_rss_mib()
     return {"overlays": n, "error": error, "create_seconds": create,
             "discard_seconds": discard, "list_overlays_seconds": list_s,
-            "managed_objects_seconds": objects_s, "at_0": at0, "at_n": atn,
+            "managed_objects_seconds": objects_s,
+            "managed_objects_busctl_seconds": objects_busctl_s, "at_0": at0, "at_n": atn,
             "rss_mib": rss, "dbus_daemon_rss_mib": bus_rss, "daemon_fds_at_n": fds}
 
 

@@ -93,6 +93,11 @@ def scale_rows(scale: dict[str, Any]) -> list[Row]:
         Row(f"{n} overlays: GetManagedObjects median", "ms",
             median_ms(scale["managed_objects_seconds"]),
             median_ms(at0["managed_objects_seconds"]), ("<=", 100.0), absolute=True),
+        Row(f"{n} overlays: GetManagedObjects median, busctl as the client", "ms",
+            median_ms(scale["managed_objects_busctl_seconds"]),
+            median_ms(at0["managed_objects_busctl_seconds"]), None,
+            note="the same call from a C client (a busctl process each time): what the "
+                 "daemon and the bus cost, without dbus-next's unmarshalling"),
         Row(f"{n} overlays: discard, mean", "ms",
             statistics.mean(scale["discard_seconds"]) * MS, None, None),
         Row(f"create at {n} overlays, median (baseline: at 0)", "ms",
