@@ -18,6 +18,7 @@ from overlayd.layout import Layout
 from overlayd.manager import OverlayManager
 from overlayd.model import Overlay, parse_spec
 from tests import helpers
+from tests.kernel.zram_ledger import LEDGER_ENV, ZramLedger
 
 UPPERS = ["tmpfs", "zram"]
 ENGINES = ["kernel", "fuse"]
@@ -41,10 +42,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("merge_engine", ENGINES)
 
 
-def zram_devices() -> set[str]:
-    return {d for d in os.listdir("/sys/block") if d.startswith("zram")}
-
-
 @pytest.fixture
 def upper_kind() -> str:
     return "tmpfs"
@@ -55,16 +52,18 @@ def merge_engine() -> str:
     return "kernel"
 
 
-def fuse_servers() -> set[int]:
-    """PIDs of fuse-overlayfs servers started as overlayd-NAME (argv[0])."""
+def fuse_servers(root: Path) -> set[int]:
+    """PIDs of fuse-overlayfs servers started as overlayd-NAME (argv[0]) over an upper
+    under ROOT: the test's own (another test run's come and go meanwhile)."""
     found = set()
+    mine = f"upperdir={root}/".encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0", 1)[0]
+                argv = f.read()
         except OSError:
             continue
-        if argv0.startswith(b"overlayd-"):
+        if argv.startswith(b"overlayd-") and mine in argv:
             found.add(int(pid))
     return found
 
@@ -96,6 +95,7 @@ class Env:
     config: DaemonConfig
     manager: OverlayManager
     run: Callable[[Any], Any]
+    zram: ZramLedger
     upper: str = "tmpfs"
     engine: str = "kernel"
 
@@ -124,28 +124,31 @@ class Env:
 
 
 @pytest.fixture
-def env(root: Path, run: Callable[[Any], Any], upper_kind: str,
-        merge_engine: str) -> Iterator[Env]:
+def env(root: Path, run: Callable[[Any], Any], upper_kind: str, merge_engine: str,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     cfg = DaemonConfig(runtime_dir=root / "run", default_size=64 << 20,
                        layer_dir=root / "layers")
-    zram_before = zram_devices()
-    servers_before = fuse_servers()
+    # The zram devices this test's daemons add and remove (here and in the children that
+    # inherit the variable), not the machine's: others come and go on a busy host.
+    zram = ZramLedger(root / "zram-ledger")
+    zram.install(monkeypatch.setattr)
+    monkeypatch.setenv(LEDGER_ENV, str(zram.path))
+    servers_before = fuse_servers(root)
     mgr = OverlayManager(cfg, LinuxHost())
     run(mgr.start())
-    e = Env(root, cfg, mgr, run, upper_kind, merge_engine)
+    e = Env(root, cfg, mgr, run, zram, upper_kind, merge_engine)
     yield e
     for rec in list(e.manager.list()):  # a failed test must not leak into the next one
         run(e.manager.discard(rec.name, force=True))
-    # no zram device of ours is left, and none that was there before has gone
-    assert zram_devices() == zram_before, "zram devices: before " \
-        f"{sorted(zram_before)}, after {sorted(zram_devices())}"
+    # every zram device this test's daemons added is removed, and none other
+    zram.assert_clean()
     # no FUSE server of ours outlives its overlay (each ends when its mount goes)
-    left = fuse_servers() - servers_before
+    left = fuse_servers(root) - servers_before
     for _ in range(50):
         if not left:
             break
         time.sleep(0.1)
-        left = fuse_servers() - servers_before
+        left = fuse_servers(root) - servers_before
     assert not left, f"FUSE servers left running: {sorted(left)}"
 
 

@@ -22,6 +22,7 @@ from overlayd.config import DaemonConfig
 from overlayd.host.linux import LinuxHost
 from overlayd.manager import OverlayManager
 from overlayd.model import CommitTarget, parse_spec
+from tests.kernel.zram_ledger import install_from_environment
 
 
 class Counter:
@@ -91,6 +92,7 @@ async def main(runtime: str, image: str, action: str, kill_at: int, upper: str,
 
 
 if __name__ == "__main__":
+    install_from_environment()  # the test's zram ledger: this process's devices count
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]),
                      sys.argv[5] if len(sys.argv) > 5 else "tmpfs",
                      int(sys.argv[6]) if len(sys.argv) > 6 else None))

@@ -8,6 +8,7 @@ from pathlib import Path
 from overlayd.host.mounttable import read_mounts
 from tests import helpers
 from tests.kernel.conftest import Env
+from tests.kernel.zram_ledger import carries
 
 PER_UPPER = True
 PER_ENGINE = True  # and with engine = "fuse" (fuse-overlayfs over the same layers)
@@ -68,7 +69,8 @@ def test_writes_never_reach_the_image_and_discard_leaves_nothing(env: Env, image
     assert not Path(env.paths(rec).base_dir).exists() and not mp.exists()
     assert env.manager.list() == []
     if env.upper == "zram":
-        assert not Path(f"/sys/block/{os.path.basename(rec.upper.device)}").exists()
+        assert not carries(rec.upper.device, rec.upper.fs_uuid)
+        env.zram.assert_clean()
 
 
 def test_loop_device_is_freed_after_discard(env: Env, image: Path) -> None:

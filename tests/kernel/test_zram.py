@@ -15,7 +15,8 @@ from overlayd.errors import MountFailed, OverlaydError
 from overlayd.host.uppers import ZRAM_CONTROL, ZramUpper
 from overlayd.model import Upper, UpperKind
 from tests import helpers
-from tests.kernel.conftest import Env, zram_devices
+from tests.kernel.conftest import Env
+from tests.kernel.zram_ledger import carries
 
 pytestmark = pytest.mark.skipif(not os.path.exists(ZRAM_CONTROL), reason="no zram")
 
@@ -36,7 +37,8 @@ def test_compressor_size_and_compression_seen_in_usage(env: Env, image: Path) ->
     saved = env.manager.get("z")
     assert saved.upper.device == rec.upper.device and saved.upper.fs_uuid
     env.run(env.manager.discard("z"))
-    assert not os.path.exists(f"/sys/block/{os.path.basename(rec.upper.device)}")
+    assert not carries(rec.upper.device, rec.upper.fs_uuid)
+    env.zram.assert_clean()
 
 
 def test_an_unknown_compressor_says_which_there_are(env: Env, image: Path) -> None:
@@ -58,10 +60,10 @@ def test_a_failed_create_removes_the_device_at_every_step(
         monkeypatch.setattr(host.layers, "prepare_upper", fail)
     else:
         monkeypatch.setattr(host.merge, step.split(".")[1], fail)
-    before = zram_devices()
     with pytest.raises(MountFailed, match="injected"):
         env.create("z", image, upper="zram", compressor="lzo")
-    assert zram_devices() == before
+    assert len(env.zram.added()) == 1  # the device it added (blank, at most steps) is gone
+    env.zram.assert_clean()
     assert helpers.mounts_under(str(env.root)) == []
     assert env.manager.list() == []
 
@@ -100,7 +102,8 @@ def test_someone_elses_zram_device_is_never_touched(env: Env, image: Path,
             assert made.device != dev
         finally:
             z.unmake("x", str(mp), made)
-        assert not os.path.exists(f"/sys/block/{os.path.basename(made.device)}")
+        assert not carries(made.device, made.fs_uuid)
+        env.zram.assert_clean()  # it removed the one it made, and not ours
         rec = env.create("z", image, upper="zram")
         env.run(env.manager.discard("z"))
         assert rec.upper.device != dev and os.path.exists(f"/sys/block/zram{other}")
@@ -137,12 +140,11 @@ def test_a_copy_of_the_default_mount_point_is_let_go_at_once(env: Env, image: Pa
     """Removing the mount points detaches the copies in other namespaces (the kernel does,
     since 3.18): the device is free before Discard answers, with the copy still alive."""
     rec = env.create("held", image, upper="zram", size="16M")
-    dev = os.path.basename(rec.upper.device)
     holder = _hold_copy()
     try:
         env.run(env.manager.discard("held"))
         assert env.manager.list() == [] and holder.poll() is None
-        assert not os.path.exists(f"/sys/block/{dev}") and _leftovers(env) == []
+        assert not carries(rec.upper.device, rec.upper.fs_uuid) and _leftovers(env) == []
     finally:
         holder.kill()
         holder.wait()
@@ -163,7 +165,7 @@ def test_a_device_held_by_a_copied_namespace_does_not_wedge_discard(
     try:
         env.run(env.manager.discard("held"))
         assert env.manager.list() == [], "the overlay is gone, its name is free"
-        assert os.path.exists(f"/sys/block/{dev}"), "the copy keeps the device"
+        assert carries(rec.upper.device, rec.upper.fs_uuid), "the copy keeps the device"
         assert _leftovers(env) == [dev]
         assert (env.config.runtime_dir / ".zram-leftovers" / dev).read_text().strip() == \
             rec.upper.fs_uuid
@@ -177,9 +179,9 @@ def test_a_device_held_by_a_copied_namespace_does_not_wedge_discard(
     for _ in range(100):  # the namespace goes with its last process, a moment after
         env.create("again", image, upper="zram", size="16M")
         env.run(env.manager.discard("again"))
-        if not os.path.exists(f"/sys/block/{dev}"):
+        if not carries(rec.upper.device, rec.upper.fs_uuid):
             break
-    assert not os.path.exists(f"/sys/block/{dev}") and _leftovers(env) == []
+    assert not carries(rec.upper.device, rec.upper.fs_uuid) and _leftovers(env) == []
 
 
 def test_a_restart_removes_a_device_let_go_meanwhile(env: Env, image: Path,
@@ -200,7 +202,7 @@ def test_a_restart_removes_a_device_let_go_meanwhile(env: Env, image: Path,
         env.run(env.manager.start())
         if not _leftovers(env):
             break
-    assert not os.path.exists(f"/sys/block/{dev}") and _leftovers(env) == []
+    assert not carries(rec.upper.device, rec.upper.fs_uuid) and _leftovers(env) == []
 
 
 def test_a_leftover_entry_never_removes_another_device(env: Env, image: Path) -> None:
@@ -212,5 +214,5 @@ def test_a_leftover_entry_never_removes_another_device(env: Env, image: Path) ->
     where.mkdir()
     (where / dev).write_text(str(uuid.uuid4()) + "\n")  # not the UUID it carries
     env.run(env.manager.start())  # collects: the entry goes, the device stays
-    assert _leftovers(env) == [] and os.path.exists(f"/sys/block/{dev}")
+    assert _leftovers(env) == [] and carries(rec.upper.device, rec.upper.fs_uuid)
     assert env.manager.get("mine").state.value == "active"
