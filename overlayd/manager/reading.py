@@ -12,7 +12,10 @@ import builtins
 from overlayd.engine import diff as diff_proc
 from overlayd.errors import OverlaydError
 from overlayd.manager.core import ManagerCore
-from overlayd.model import DiffEntry, LowerKind, Overlay, UpperUsage
+from overlayd.model import DiffEntry, LowerKind, Overlay, OverlayState, UpperUsage
+
+# The states in which an overlay's image is mounted where _image_mount says.
+SETTLED = (OverlayState.ACTIVE, OverlayState.UNMOUNTED)
 
 
 class Reading(ManagerCore):
@@ -30,9 +33,14 @@ class Reading(ManagerCore):
     def image_space(self, name: str) -> tuple[int, int]:
         """The size and the free space (for root, who commits) of the file system that
         holds NAME's image, read at most once per usage_interval per file system; (0, 0)
-        when it cannot be read (the image is being remounted by a commit)."""
+        when it cannot be read: while a commit, a discard or a create has the image mount
+        down, statvfs of its empty directory would read the runtime directory's file
+        system (and cache it), not the image's."""
+        rec = self.get(name)
+        if rec.image_kind is not LowerKind.DIRECTORY and rec.state not in SETTLED:
+            return 0, 0
         try:
-            return self._spaces.get(self._image_mount(self.get(name)))
+            return self._spaces.get(self._image_mount(rec))
         except OverlaydError:
             return 0, 0
 

@@ -321,3 +321,28 @@ def test_linux_files_has_entries(tmp_path: Path) -> None:
     assert files.has_entries(str(tmp_path)) is False
     (tmp_path / ".hidden").write_text("")
     assert files.has_entries(str(tmp_path)) is True
+
+
+def test_image_space_is_unknown_while_the_image_mount_is_down() -> None:
+    """A commit (or a create, a discard) has the image mount down: statvfs of its empty
+    directory would read the runtime directory's file system, and cache it. (0, 0) then,
+    which overlayctl status shows as '-'; read again once the overlay is settled."""
+    host = new_host()
+    reads: list[str] = []
+    fs_space = host.fs_space
+    host.fs_space = lambda path: (reads.append(path), fs_space(path))[1]  # type: ignore
+
+    async def go() -> None:
+        mgr = manager(host)
+        await mgr.start()
+        rec = await mgr.create(spec())
+        assert mgr.image_space("demo") == (1 << 30, 256 << 20)
+        mgr._spaces.forget(mgr._image_mount(rec))
+        reads.clear()
+        committing = mgr._move(rec, OverlayState.COMMITTING)
+        assert mgr.image_space("demo") == (0, 0)
+        assert reads == [], "nothing read, nothing cached"
+        mgr._move(committing, OverlayState.ACTIVE)
+        assert mgr.image_space("demo") == (1 << 30, 256 << 20)
+        await mgr.discard("demo")
+    run(go())
