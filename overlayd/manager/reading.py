@@ -60,10 +60,22 @@ class Reading(ManagerCore):
         """Usage of the upper, read inline: statvfs of a tmpfs does no I/O, so property
         reads may call it on the event loop. Zeros while the tmpfs is being replaced."""
         rec = self.get(name)
+        target = str(self._layout(name).upper_mount)
         try:
-            return self.host.upper.usage(str(self._layout(name).upper_mount), rec.upper)
+            if rec.state not in (*SETTLED, OverlayState.COMMITTING) and \
+                    not self._upper_mounted(rec, target):
+                return UpperUsage(size=rec.size, used=0, inodes_used=0)
+            return self.host.upper.usage(target, rec.upper)
         except OverlaydError:
             return UpperUsage(size=rec.size, used=0, inodes_used=0)
+
+    def _upper_mounted(self, rec: Overlay, target: str) -> bool:
+        """Whether REC's upper is mounted at TARGET: a failed overlay's may be gone (a
+        discard stopped after unmounting it), and statvfs of the empty directory would
+        read the file system below (the disk's gigabytes as the writes). Asked only off
+        the settled states, so the property reads of live overlays cost nothing more."""
+        top = self.host.mounts.at(target)
+        return top is not None and self.host.upper.owns(rec.name, rec.upper)(top)
 
     async def diff(self, name: str, created_usec: int | None = None
                    ) -> builtins.list[DiffEntry]:

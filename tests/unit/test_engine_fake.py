@@ -346,3 +346,28 @@ def test_image_space_is_unknown_while_the_image_mount_is_down() -> None:
         assert mgr.image_space("demo") == (1 << 30, 256 << 20)
         await mgr.discard("demo")
     run(go())
+
+
+def test_the_usage_of_an_upper_that_is_gone_is_zero_not_the_disk_below() -> None:
+    """A failed overlay whose upper was unmounted (a discard stopped after it): statvfs of
+    its empty directory read the file system below, shown as gigabytes of writes."""
+    host = new_host()
+    reads: list[str] = []
+    usage = host.usage
+    host.usage = lambda target, upper=None: (reads.append(target), usage(target, upper))[1]  # type: ignore
+
+    async def go() -> None:
+        mgr = manager(host)
+        await mgr.start()
+        rec = await mgr.create(spec())
+        upper_mount = f"/run/overlayd/{rec.name}/rw"
+        failed = mgr._move(rec, OverlayState.FAILED, error="injected")
+        reads.clear()
+        mgr.usage_now("demo")
+        assert reads == [upper_mount], "its upper is still mounted: read"
+        host.unmount(upper_mount, lambda m: True)
+        reads.clear()
+        assert mgr.usage_now("demo").used == 0 and reads == []
+        await mgr.discard("demo", force=True)
+        assert failed.name not in {r.name for r in mgr.list()}
+    run(go())
