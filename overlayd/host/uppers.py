@@ -402,8 +402,8 @@ class ZramUpper:
                 except (HeldElsewhere, MountFailed):
                     continue  # still held: next time
                 removed.append(f"/dev/{entry}")
-                log.info("Removed /dev/%s, the zram device of a discarded overlay that "
-                         "another mount namespace held until now.", entry)
+                log.info("Removed /dev/%s, the zram device of a discarded overlay, held "
+                         "until now (by another mount namespace, or files left open).", entry)
             with contextlib.suppress(OSError):
                 os.unlink(path)
         with contextlib.suppress(OSError):
