@@ -17,7 +17,7 @@ from overlayd.checks import check_outside_runtime_dir, choose_size
 from overlayd.config import DaemonConfig
 from overlayd.errors import InvalidSpec
 from overlayd.layout import Layout, mount_source
-from overlayd.model import format_size
+from overlayd.model import MergeEngine, UpperKind, format_size
 from overlayd.overlayfile import OverlayFile
 from overlayd.overlayfs import PINNED
 
@@ -133,6 +133,16 @@ def render(name: str, spec_file: OverlayFile, source: Path, cfg: DaemonConfig, m
         raise InvalidSpec(f"Overlay '{name}' uses a partition of its image; mount units "
                           "cannot be made for it (the daemon reads the partition table: "
                           "'overlayctl start' it).", "partition")
+    # Mount units mount a tmpfs and the kernel's overlayfs; the rest needs the daemon (as
+    # OverlayFile says for boot = true): rendered anyway, the units would ignore the key.
+    if spec.engine is not MergeEngine.KERNEL:
+        raise InvalidSpec(f"Overlay '{name}' uses engine '{spec.engine}'; mount units mount "
+                          "the kernel's overlayfs, a FUSE server needs the daemon "
+                          "('overlayctl start' it).", "engine")
+    if spec.upper is not UpperKind.TMPFS:
+        raise InvalidSpec(f"Overlay '{name}' keeps its writes in {spec.upper}; mount units "
+                          "mount a tmpfs, a zram device needs the daemon ('overlayctl "
+                          "start' it).", "upper")
     layout = Layout.for_overlay(cfg.runtime_dir, name)
     image = check_unit_value(spec.image or "", "image path")
     is_block = image.startswith("/dev/")  # else a file: mount(8) attaches a loop device

@@ -95,7 +95,8 @@ PROPERTIES: tuple[OverlayProperty, ...] = (
 SIGNALLED_PROPERTIES = signalled(PROPERTIES)
 # The Manager's properties: the root overlay's object when / is on an overlay, else "/";
 # the RAM the overlays reserve and max_total_size in bytes; the daemon's version.
-MANAGER_MAX_TOTAL_SIZE = OverlayProperty("MaxTotalSize", "t", CONST, lambda r: None)
+# MaxTotalSize follows a reload of overlayd.conf (SIGHUP), so it is announced, not const.
+MANAGER_MAX_TOTAL_SIZE = OverlayProperty("MaxTotalSize", "t", SIGNALLED, lambda r: None)
 MANAGER_ROOT_OVERLAY = OverlayProperty("RootOverlay", "o", CONST, lambda r: None)
 MANAGER_UPPER_SIZE_TOTAL = OverlayProperty("UpperSizeTotal", "t", SIGNALLED, lambda r: None)
 MANAGER_VERSION = OverlayProperty("Version", "s", CONST, lambda r: None)

@@ -64,6 +64,7 @@ class Service:
         self.jobs = JobRunner(self)
         self.usage = UsageWatch(manager, manager.config, self._announce)
         self._total_announced = -1
+        self._limit_announced = -1
         manager.subscribe(self._on_change)
 
     def export_all(self) -> None:
@@ -73,6 +74,7 @@ class Service:
         the usage of every overlay is watched."""
         self.bus.export_object(ROOT_PATH, self.manager_iface, announce=False)
         self._total_announced = self.manager_iface.upper_size_total()
+        self._limit_announced = self.manager.total_limit()
         for rec in self.manager.list():
             self._export(rec, announce=False)
         self.usage.start()
@@ -81,8 +83,14 @@ class Service:
         self.usage.stop()
 
     def config_changed(self) -> None:
-        """The manager's configuration was reloaded: the usage levels follow it."""
+        """The manager's configuration was reloaded: the usage levels follow it, and
+        MaxTotalSize is announced if max_total_size changed."""
         self.usage.config = self.manager.config
+        limit = self.manager.total_limit()
+        if limit != self._limit_announced:
+            self._limit_announced = limit
+            self.bus.emit_properties_changed(ROOT_PATH, MANAGER_IFACE,
+                                             {"MaxTotalSize": Variant("t", limit)})
 
     def _export(self, rec: Overlay, *, announce: bool) -> None:
         self.usage.look(rec, announce=False)
@@ -117,9 +125,12 @@ class Service:
         obj.announced = now
         if changed:
             self.bus.emit_properties_changed(overlay_path(name), OVERLAY_IFACE, changed)
+        if "UpperSize" in changed:  # a Reconfigure resized it: the total moved too
+            self._announce_total()
 
     def _announce_total(self) -> None:
-        """PropertiesChanged of the Manager's UpperSizeTotal, when an overlay came or went."""
+        """PropertiesChanged of the Manager's UpperSizeTotal, when an overlay came, went or
+        was resized."""
         total = self.manager_iface.upper_size_total()
         if total != self._total_announced:
             self._total_announced = total

@@ -145,7 +145,10 @@ class WireClient(ClientReads):
             connection = open_dbus_connection(address or "SYSTEM", auth_timeout=25)
         except (OSError, ValueError, RuntimeError) as e:
             shown = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
-            raise ClientError(CONNECT, f"Cannot connect to {shown}: {e}") from None
+            # jeepney parses an address with tuple unpacking: its ValueError for one that
+            # is not "transport:key=value" reads "not enough values to unpack".
+            why = "it is not a D-Bus address (unix:path=...)" if type(e) is ValueError else e
+            raise ClientError(CONNECT, f"Cannot connect to {shown}: {why}") from None
         return cls(connection, interactive)
 
     def close(self) -> None:

@@ -66,6 +66,7 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         self.name: str = prop(proxy, "Name", "")
         self.used = 0
         self.image_free: int | None = prop(proxy, "ImageFree", None)  # None: an old daemon
+        self.image_size: int | None = prop(proxy, "ImageSize", None)  # 0: not known now
         self.usage = prop(proxy, "UpperUsage", "ok")
         self.job: Gio.DBusProxy | None = None
         self.set_title(self.name)
@@ -119,7 +120,8 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         last = prop(p, "LastError", "")
         if last:
             words.append(f"last error: {last}")
-        free = text.image_free_text(prop(p, "FsType", ""), self.image_free, self.used)
+        free = text.image_free_text(prop(p, "FsType", ""), self.image_free, self.used,
+                                    self.image_size)
         self.set_subtitle(f"{image} → {mnt}\n{' · '.join(words + ([free] if free else []))}")
         size = prop(p, "UpperSize", 0)
         self.bar.set_value(min(1.0, self.used / size) if size else 0)
@@ -145,7 +147,8 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
         self.refresh()
 
     def read_used(self) -> None:
-        """UpperUsed and ImageFree are read live and never announced: ask for them."""
+        """UpperUsed, ImageFree and ImageSize are read live and never announced: ask for
+        them."""
         def done(conn: Gio.DBusConnection, res: Gio.AsyncResult, name: str) -> None:
             try:
                 (value,) = conn.call_finish(res).unpack()
@@ -153,10 +156,12 @@ class OverlayRow(Adw.ActionRow):  # type: ignore[misc]
                 return
             if name == "UpperUsed":
                 self.used = int(value)
-            else:
+            elif name == "ImageFree":
                 self.image_free = int(value)
+            else:
+                self.image_size = int(value)
             self.refresh()
-        for name in ("UpperUsed", "ImageFree"):
+        for name in ("UpperUsed", "ImageFree", "ImageSize"):
             self.proxy.get_connection().call(
                 BUS_NAME, self.proxy.get_object_path(), "org.freedesktop.DBus.Properties",
                 "Get", GLib.Variant("(ss)", (OVERLAY, name)), GLib.VariantType("(v)"),

@@ -46,11 +46,13 @@ def ram_text(used: int, size: int) -> str:
     return f"RAM {human(used)} of {human(size)} ({pct}%)"
 
 
-def image_free_text(fstype: str, free: int | None, used: int) -> str:
-    """The image's free space (ImageFree), beside the writes: whether a commit fits."""
+def image_free_text(fstype: str, free: int | None, used: int, size: int | None = None) -> str:
+    """The image's free space (ImageFree), beside the writes: whether a commit fits. SIZE
+    (ImageSize) 0 is the daemon's "not known now" (a commit has the image unmounted): the
+    free space is not 0 then, it is unknown."""
     if fstype in ("squashfs", "erofs", "iso9660"):
         return "read-only image"
-    if free is None:
+    if free is None or size == 0:
         return ""
     words = f"{human(free)} free in the image"
     return words + (": less than the writes" if free < used else "")

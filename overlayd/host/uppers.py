@@ -114,6 +114,10 @@ FREE_WAIT = 10.0  # seconds: how long a device may stay busy after its last unmo
 # that unshared its namespace while the upper was mounted keeps a copy of the mount): then
 # it stays busy as long as that process lives, and waiting longer is of no use.
 HELD_CHECK = 0.2
+# A forced discard detaches lazily: a file still open in the overlay keeps the device busy
+# until it is closed, which may be never. This long (a moment for the kernel to let go of
+# a device nothing holds), then it is left for a later collect.
+FORCED_WAIT = 1.0
 
 
 class HeldElsewhere(Exception):
@@ -348,8 +352,9 @@ class ZramUpper:
         """Unmount (if ours is mounted at TARGET) and remove the device (if ours). A device
         that another mount namespace holds (it copied the mount) cannot be removed while
         that namespace lives: it is left in RUNTIME_DIR/.zram-leftovers with its UUID and
-        removed by a later ``collect``; the overlay goes all the same. Then the leftovers
-        of earlier discards are tried once more."""
+        removed by a later ``collect``; the overlay goes all the same. So is one that LAZY
+        (a forced discard) leaves busy with files still open in the detached mounts. Then
+        the leftovers of earlier discards are tried once more."""
         owned = self.owns(name, upper)
         top = self.mounts.at(target)
         zid = _zram_id(top.source) if top is not None and owned(top) else None
@@ -360,9 +365,15 @@ class ZramUpper:
             zid = self._noted(target, upper)
         if zid is not None:
             try:
-                self._hot_remove(zid)
+                self._hot_remove(zid, limit=FORCED_WAIT if lazy else FREE_WAIT)
             except HeldElsewhere as e:
                 self._leave(runtime_dir_of(target), zid, upper.fs_uuid, name, e.who)
+            except MountFailed:
+                if not lazy:
+                    raise
+                # Forced (lazy): files still open in the detached overlay keep the device
+                # busy for as long as they stay open; the overlay goes all the same.
+                self._leave(runtime_dir_of(target), zid, upper.fs_uuid, name, [])
         self._forget_note(target)
         return was
 
@@ -391,8 +402,8 @@ class ZramUpper:
                 except (HeldElsewhere, MountFailed):
                     continue  # still held: next time
                 removed.append(f"/dev/{entry}")
-                log.info("Removed /dev/%s, the zram device of a discarded overlay that "
-                         "another mount namespace held until now.", entry)
+                log.info("Removed /dev/%s, the zram device of a discarded overlay, held "
+                         "until now (by another mount namespace, or files left open).", entry)
             with contextlib.suppress(OSError):
                 os.unlink(path)
         with contextlib.suppress(OSError):
@@ -405,7 +416,8 @@ class ZramUpper:
     def _leave(self, runtime_dir: str, zid: int, fs_uuid: str, name: str,
                who: list[str]) -> None:
         """Note /dev/zramZID for a later ``collect`` (atomically: a kill leaves a .tmp,
-        which collect drops) and say why it stays."""
+        which collect drops) and say why it stays: held by the mount namespaces of WHO, or
+        (none) by files open in a forced discard's detached mounts."""
         where = os.path.join(runtime_dir, ZRAM_LEFTOVERS)
         path = os.path.join(where, f"zram{zid}")
         with map_os_errors(f"note /dev/zram{zid} for a later removal", Op.FILE):
@@ -413,13 +425,15 @@ class ZramUpper:
             with open(path + ".tmp", "w") as f:
                 f.write(fs_uuid + "\n")
             os.rename(path + ".tmp", path)
-        log.warning("Overlay '%s': its zram device /dev/zram%d is unmounted here but still "
-                    "mounted in another mount namespace (that of %s), which copied it while "
-                    "it was mounted; it keeps the device and its RAM until that process "
-                    "ends. The overlay is discarded; overlayd removes the device at its "
-                    "next start or zram create or discard after that.", name, zid,
-                    ", ".join(who), extra={"OVERLAYD_NAME": name,
-                                           "OVERLAYD_ZRAM_DEVICE": f"/dev/zram{zid}"})
+        held = (f"still mounted in another mount namespace (that of {', '.join(who)}), "
+                "which copied it while it was mounted; it keeps the device and its RAM "
+                "until that process ends") if who else (
+                "still in use by files open in the overlay, which was detached by force; "
+                "they keep the device and its RAM until they are closed")
+        log.warning("Overlay '%s': its zram device /dev/zram%d is unmounted here but %s. The "
+                    "overlay is discarded; overlayd removes the device at its next start or "
+                    "zram create or discard after that.", name, zid, held,
+                    extra={"OVERLAYD_NAME": name, "OVERLAYD_ZRAM_DEVICE": f"/dev/zram{zid}"})
 
     def resize(self, name: str, target: str, upper: Upper, size: int) -> Upper:
         raise MountFailed(f"Cannot resize the RAM for the writes of overlay '{name}': a zram "
@@ -506,9 +520,9 @@ class ZramUpper:
             fc.mount_at(target, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID)
         os.chmod(target, 0o700)
 
-    def _hot_remove(self, zid: int) -> None:
+    def _hot_remove(self, zid: int, limit: float = FREE_WAIT) -> None:
         _until_free(f"remove /dev/zram{zid}", lambda: _try_remove(zid),
-                    lambda: _namespaces_mounting(zid))
+                    lambda: _namespaces_mounting(zid), limit=limit)
 
 
 class Uppers:

@@ -86,7 +86,11 @@ class ManagerCore:
 
     def set_config(self, config: DaemonConfig) -> None:
         """A reloaded configuration (config.reloaded: the runtime directory and the other
-        places stay): its defaults and limits apply to what is asked from now on."""
+        places stay): its defaults and limits apply to what is asked from now on, and a new
+        usage_interval to the image space's cache (read afresh)."""
+        if config.usage_interval != self.config.usage_interval:
+            self._spaces = SpaceCache(self.host.system.fs_space, time.monotonic,
+                                      config.usage_interval)
         self.config = config
 
     # -- plumbing -------------------------------------------------------------------------

@@ -12,7 +12,10 @@ import builtins
 from overlayd.engine import diff as diff_proc
 from overlayd.errors import OverlaydError
 from overlayd.manager.core import ManagerCore
-from overlayd.model import DiffEntry, LowerKind, Overlay, UpperUsage
+from overlayd.model import DiffEntry, LowerKind, Overlay, OverlayState, UpperUsage
+
+# The states in which an overlay's image is mounted where _image_mount says.
+SETTLED = (OverlayState.ACTIVE, OverlayState.UNMOUNTED)
 
 
 class Reading(ManagerCore):
@@ -30,9 +33,14 @@ class Reading(ManagerCore):
     def image_space(self, name: str) -> tuple[int, int]:
         """The size and the free space (for root, who commits) of the file system that
         holds NAME's image, read at most once per usage_interval per file system; (0, 0)
-        when it cannot be read (the image is being remounted by a commit)."""
+        when it cannot be read: while a commit, a discard or a create has the image mount
+        down, statvfs of its empty directory would read the runtime directory's file
+        system (and cache it), not the image's."""
+        rec = self.get(name)
+        if rec.image_kind is not LowerKind.DIRECTORY and rec.state not in SETTLED:
+            return 0, 0
         try:
-            return self._spaces.get(self._image_mount(self.get(name)))
+            return self._spaces.get(self._image_mount(rec))
         except OverlaydError:
             return 0, 0
 
@@ -52,10 +60,22 @@ class Reading(ManagerCore):
         """Usage of the upper, read inline: statvfs of a tmpfs does no I/O, so property
         reads may call it on the event loop. Zeros while the tmpfs is being replaced."""
         rec = self.get(name)
+        target = str(self._layout(name).upper_mount)
         try:
-            return self.host.upper.usage(str(self._layout(name).upper_mount), rec.upper)
+            if rec.state not in (*SETTLED, OverlayState.COMMITTING) and \
+                    not self._upper_mounted(rec, target):
+                return UpperUsage(size=rec.size, used=0, inodes_used=0)
+            return self.host.upper.usage(target, rec.upper)
         except OverlaydError:
             return UpperUsage(size=rec.size, used=0, inodes_used=0)
+
+    def _upper_mounted(self, rec: Overlay, target: str) -> bool:
+        """Whether REC's upper is mounted at TARGET: a failed overlay's may be gone (a
+        discard stopped after unmounting it), and statvfs of the empty directory would
+        read the file system below (the disk's gigabytes as the writes). Asked only off
+        the settled states, so the property reads of live overlays cost nothing more."""
+        top = self.host.mounts.at(target)
+        return top is not None and self.host.upper.owns(rec.name, rec.upper)(top)
 
     async def diff(self, name: str, created_usec: int | None = None
                    ) -> builtins.list[DiffEntry]:

@@ -216,3 +216,27 @@ def test_a_leftover_entry_never_removes_another_device(env: Env, image: Path) ->
     env.run(env.manager.start())  # collects: the entry goes, the device stays
     assert _leftovers(env) == [] and carries(rec.upper.device, rec.upper.fs_uuid)
     assert env.manager.get("mine").state.value == "active"
+
+
+def test_a_forced_discard_of_a_busy_overlay_leaves_the_device_for_later(
+        env: Env, image: Path) -> None:
+    """A file held open in the overlay keeps its zram device busy after the forced (lazy)
+    detach: Discard with force did wait 10 s and fail, leaving a failed overlay; now the
+    overlay goes, the device is noted, and removed once the file is closed."""
+    rec = env.create("busy", image, upper="zram", size="16M")
+    (Path(rec.mountpoint) / "w.txt").write_text("in zram\n")
+    dev = os.path.basename(rec.upper.device)
+    with open(Path(rec.mountpoint) / "w.txt") as held:
+        with pytest.raises(OverlaydError, match="busy"):
+            env.run(env.manager.discard("busy"))
+        env.run(env.manager.discard("busy", force=True))
+        assert env.manager.list() == [], "the overlay is gone, its name is free"
+        assert os.path.exists(f"/sys/block/{dev}"), "the open file keeps the device"
+        assert _leftovers(env) == [dev]
+        assert held.read() == "in zram\n"
+    for _ in range(100):  # closed: the next zram create (or discard, or start) removes it
+        env.create("again", image, upper="zram", size="16M")
+        env.run(env.manager.discard("again"))
+        if not os.path.exists(f"/sys/block/{dev}"):
+            break
+    assert not os.path.exists(f"/sys/block/{dev}") and _leftovers(env) == []

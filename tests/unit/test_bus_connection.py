@@ -20,7 +20,7 @@ from overlayd.bus.auth import RootOnly
 from overlayd.bus.connection import MAX_CALLS_IN_FLIGHT, CheapInterface, OverlaydBus
 from overlayd.bus.service import Service
 from overlayd.bus.writer import Writer
-from overlayd.model import OverlayState
+from overlayd.model import OverlayState, Upper
 from tests.unit.test_bus_objects import Record, StubManager
 
 ROOT = "/org/overlayd/Overlayd1"
@@ -117,6 +117,32 @@ def test_objects_follow_the_manager(harness: Harness) -> None:
         (ROOT, "PropertiesChanged", ["org.overlayd.Overlayd1.Manager",
                                      {"UpperSizeTotal": Variant("t", 0)}, []])]
     assert path not in harness.bus._path_exports and svc.objects == {}
+
+
+def test_a_resize_announces_the_overlay_and_the_total(harness: Harness) -> None:
+    """Reconfigure's new size changes UpperSize and the Manager's UpperSizeTotal: both are
+    announced (the total used to move only when an overlay came or went)."""
+    manager = StubManager(Record(name="a"))
+    served(harness, manager)
+    manager.change("a", replace(Record(name="a"), size=128 << 20, upper=Upper(size=128 << 20)))
+    assert harness.signals() == [
+        (ROOT + "/overlay/a", "PropertiesChanged", [
+            "org.overlayd.Overlayd1.Overlay", {"UpperSize": Variant("t", 128 << 20)}, []]),
+        (ROOT, "PropertiesChanged", ["org.overlayd.Overlayd1.Manager",
+                                     {"UpperSizeTotal": Variant("t", 128 << 20)}, []])]
+
+
+def test_a_reload_that_changes_max_total_size_announces_it(harness: Harness) -> None:
+    """MaxTotalSize follows a SIGHUP reload of overlayd.conf: announced when it changes,
+    not declared const."""
+    manager = StubManager(Record(name="a"))
+    svc = served(harness, manager)
+    svc.config_changed()
+    assert harness.signals() == [], "the same limit: nothing to say"
+    manager.total_limit = lambda: 8 << 30  # type: ignore[method-assign]
+    svc.config_changed()
+    assert harness.signals() == [(ROOT, "PropertiesChanged", [
+        "org.overlayd.Overlayd1.Manager", {"MaxTotalSize": Variant("t", 8 << 30)}, []])]
 
 
 def test_get_all_and_managed_objects_give_the_same_values(harness: Harness) -> None:

@@ -231,9 +231,9 @@ def test_the_manager_says_whether_the_root_is_on_an_overlay() -> None:
     assert iface.RootOverlay == "/org/overlayd/Overlayd1/overlay/root"
     xml = ET.tostring(iface.introspect().to_xml(), encoding="unicode")
     assert xml_properties(f"<node>{xml}</node>", "org.overlayd.Overlayd1.Manager") == {
-        "MaxTotalSize": ("t", "read", "const"), "RootOverlay": ("o", "read", "const"),
+        "MaxTotalSize": ("t", "read", "true"), "RootOverlay": ("o", "read", "const"),
         "UpperSizeTotal": ("t", "read", "true"), "Version": ("s", "read", "const")}
     written = (DBUS_DIR / "org.overlayd.Overlayd1.Manager.xml").read_text()
     assert xml_properties(written, "org.overlayd.Overlayd1.Manager") == {
-        "MaxTotalSize": ("t", "read", "const"), "RootOverlay": ("o", "read", "const"),
+        "MaxTotalSize": ("t", "read", "true"), "RootOverlay": ("o", "read", "const"),
         "UpperSizeTotal": ("t", "read", "true"), "Version": ("s", "read", "const")}

@@ -6,6 +6,9 @@ value is InvalidSpec, as when the engine finds it later.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from dbus_next import Variant
 
@@ -19,6 +22,7 @@ from overlayd.bus.spec import (
 )
 from overlayd.errors import InvalidSpec
 from overlayd.model import OverlaySpec
+from overlayd.reconfig import FIXED_WHY
 
 V = Variant
 
@@ -102,3 +106,21 @@ def test_options() -> None:
         decode_options({"now": V("b", True)}, COMMIT_OPTIONS, "Commit")
     with pytest.raises(InvalidArgs, match="option 'force' must be of type 'b', not 's'"):
         decode_options({"force": V("s", "yes")}, DISCARD_OPTIONS, "Discard")
+
+
+def _method_doc(member: str) -> str:
+    """The comment before MEMBER in the Manager's interface file, in one line."""
+    xml = (Path(__file__).resolve().parents[2] / "dbus" /
+           "org.overlayd.Overlayd1.Manager.xml").read_text()
+    found = re.search(r"<!--((?:(?!-->).)*)-->\s*<method name=\"" + member + "\"", xml, re.S)
+    assert found, member
+    return " ".join(found.group(1).split())
+
+
+def test_the_interface_file_names_every_spec_key() -> None:
+    """Each branch added a key to SPEC_TYPES; the contract names them all (Create), and
+    Reconfigure names each key it leaves as it is."""
+    create = _method_doc("Create")
+    assert [k for k in SPEC_TYPES if not re.search(rf"\b{k} \(", create)] == []
+    reconfigure = _method_doc("Reconfigure")
+    assert [k for k in FIXED_WHY if not re.search(rf"\b{k}\b", reconfigure)] == []

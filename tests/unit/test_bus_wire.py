@@ -80,3 +80,11 @@ def test_an_error_reply_keeps_its_name() -> None:
     assert Message is not None and new_method_return is not None  # jeepney is importable
     e = ClientError("org.overlayd.Overlayd1.Error.NoSuchOverlay", "No overlay 'x'.")
     assert e.error is not None and not e.unreachable
+
+
+@pytest.mark.parametrize("address", ["garbage", "unix", "nonsense:"])
+def test_a_bad_bus_address_is_said_in_words(address: str) -> None:
+    """jeepney's own ValueError for these reads "not enough values to unpack"."""
+    with pytest.raises(ClientError) as e:
+        WireClient.connect(address=address)
+    assert "unpack" not in str(e.value) and f"Cannot connect to {address}" in str(e.value)

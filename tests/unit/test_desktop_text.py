@@ -56,3 +56,7 @@ def test_the_image_free_space_beside_the_writes() -> None:
         "1.0 MiB free in the image: less than the writes"
     assert text.image_free_text("squashfs", 0, 0) == "read-only image"
     assert text.image_free_text("ext4", None, 0) == "", "a daemon without ImageFree"
+    assert text.image_free_text("ext4", 0, 1 << 20, 0) == "", \
+        "ImageSize 0: not known now (a commit has the image unmounted), not a full image"
+    assert text.image_free_text("ext4", 0, 1 << 20, 64 << 20) == \
+        "0 B free in the image: less than the writes"

@@ -321,3 +321,53 @@ def test_linux_files_has_entries(tmp_path: Path) -> None:
     assert files.has_entries(str(tmp_path)) is False
     (tmp_path / ".hidden").write_text("")
     assert files.has_entries(str(tmp_path)) is True
+
+
+def test_image_space_is_unknown_while_the_image_mount_is_down() -> None:
+    """A commit (or a create, a discard) has the image mount down: statvfs of its empty
+    directory would read the runtime directory's file system, and cache it. (0, 0) then,
+    which overlayctl status shows as '-'; read again once the overlay is settled."""
+    host = new_host()
+    reads: list[str] = []
+    fs_space = host.fs_space
+    host.fs_space = lambda path: (reads.append(path), fs_space(path))[1]  # type: ignore
+
+    async def go() -> None:
+        mgr = manager(host)
+        await mgr.start()
+        rec = await mgr.create(spec())
+        assert mgr.image_space("demo") == (1 << 30, 256 << 20)
+        mgr._spaces.forget(mgr._image_mount(rec))
+        reads.clear()
+        committing = mgr._move(rec, OverlayState.COMMITTING)
+        assert mgr.image_space("demo") == (0, 0)
+        assert reads == [], "nothing read, nothing cached"
+        mgr._move(committing, OverlayState.ACTIVE)
+        assert mgr.image_space("demo") == (1 << 30, 256 << 20)
+        await mgr.discard("demo")
+    run(go())
+
+
+def test_the_usage_of_an_upper_that_is_gone_is_zero_not_the_disk_below() -> None:
+    """A failed overlay whose upper was unmounted (a discard stopped after it): statvfs of
+    its empty directory read the file system below, shown as gigabytes of writes."""
+    host = new_host()
+    reads: list[str] = []
+    usage = host.usage
+    host.usage = lambda target, upper=None: (reads.append(target), usage(target, upper))[1]  # type: ignore
+
+    async def go() -> None:
+        mgr = manager(host)
+        await mgr.start()
+        rec = await mgr.create(spec())
+        upper_mount = f"/run/overlayd/{rec.name}/rw"
+        failed = mgr._move(rec, OverlayState.FAILED, error="injected")
+        reads.clear()
+        mgr.usage_now("demo")
+        assert reads == [upper_mount], "its upper is still mounted: read"
+        host.unmount(upper_mount, lambda m: True)
+        reads.clear()
+        assert mgr.usage_now("demo").used == 0 and reads == []
+        await mgr.discard("demo", force=True)
+        assert failed.name not in {r.name for r in mgr.list()}
+    run(go())

@@ -172,3 +172,17 @@ def test_render_refuses_a_partition(tmp_path: Path) -> None:
     with pytest.raises(InvalidSpec, match="uses a partition of its image"):
         render.render("x", OverlayFile(image="/srv/pi.img", partition=2),
                       tmp_path / "x.overlay", DaemonConfig(), 8 << 30)
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("engine", "fuse", "uses engine 'fuse'; mount units mount the kernel's overlayfs"),
+    ("upper", "zram", "keeps its writes in zram; mount units mount a tmpfs")])
+def test_render_refuses_what_mount_units_cannot_mount(tmp_path: Path, key: str, value: str,
+                                                      words: str) -> None:
+    """Like a partition: the units would mount a kernel overlay on a tmpfs, ignoring it."""
+    from overlayd import render
+
+    with pytest.raises(InvalidSpec, match=words) as e:
+        render.render("x", OverlayFile.model_validate({"image": "/srv/disk.img", key: value}),
+                      tmp_path / "x.overlay", DaemonConfig(), 8 << 30)
+    assert e.value.field == key

@@ -246,3 +246,31 @@ def test_a_new_engine_or_partition_is_named_not_applied() -> None:
     p = reconfig.plan(record(), {"engine": "fuse", "partition": 2})
     assert not p.live and set(p.fixed) == {"engine", "partition"}
     assert reconfig.plan(record(), {"engine": "kernel", "partition": None}).changes_nothing
+
+
+def test_a_reload_applies_a_new_usage_interval_to_the_image_space() -> None:
+    """ImageFree is read at most once per usage_interval: a reload that shortens it from an
+    hour to 0.1 s is followed (the cache used to keep the interval it was made with)."""
+    import time
+
+    host = FakeHost(image_fstypes={IMG: "ext4"})
+    host.dirs.add("/run/overlayd")
+    reads: list[str] = []
+    fs_space = host.fs_space
+    host.fs_space = lambda path: (reads.append(path), fs_space(path))[1]  # type: ignore
+    cfg = DaemonConfig(runtime_dir=Path("/run/overlayd"), usage_interval=3600)
+    mgr = OverlayManager(cfg, host)
+
+    async def go() -> None:
+        await mgr.start()
+        await mgr.create(parse_spec({"name": "demo", "image": IMG}))
+        mgr.image_space("demo")
+        mgr.image_space("demo")
+        assert len(reads) == 1
+        mgr.set_config(cfg.model_copy(update={"usage_interval": 0.1}))
+        mgr.image_space("demo")
+        time.sleep(0.15)
+        mgr.image_space("demo")
+        assert len(reads) == 3
+        await mgr.discard("demo")
+    asyncio.run(go())
