@@ -45,8 +45,8 @@ def check_size_limit(size: int, cfg: DaemonConfig, memory: int) -> int:
 
 def reserved_total(records: Iterable[Overlay]) -> int:
     """The RAM the overlays reserve for their writes: the sum of their uppers' sizes (a
-    tmpfs's size, a zram device's disksize; boot overlays and the root's tmpfs too). Layer
-    files live on disk and count for nothing."""
+    tmpfs's size, a zram device's disksize; boot overlays too). Layer files live on disk and
+    count for nothing. The manager leaves the root overlay out (``reserved_total``)."""
     return sum(rec.upper.size for rec in records)
 
 
@@ -59,7 +59,7 @@ def check_total(asked: int, in_use: int, limit: int, *, name: str) -> None:
     left = max(limit - in_use, 0)
     raise LimitExceeded(
         f"Overlay '{name}' would reserve {format_size(asked)} of RAM for its writes, but the "
-        f"overlays reserve {format_size(in_use)} already and may reserve at most "
+        f"other overlays reserve {format_size(in_use)} already, and all may reserve at most "
         f"{format_size(limit)} together (max_total_size in overlayd.conf); "
         f"{format_size(left)} is left.")
 

@@ -119,8 +119,12 @@ class Lifecycle(RootOverlay):
         return self.host.system.memory_total()
 
     def reserved_total(self) -> int:
-        """The RAM every overlay, and every Create under way, reserves for writes."""
-        return checks.reserved_total(self._overlays.values()) + sum(self._reserving.values())
+        """The RAM every overlay, and every Create under way, reserves for writes. The root
+        overlay is left out: the initramfs sized it (overlayd.root.size=, by default half
+        the memory, as max_total_size's default) before the daemon ran, and counting it
+        would leave nothing for any other overlay on a protected root."""
+        others = (r for r in self._overlays.values() if not self.is_root(r.name))
+        return checks.reserved_total(others) + sum(self._reserving.values())
 
     def total_limit(self) -> int:
         """max_total_size in bytes."""

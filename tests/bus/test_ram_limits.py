@@ -58,7 +58,7 @@ def test_max_total_size_through_busctl_and_overlayctl(limited: Daemon, root: Pat
         r = d.ctl("create", "second", str(img), "--size", "48M")
         assert r.returncode == 1, (r.returncode, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-        assert re.search(r"would reserve 48M .* reserve 64M already .* at most 96M "
+        assert re.search(r"would reserve 48M .* reserve 64M already.* at most 96M "
                          r"together \(max_total_size in overlayd.conf\); 32M is left", r.stderr)
         r = d.ctl("create", "third", str(img))  # the default size, 16M, fits
         assert r.returncode == 0, r.stderr

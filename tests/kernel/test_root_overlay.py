@@ -85,6 +85,24 @@ def test_adopted_as_root_with_usage_and_diff(manager: OverlayManager, protected:
     assert {("/etc/new", "added"), ("/etc/issue", "deleted")} <= changes
 
 
+def test_the_root_takes_nothing_from_max_total_size(root: Path, protected: RootFs,
+                                                    run: Callable[[Any], Any]) -> None:
+    """The initramfs sized the root's tmpfs (by default at half the memory, as
+    max_total_size's default): counted, it would leave no room for any other overlay."""
+    mgr = OverlayManager(DaemonConfig(runtime_dir=root / "run", max_total_size="16M"),
+                         LinuxHost(), root=protected)
+    run(mgr.start())
+    assert mgr.get("root").size == 16 << 20 and mgr.reserved_total() == 0
+    seed = root / "other-seed"
+    seed.mkdir()
+    image = make_image(root / "other.img", seed)
+    run(mgr.create(parse_spec({"name": "other", "image": str(image), "size": "16M"})))
+    try:
+        assert mgr.reserved_total() == 16 << 20
+    finally:
+        run(mgr.discard("other"))
+
+
 def test_commit_is_refused_and_says_how(manager: OverlayManager,
                                         run: Callable[[Any], Any]) -> None:
     with pytest.raises(CommitFailed, match=r"root file system.*option at_shutdown"):
