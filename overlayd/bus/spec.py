@@ -90,8 +90,12 @@ def decode_settings(spec: dict[str, Variant]) -> dict[str, Any]:
             raise InvalidArgs(f"The spec key '{key}' must be of type '{types[0]}', "
                               f"not '{shown(variant.signature)}'.")
         data[key] = variant.value
+    # 'compressor' alone is checked as for a zram upper: the key left out stays as it is,
+    # and the model's default (tmpfs) would refuse it; Reconfigure compares it with the
+    # live overlay's (reconfig.py).
+    implied = {"upper": "zram"} if "compressor" in data and "upper" not in data else {}
     try:
-        checked = SpecSettings.model_validate(data)
+        checked = SpecSettings.model_validate(implied | data)
     except ValidationError as e:
         raise spec_error(e) from None
     return {key: getattr(checked, key) for key in data}

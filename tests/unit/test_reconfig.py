@@ -223,6 +223,23 @@ def test_the_bus_spec_takes_the_image_by_path_only() -> None:
         decode_settings({"size": Variant("t", 0)})
 
 
+def test_a_compressor_alone_is_compared_not_refused() -> None:
+    """A caller may give 'compressor' without 'upper' (a key left out stays): checked as
+    for a zram upper, then compared with the live overlay's (fixed, with the reason)."""
+    from dbus_next import Variant
+
+    from overlayd.bus.spec import decode_settings
+    from overlayd.errors import InvalidSpec
+
+    assert decode_settings({"compressor": Variant("s", "zstd")}) == {"compressor": "zstd"}
+    with pytest.raises(InvalidSpec, match="compressor"):
+        decode_settings({"compressor": Variant("s", "zstd"), "upper": Variant("s", "tmpfs")})
+    zram = record(upper=Upper(kind=UpperKind.ZRAM, size=64 << 20, compressor="lzo-rle"))
+    p = reconfig.plan(zram, {"compressor": "zstd"})
+    assert not p.live and set(p.fixed) == {"compressor"}
+    assert reconfig.plan(zram, {"compressor": "lzo-rle"}).changes_nothing
+
+
 def test_reconfigure_asks_with_its_own_sentence() -> None:
     from overlayd.bus.auth import polkit_details
 
