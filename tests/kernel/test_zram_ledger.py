@@ -49,7 +49,7 @@ def test_a_device_its_daemon_does_not_remove_is_caught(
     """The fault: hot_remove skipped. The device left (formatted after a discard, blank
     after a create that failed before mkfs) is named, whatever else comes and goes."""
     real = ZramUpper._hot_remove
-    monkeypatch.setattr(ZramUpper, "_hot_remove", lambda self, zid: None)
+    monkeypatch.setattr(ZramUpper, "_hot_remove", lambda self, zid, **_: None)
     if way == "discard":
         rec = env.create("z", image, upper="zram", size="16M")
         env.run(env.manager.discard("z"))
