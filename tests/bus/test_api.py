@@ -65,10 +65,10 @@ def test_introspection_names_only_real_children(clean: Daemon, bus_image: Path) 
     one = clean.create("p1", bus_image)
     clean.create("p1dup", bus_image)
 
-    def children(path: str) -> list[str | None]:
+    def children(path: str) -> list[str]:
         xml = clean.run("gdbus", "introspect", "--system", "--dest", "org.overlayd.Overlayd1",
                         "--object-path", path, "--xml", check=True).stdout
-        return [n.get("name") for n in ET.fromstring(xml).findall("node")]
+        return [n.get("name", "") for n in ET.fromstring(xml).findall("node")]
 
     assert children(one) == []  # an overlay has no children
     assert sorted(children(one.rsplit("/", 1)[0])) == ["p1", "p1dup"]
