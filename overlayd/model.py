@@ -75,8 +75,10 @@ def check_partition(v: Any) -> int | str | None:
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise ValueError("a partition is a number (1, 2, ...) or a GPT partition label")
     if isinstance(v, int):
-        if not 1 <= v <= MAX_PARTITION:
+        if v < 1:
             raise ValueError(f"partition numbers start at 1 (got {v})")
+        if v > MAX_PARTITION:
+            raise ValueError(f"partition numbers go up to {MAX_PARTITION} (got {v})")
         return v
     if not v or "\0" in v or len(v.encode("utf-16-le")) > 2 * GPT_LABEL_CHARS:
         raise ValueError(f"a GPT partition label is 1 to {GPT_LABEL_CHARS} characters "

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from overlayd.config import UnreadableToml, read_toml
 from overlayd.errors import InvalidSpec, NoSuchOverlay
 from overlayd.model import MergeEngine, OverlaySpec, SpecSettings, UpperKind, check_name, spec_error
 from overlayd.places import SEARCH_PATH as SEARCH_PATH  # re-exported
@@ -93,10 +94,11 @@ def check_file_name(name: str) -> str:
 def load(path: Path) -> OverlayFile:
     """Parse and check PATH; InvalidSpec names the file and the setting that is wrong."""
     try:
-        with open(path, "rb") as f:
-            data: dict[str, Any] = tomllib.load(f)
+        data: dict[str, Any] = read_toml(path)
     except tomllib.TOMLDecodeError as e:
         raise InvalidSpec(f"'{path}' is not valid TOML: {e}.") from None
+    except UnreadableToml as e:
+        raise InvalidSpec(f"Cannot read '{path}': {e}.") from None
     except OSError as e:
         raise InvalidSpec(f"Cannot read '{path}': {e.strerror}.") from None
     try:

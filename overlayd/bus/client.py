@@ -53,7 +53,8 @@ class OverlaydClient(ClientReads):
                                    negotiate_unix_fd=True).connect()
         except Exception as e:  # dbus-next raises several types for one cause
             where = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
-            raise ClientError(CONNECT, f"Cannot connect to {where}: {e}") from None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e  # no [Errno 2]
+            raise ClientError(CONNECT, f"Cannot connect to {where}: {why}") from None
         return cls(bus, interactive)
 
     def close(self) -> None:

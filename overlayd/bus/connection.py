@@ -345,6 +345,17 @@ class OverlaydBus(MessageBus):  # type: ignore[misc]
                     return
         super()._default_properties_handler(msg, send_reply)
 
+    def _introspect_export_path(self, path: str) -> intr.Node:
+        """dbus-next names as a child every exported path that merely contains PATH
+        (split(path)): overlay 'p1' listed a node 'dup' for overlay 'p1dup', a path that
+        does not exist. Children are the paths below PATH, as in GetManagedObjects."""
+        node = super()._introspect_export_path(path)
+        prefix = "/" if path == "/" else path + "/"
+        children = {p[len(prefix):].split("/", 1)[0] for p in self._path_exports
+                    if p.startswith(prefix) and len(p) > len(prefix)}
+        node.nodes = [intr.Node(name) for name in sorted(children)]
+        return node
+
     def _default_get_managed_objects_handler(self, msg: Message, send_reply: SendReply) -> None:
         nodes = [(p, ifaces) for p, ifaces in self._path_exports.items()
                  if msg.path == "/" or p.startswith(msg.path + "/")]

@@ -147,7 +147,8 @@ class WireClient(ClientReads):
             shown = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
             # jeepney parses an address with tuple unpacking: its ValueError for one that
             # is not "transport:key=value" reads "not enough values to unpack".
-            why = "it is not a D-Bus address (unix:path=...)" if type(e) is ValueError else e
+            why = "it is not a D-Bus address (unix:path=...)" if type(e) is ValueError \
+                else e.strerror if isinstance(e, OSError) and e.strerror else e  # no [Errno 2]
             raise ClientError(CONNECT, f"Cannot connect to {shown}: {why}") from None
         return cls(connection, interactive)
 

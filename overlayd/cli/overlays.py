@@ -14,7 +14,7 @@ from overlayd.cli.common import Command, did, percent, say, since, table
 from overlayd.cli.files import overlay_file_args
 from overlayd.cli.jobs import cmd_commit
 from overlayd.errors import NoSuchOverlay, OverlayExists
-from overlayd.sizes import format_approx, format_size, parse_size
+from overlayd.sizes import MAX_U64, format_approx, format_size, parse_size
 
 if TYPE_CHECKING:
     from overlayd.bus.client import OverlaydClient
@@ -122,6 +122,9 @@ async def cmd_create(client: OverlaydClient, args: argparse.Namespace) -> int:
             spec["mountpoint"] = os.path.abspath(args.mountpoint)
         if args.size:
             spec["size"] = parse_size(args.size)
+            if spec["size"] > MAX_U64:  # else dbus-next's 'DBus UINT64 type "t" must be ...'
+                raise ValueError(f"A size of {args.size} for the writes is more than any "
+                                 "machine's memory; ask for less.")
         if args.options:
             spec["mount_options"] = [o for opt in args.options for o in opt.split(",") if o]
         if args.fstype:
@@ -236,9 +239,17 @@ async def cmd_stop(client: OverlaydClient, args: argparse.Namespace) -> int:
     return await cmd_discard(client, args)
 
 
+MAX_U32 = (1 << 32) - 1  # a partition number is a D-Bus 'u'
+
+
 def partition_arg(text: str) -> int | str:
     """--partition: digits are a number (2), anything else a GPT label (rootfs)."""
-    return int(text) if text.isascii() and text.isdigit() else text
+    if not (text.isascii() and text.isdigit()):
+        return text
+    if len(text) > 10 or int(text) > MAX_U32:  # else dbus-next's 'DBus UINT32 type ...'
+        raise ValueError(f"Invalid 'partition': {text[:20]} is too large a partition "
+                         "number.")
+    return int(text)
 
 
 def _partition_line(p: dict[str, Any]) -> list[tuple[str, str]]:

@@ -34,7 +34,7 @@ from overlayd.errors import (
 from overlayd.host.ports import Applied, Host, ImageInfo, Progress
 from overlayd.jobs import CancelToken
 from overlayd.layout import Layout
-from overlayd.model import CommitPhase, LowerKind, Overlay
+from overlayd.model import CommitPhase, Lower, LowerKind, Overlay, show_partition
 from overlayd.mountinfo import MountInfo
 from overlayd.overlayfs import READ_ONLY_FSTYPES
 
@@ -181,8 +181,11 @@ def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
                                       as_uid=as_uid)
         try:
             ro = host.images.reopen_image(rec.image, lower.dev, lower.ino, writable=False)
+            _check_partition_fits(rec, lower, ro.size)
         except BaseException:
             host.images.close_image(rw)
+            if ro is not None:
+                host.images.close_image(ro)
             raise
     try:
         return _commit_opened(host, rec, layout, progress, checkpoint, rw, ro, dir_fd,
@@ -193,6 +196,20 @@ def run(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,
                 host.images.close_image(info)
         if dir_fd is not None:
             host.images.close_fd(dir_fd)
+
+
+def _check_partition_fits(rec: Overlay, lower: Lower, size: int) -> None:
+    """An image file cut short since the create ends inside or before the partition: the
+    loop device would read past the end, and the commit fail on an I/O error at its mount
+    (found by hand), naming internal paths and leaving the overlay failed."""
+    if lower.kind is LowerKind.BLOCK or not lower.sizelimit \
+            or size >= lower.offset + lower.sizelimit:
+        return
+    raise CommitFailed(f"The image '{rec.image}' is {size} bytes now, but its partition "
+                       f"{show_partition(lower.partition)} ends at byte "
+                       f"{lower.offset + lower.sizelimit}: the file was cut short since the "
+                       "overlay was created; refusing to write to it. The writes stay in "
+                       "RAM.")
 
 
 def _commit_opened(host: Host, rec: Overlay, layout: Layout, progress: Progress | None,

@@ -187,7 +187,10 @@ class FakeHost:
                      as_uid: int = 0) -> ImageInfo:
         self._call("reopen_image")
         self.open_fds += 1
-        return ImageInfo(image, LowerKind.FILE, dev, ino, 1 << 20, None, 3)
+        # As large as its partitions reach: a commit refuses an image cut short before.
+        size = max([1 << 20, *(o + n for o, n, _ in self.image_partitions.get(image, {})
+                                .values())])
+        return ImageInfo(image, LowerKind.FILE, dev, ino, size, None, 3)
 
     def open_lower_dir(self, path: str, dev: int, ino: int) -> int:
         self._call("open_lower_dir")

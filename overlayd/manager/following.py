@@ -53,9 +53,7 @@ class Following(ManagerCore):
         if fd is not None:
             asyncio.get_running_loop().remove_reader(fd)
             self.host.images.close_fd(fd)
-        self._mounts_dirty = True
-        if self._follower is None or self._follower.done():
-            self._follower = asyncio.ensure_future(self._follow_mounts())
+        self._check_again()
 
     def _on_mount_event(self) -> None:
         if self._watch is None:
@@ -63,6 +61,9 @@ class Following(ManagerCore):
         # The event loop's own wait has consumed the change already (mountinfo reports
         # each change to one poll); draining takes what is left.
         self._watch.drain()
+        self._check_again()
+
+    def _check_again(self) -> None:
         self._mounts_dirty = True
         if self._follower is None or self._follower.done():
             self._follower = asyncio.ensure_future(self._follow_mounts())
@@ -113,8 +114,14 @@ class Following(ManagerCore):
         its dead mount detached, its writes kept in the upper (Commit remounts it); a live
         server is watched through its pidfd while the mount table is (watch_mounts)."""
         changed = []
-        for name in [r.name for r in self._overlays.values()
-                     if r.engine is MergeEngine.FUSE and r.state is S.ACTIVE
+        fuse = [r for r in self._overlays.values() if r.engine is MergeEngine.FUSE]
+        if self._watch is not None and any(self._lock(r.name).locked() and
+                                           r.name not in self._servers for r in fuse):
+            # A server not yet watched (its overlay made, committed or resized while this
+            # check's mount event came) would die unseen: no mount event follows a FUSE
+            # server's end (its dead mount stays), so look again once the call is done.
+            self._check_again()
+        for name in [r.name for r in fuse if r.state is S.ACTIVE
                      and not self._lock(r.name).locked()]:  # busy: left to that call
             async with self._lock(name):
                 rec = self._overlays.get(name)

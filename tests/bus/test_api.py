@@ -59,6 +59,23 @@ def test_live_introspection_matches_the_xml(clean: Daemon, bus_image: Path) -> N
     assert "org.freedesktop.DBus.ObjectManager" in live
 
 
+def test_introspection_names_only_real_children(clean: Daemon, bus_image: Path) -> None:
+    """dbus-next named as a child every path that merely contained the one introspected:
+    overlay 'p1' showed a node 'dup' for overlay 'p1dup' (busctl tree drew p1/dup)."""
+    one = clean.create("p1", bus_image)
+    clean.create("p1dup", bus_image)
+
+    def children(path: str) -> list[str]:
+        xml = clean.run("gdbus", "introspect", "--system", "--dest", "org.overlayd.Overlayd1",
+                        "--object-path", path, "--xml", check=True).stdout
+        return [n.get("name", "") for n in ET.fromstring(xml).findall("node")]
+
+    assert children(one) == []  # an overlay has no children
+    assert sorted(children(one.rsplit("/", 1)[0])) == ["p1", "p1dup"]
+    assert clean.run("busctl", "--system", "tree", "org.overlayd.Overlayd1",
+                     check=True).stdout.count("p1") == 2
+
+
 def test_lifecycle_with_busctl_and_gdbus(clean: Daemon, root: Path) -> None:
     img = helpers.make_image(root / "disk.img")
     before = helpers.sha256(img)

@@ -227,6 +227,7 @@ def test_two_partitions_of_one_image_at_once(no_leak: Daemon, gpt_image: Path,
     (("partition", "u", "3"), "has no partition 3 in its MBR table (it has 1, 2)"),
     (("partition", "s", "rootfs"), "whose partitions have no labels"),
     (("partition", "u", "0"), "partition numbers start at 1"),
+    (("partition", "u", "4294967295"), "partition numbers go up to 65535"),
     (("partition", "s", ""), "a GPT partition label is 1 to 36 characters"),
     (("partition", "u", "1"), "Partition 1 of the image"),  # FAT: case-insensitive, refused
     ((), "holds a partition table, not a file system; choose one of its partitions with "
@@ -300,3 +301,19 @@ def test_block_devices(no_leak: Daemon, pi_image: Path, root: Path) -> None:
     finally:
         d.discard_all()
         helpers.sh("losetup", "-d", disk)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--partition", "4294967296"), "Invalid 'partition': 4294967296 is too large a partition"),
+    (("--partition", "9" * 5000), "is too large a partition number"),
+    (("--partition", "70000"), "partition numbers go up to 65535 (got 70000)"),
+    (("--size", "99999999999999999999G"), "is more than any machine's memory"),
+])
+def test_overlayctl_says_numbers_too_large_for_the_bus_in_words(
+        no_leak: Daemon, pi_image: Path, args: tuple[str, ...], words: str) -> None:
+    """Numbers beyond D-Bus' u and t were dbus-next's 'DBus UINT32 type "u" must be
+    between 0 and 4294967295'; 5,000 digits were Python's int() limit."""
+    r = no_leak.ctl("create", "bad", str(pi_image), *args)
+    assert r.returncode in (64, 65) and words in r.stderr, r.stderr
+    assert "DBus" not in r.stderr and "Traceback" not in r.stderr
+    assert not (no_leak.runtime / "bad").exists()

@@ -181,6 +181,11 @@ def test_overlayctl_without_a_daemon(root: Path) -> None:
     r = subprocess.run([str(Path(os.sys.executable).parent / "overlayctl"), "list"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 69 and "Cannot connect" in r.stderr
+    assert "No such file or directory" in r.stderr and "Errno" not in r.stderr, r.stderr
+    r = subprocess.run([str(Path(os.sys.executable).parent / "overlayctl"), "discard", "x"],
+                       env=env, capture_output=True, text=True)  # dbus-next's client
+    assert r.returncode == 69 and "No such file or directory" in r.stderr
+    assert "Errno" not in r.stderr, r.stderr
 
 
 def test_managed_objects_agree_with_the_property_getters(clean: Daemon, root: Path,

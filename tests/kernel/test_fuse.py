@@ -147,6 +147,32 @@ def test_a_killed_server_fails_the_overlay_and_commit_keeps_its_writes(env: Env,
     env.run(env.manager.discard("again"))
 
 
+def test_a_server_first_checked_while_busy_is_still_watched(env: Env, image: Path) -> None:
+    """Found by hand: a check that came while the overlay was busy (its create, a
+    Reconfigure) skipped it, and its server, never watched, died unseen: no mount event
+    follows a FUSE server's end, so the overlay stayed active over a dead mount (ENOTCONN)."""
+    env.create("busy", image)
+
+    async def watched() -> None:
+        env.manager.watch_mounts(debounce=0.01, interval=0.01)
+        watch = env.manager._watch
+        assert watch is not None
+        # A quiet mount table: other tests' mounts on this machine would start checks.
+        asyncio.get_running_loop().remove_reader(watch.fileno())
+        try:
+            async with env.manager._lock("busy"):  # a call holds it while the check runs
+                await env.manager.check_mounts()
+            kill_server(server_of(env, "busy"))  # no mount event comes of it
+            while env.manager.get("busy").state.value != "failed":
+                await asyncio.sleep(0.01)
+        finally:
+            env.manager.unwatch_mounts()
+
+    env.run(asyncio.wait_for(watched(), 30))
+    assert "FUSE server" in env.manager.get("busy").error
+    env.run(env.manager.discard("busy"))
+
+
 def test_a_server_dead_at_start_is_mounted_again_over_the_same_writes(env: Env,
                                                                        image: Path) -> None:
     rec = env.create("restart", image)

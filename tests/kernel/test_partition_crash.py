@@ -110,3 +110,22 @@ def test_kill_after_every_step_of_a_partition(env: Env, root: Path, action: str)
         assert p1_hash(image) == p1, f"step {k}: partition 1 changed"
         helpers.wait_for(lambda: not [d for d, f in helpers.attached_loops().items()
                                       if f == backing], what=f"step {k}: loop device left")
+
+
+def test_an_image_cut_short_after_the_create_is_refused_before_the_commit(
+        env: Env, root: Path) -> None:
+    """Found by hand: truncating the image inside the partition made the commit fail on an
+    I/O error at its mount, with internal paths, and left the overlay failed."""
+    img = make(root)
+    rec = env.create("short", img, partition=2)
+    (Path(rec.mountpoint) / "kept.txt").write_text("still in RAM\n")
+    os.truncate(img, P2[0] + MiB)  # partition 2 now ends past the end of the file
+    with pytest.raises(Exception) as ei:
+        env.run(env.manager.commit("short"))
+    text = str(ei.value)
+    assert "is 17825792 bytes now, but its partition 2 ends at byte 41943040" in text, text
+    assert str(env.config.runtime_dir) not in text
+    rec = env.manager.get("short")
+    assert rec.state.value == "active"
+    assert (Path(rec.mountpoint) / "kept.txt").read_text() == "still in RAM\n"
+    env.run(env.manager.discard("short"))

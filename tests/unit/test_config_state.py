@@ -356,3 +356,40 @@ def test_a_record_with_layers_round_trips() -> None:
                           commit_phase=CommitPhase.LAYERING,
                           pending_layer="/var/lib/overlayd/layers/demo/0002.erofs")
     assert load_record(dump_record(rec)) == rec
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("zero", "it is not a regular file"), ("fifo", "it is not a regular file"),
+    ("latin1", "it is not UTF-8 text"), ("dir", "it is a directory"),
+    ("huge", "it is larger than 1 MiB"),
+])
+def test_a_drop_in_that_is_no_toml_text_is_said_so(tmp_path: Path, kind: str,
+                                                   words: str) -> None:
+    """Found by hand with SIGHUP: a drop-in linked to /dev/zero grew the daemon to 12 GB, a
+    FIFO would hang it, Latin-1 bytes were a UnicodeDecodeError traceback, a directory
+    '[Errno 21] Is a directory: ...'. The same reader takes .overlay files."""
+    import os
+
+    from overlayd import overlayfile
+
+    conf = tmp_path / "overlayd.conf"
+    write(conf, "max_overlays = 5\n")
+    bad = tmp_path / "overlayd.conf.d" / "10-bad.conf"
+    bad.parent.mkdir()
+    if kind == "zero":
+        bad.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(bad)
+    elif kind == "latin1":
+        bad.write_bytes(b"# caf\xe9\nmax_overlays = 3\n")
+    elif kind == "dir":
+        bad.mkdir()
+    else:
+        bad.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(InvalidSpec) as ei:
+        load_config(conf)
+    assert str(ei.value) == f"Cannot read the configuration file '{bad}': {words}" + \
+        (" (byte 5)." if kind == "latin1" else ".")
+    with pytest.raises(InvalidSpec) as ei:
+        overlayfile.load(bad)
+    assert str(ei.value).startswith(f"Cannot read '{bad}': {words}")

@@ -37,7 +37,9 @@ def test_partition_values_taken_as_given(value: int | str) -> None:
 
 @pytest.mark.parametrize("value, words", [
     (0, "partition numbers start at 1"), (-1, "partition numbers start at 1"),
-    (70000, "partition numbers start at 1"), (True, "a number .* or a GPT partition label"),
+    (70000, "partition numbers go up to 65535"),
+    (4294967295, "partition numbers go up to 65535"),
+    (True, "a number .* or a GPT partition label"),
     ("", "1 to 36 characters"), ("x" * 37, "1 to 36 characters"), ("a\0b", "1 to 36"),
     (1.5, "a number"), ([1], "a number"),
 ])
