@@ -65,10 +65,12 @@ if [ -n "$WHEELS" ]; then
     rm -rf "$D$SITE/bin"
 else
     had_build=$([ -e build ] && echo yes || echo no)
+    pip_log=$(mktemp "${TMPDIR:-/tmp}/overlayd-install-pip.XXXXXX")  # shown if pip fails
     if ! "$PIP" install --quiet --no-compile --disable-pip-version-check --target "$D$SITE" . \
-            > "${TMPDIR:-/tmp}/overlayd-install-pip.log" 2>&1; then
-        cat "${TMPDIR:-/tmp}/overlayd-install-pip.log"; echo "install: pip failed" >&2; exit 1
+            > "$pip_log" 2>&1; then
+        cat "$pip_log"; rm -f "$pip_log"; echo "install: pip failed" >&2; exit 1
     fi
+    rm -f "$pip_log"
     rm -rf "$D$SITE/bin" overlayd.egg-info
     [ "$had_build" = yes ] || rm -rf build/lib build/bdist.*  # setuptools' scratch, if ours
 fi
