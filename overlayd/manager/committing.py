@@ -9,8 +9,9 @@ reads after a kill), and frees the old upper in the background.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from overlayd.engine import commit as commit_proc
@@ -20,10 +21,13 @@ from overlayd.errors import CommitFailed, ImageInUse, OverlaydError
 from overlayd.events import Event
 from overlayd.host.ports import Applied, Progress
 from overlayd.jobs import CancelToken
+from overlayd.layout import Layout
 from overlayd.manager.core import S, T, _fields
 from overlayd.manager.reading import Reading
 from overlayd.model import CommitPhase, CommitStats, CommitTarget, Layer, LayerFormat, Overlay
 from overlayd.sharing import image_key
+
+Checkpoint = Callable[[CommitPhase], None]  # persists how far a commit into the image got
 
 log = logging.getLogger("overlayd")
 
@@ -109,11 +113,12 @@ class Committing(Reading):
             self._log_failure(rec, "commit", e, caller_uid)
             raise e
 
-    def _commit_blocking(self, rec: Overlay, progress: Progress | None,
-                         caller_uid: int, cancel: CancelToken | None = None
-                         ) -> commit_proc.Committed:
-        # Under the image's lock: commits of overlays of one image never overlap, and no
-        # create of it starts meanwhile. Nobody else may read it (claim_image).
+    @contextlib.contextmanager
+    def _writing_image(self, rec: Overlay) -> Iterator[tuple[Layout, Checkpoint]]:
+        """Around a commit or a squash into REC's image: under the image's lock (commits of
+        overlays of one image never overlap, and no create of it starts meanwhile), with
+        the image claimed (nobody else may read it) and REC saved as committing. Yields its
+        layout and the checkpoint that persists each commit phase."""
         key = image_key(rec)
         layout = self._layout(rec.name)
         with self._shared.locked(key):
@@ -126,10 +131,16 @@ class Committing(Reading):
                 def checkpoint(phase: CommitPhase) -> None:
                     self._save_quietly(rec.evolve(commit_phase=phase))
 
-                return commit_proc.run(self.host, rec, layout, progress, checkpoint,
-                                       as_uid=caller_uid, cancel=cancel)
+                yield layout, checkpoint
             finally:
                 commit_proc.release_image(self.host, rec)
+
+    def _commit_blocking(self, rec: Overlay, progress: Progress | None,
+                         caller_uid: int, cancel: CancelToken | None = None
+                         ) -> commit_proc.Committed:
+        with self._writing_image(rec) as (layout, checkpoint):
+            return commit_proc.run(self.host, rec, layout, progress, checkpoint,
+                                   as_uid=caller_uid, cancel=cancel)
 
     async def commit_layer(self, name: str, fmt: LayerFormat = LayerFormat.EROFS, *,
                            progress: Progress | None = None, cancel: CancelToken | None = None,
@@ -273,30 +284,17 @@ class Committing(Reading):
     def _squash_into_image_blocking(self, rec: Overlay, progress: Progress | None,
                                     caller_uid: int, cancel: CancelToken | None,
                                     retired: tuple[str, ...]) -> commit_proc.Committed:
-        key = image_key(rec)
-        layout = self._layout(rec.name)
-        with self._shared.locked(key):
-            commit_proc.claim_image(self.host, rec, layout,
-                                    self._shared.users(key, but=rec.name,
-                                                       window=rec.lowers[0].window))
-            try:
-                self.store.save(rec)
+        def finish() -> Overlay:
+            after = rec.evolve(layers=(), commit_phase=CommitPhase.NONE,
+                               retired_layers=retired)
+            self.store.save(after)
+            return after
 
-                def checkpoint(phase: CommitPhase) -> None:
-                    self._save_quietly(rec.evolve(commit_phase=phase))
-
-                def finish() -> Overlay:
-                    after = rec.evolve(layers=(), commit_phase=CommitPhase.NONE,
-                                       retired_layers=retired)
-                    self.store.save(after)
-                    return after
-
-                sources = [str(layout.layer_mount(i)) for i in range(len(rec.layers))]
-                return commit_proc.run(self.host, rec, layout, progress, checkpoint,
-                                       as_uid=caller_uid, cancel=cancel, sources=sources,
-                                       finish=finish)
-            finally:
-                commit_proc.release_image(self.host, rec)
+        with self._writing_image(rec) as (layout, checkpoint):
+            sources = [str(layout.layer_mount(i)) for i in range(len(rec.layers))]
+            return commit_proc.run(self.host, rec, layout, progress, checkpoint,
+                                   as_uid=caller_uid, cancel=cancel, sources=sources,
+                                   finish=finish)
 
     def _remove_layer_files(self, paths: tuple[str, ...]) -> None:
         for path in paths:
