@@ -29,6 +29,19 @@ from overlayd.sharing import image_key
 
 Checkpoint = Callable[[CommitPhase], None]  # persists how far a commit into the image got
 
+
+def _image_changes(rec: Overlay, done: commit_proc.Committed) -> dict[str, Any]:
+    """What a commit or squash into the image changes in REC besides its state: the loop
+    device the image is mounted from now, and half_committed when it stopped while
+    writing (the image holds a part of the writes)."""
+    changes: dict[str, Any] = {}
+    if done.loop_device is not None:
+        changes["lowers"] = (rec.lowers[0].model_copy(
+            update={"loop_device": done.loop_device}), *rec.lowers[1:])
+    if done.error is not None and done.image_touched:
+        changes["half_committed"] = True
+    return changes
+
 log = logging.getLogger("overlayd")
 
 
@@ -67,24 +80,12 @@ class Committing(Reading):
             rec, done = await self._committing(
                 rec, "commit", caller_uid,
                 lambda r: self._commit_blocking(r, progress, caller_uid, cancel))
-            error = done.outcome_error(self.upper_dir(name))
-            changes: dict[str, Any] = {"error": str(error) if error else "",
-                                       "commit_phase": CommitPhase.NONE}
-            if done.loop_device is not None:
-                changes["lowers"] = (rec.lowers[0].model_copy(
-                    update={"loop_device": done.loop_device}), *rec.lowers[1:])
+            changes = _image_changes(rec, done)
             if done.error is None:
                 changes["half_committed"] = False
-            elif done.image_touched:  # stopped while writing: the image holds a part
-                changes["half_committed"] = True
-            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED, **changes)
-            # Saved in the worker's wake: a daemon stopped right now still finds a record
-            # that says what is mounted.
-            await self._blocking(self._save_quietly, rec)
-            self._in_background(done.free_old_upper)
-            if error is not None:
-                self._log_failure(rec, "commit", error, caller_uid)
-                raise error
+            rec = await self._settle(rec, "commit", caller_uid, done.remounted,
+                                     done.outcome_error(self.upper_dir(name)),
+                                     done.free_old_upper, **changes)
         applied = done.applied
         assert applied is not None
         stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
@@ -166,15 +167,10 @@ class Committing(Reading):
             rec, done = await self._committing(
                 rec, "commit", caller_uid,
                 lambda r: self._commit_layer_blocking(r, fmt, progress, cancel))
-            error = done.outcome_error(self.upper_dir(name))
-            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED,
-                             error=str(error) if error else "", layers=done.layers,
-                             commit_phase=CommitPhase.NONE, pending_layer="")
-            await self._blocking(self._save_quietly, rec)
-            self._in_background(done.free_old_upper)
-            if error is not None:
-                self._log_failure(rec, "commit", error, caller_uid)
-                raise error
+            rec = await self._settle(rec, "commit", caller_uid, done.remounted,
+                                     done.outcome_error(self.upper_dir(name)),
+                                     done.free_old_upper, layers=done.layers,
+                                     pending_layer="")
         applied = done.applied
         assert applied is not None
         stats = CommitStats(entries=applied.entries, bytes=applied.bytes, seconds=applied.seconds)
@@ -256,24 +252,15 @@ class Committing(Reading):
                                                            retired))
             if done.error is None and done.remounted:  # before the record forgets them
                 await self._blocking(self._remove_layer_files, retired)
-            error = done.outcome_error(self.upper_dir(name))
-            changes: dict[str, Any] = {"error": str(error) if error else "",
-                                       "commit_phase": CommitPhase.NONE,
-                                       # left to remove (by recovery) if not removed yet
-                                       "retired_layers": retired if done.error is None
-                                       and not done.remounted else ()}
-            if done.loop_device is not None:
-                changes["lowers"] = (rec.lowers[0].model_copy(
-                    update={"loop_device": done.loop_device}), *rec.lowers[1:])
+            changes = _image_changes(rec, done)
+            # left to remove (by recovery) if not removed yet
+            changes["retired_layers"] = retired if done.error is None and \
+                not done.remounted else ()
             if done.error is None:
                 changes["layers"] = ()
-            elif done.image_touched:
-                changes["half_committed"] = True
-            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED, **changes)
-            await self._blocking(self._save_quietly, rec)
-            if error is not None:
-                self._log_failure(rec, "squash", error, caller_uid)
-                raise error
+            rec = await self._settle(rec, "squash", caller_uid, done.remounted,
+                                     done.outcome_error(self.upper_dir(name)), None,
+                                     **changes)
         applied = done.applied or Applied(0, 0, 0.0)
         log.info("Squashed the layers of overlay '%s' into '%s': %d entries, %d bytes.",
                  name, rec.image, applied.entries, applied.bytes,
@@ -346,20 +333,33 @@ class Committing(Reading):
                 return run(committing, checkpoint)
 
             rec, done = await self._committing(rec, what, caller_uid, blocking)
-            error = done.outcome_error()
-            rec = self._move(rec, S.ACTIVE if done.remounted else S.FAILED,
-                             error=str(error) if error else "", layers=done.layers,
-                             commit_phase=CommitPhase.NONE, pending_layer="",
-                             retired_layers=())
-            await self._blocking(self._save_quietly, rec)
-            self._in_background(done.free_old_upper)
-            if error is not None:
-                self._log_failure(rec, what, error, caller_uid)
-                raise error
+            rec = await self._settle(rec, what, caller_uid, done.remounted,
+                                     done.outcome_error(),
+                                     done.free_old_upper, layers=done.layers,
+                                     pending_layer="", retired_layers=())
         log.info("Overlay '%s': %s done; %d layer file(s) above the image now.", name, what,
                  len(rec.layers), extra=_fields(rec, Event.COMMITTED, uid=caller_uid,
                                                 OVERLAYD_ACTION=what))
         return done
+
+    async def _settle(self, rec: Overlay, action: str, caller_uid: int, remounted: bool,
+                      error: OverlaydError | None, free_old_upper: Callable[[], None] | None,
+                      **changes: Any) -> Overlay:
+        """After the worker of a commit, a commit to a layer, a squash or a restack: the
+        overlay active again (failed if it could not be remounted), its phase cleared, and
+        saved in the worker's wake, so a daemon stopped right now still finds a record that
+        says what is mounted; the replaced upper freed in the background; ERROR logged
+        and raised."""
+        rec = self._move(rec, S.ACTIVE if remounted else S.FAILED,
+                         error=str(error) if error else "", commit_phase=CommitPhase.NONE,
+                         **changes)
+        await self._blocking(self._save_quietly, rec)
+        if free_old_upper is not None:
+            self._in_background(free_old_upper)
+        if error is not None:
+            self._log_failure(rec, action, error, caller_uid)
+            raise error
+        return rec
 
     async def _committing(self, rec: Overlay, action: str, caller_uid: int,
                           work: Callable[[Overlay], T]) -> tuple[Overlay, T]:
