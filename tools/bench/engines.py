@@ -12,10 +12,10 @@ from pathlib import Path
 
 from overlayd.manager import OverlayManager
 from overlayd.model import parse_spec
-from tools.bench.measures import Bench
+from tools.bench.measures import Bench, engine_cycle
 from tools.bench.report import Row
 from tools.bench.settings import MIB, say
-from tools.bench.workload import write_big, write_small, write_tree
+from tools.bench.workload import write_big, write_tree
 
 NAME = "bench-engine"
 CYCLES = 9
@@ -39,15 +39,6 @@ async def _write_seconds(mgr: OverlayManager, image: Path, engine: str,
         await mgr.discard(NAME, force=True)
 
 
-async def _cycle(mgr: OverlayManager, image: Path, engine: str) -> float:
-    t0 = time.perf_counter()
-    rec = await mgr.create(parse_spec({"name": NAME, "image": str(image), "engine": engine,
-                                       "size": 64 * MIB}))
-    write_small(Path(rec.mountpoint))
-    await mgr.discard(NAME)
-    return time.perf_counter() - t0
-
-
 async def rows(bench: Bench, mgr: OverlayManager) -> list[Row]:
     if shutil.which("fuse-overlayfs") is None or not os.path.exists("/dev/fuse"):
         say("engines: no fuse-overlayfs or /dev/fuse; skipped")
@@ -65,7 +56,7 @@ async def rows(bench: Bench, mgr: OverlayManager) -> list[Row]:
     cycles: dict[str, list[float]] = {"kernel": [], "fuse": []}
     for _ in range(CYCLES):
         for engine in cycles:
-            cycles[engine].append(await _cycle(mgr, image, engine))
+            cycles[engine].append(await engine_cycle(mgr, image, name=NAME, engine=engine))
     bench.raw["engines"] = {"seconds": seconds, "cycle_seconds": cycles}
     big = {e: s.big_mib / min(v) for e, v in seconds["big"].items()}
     small = {e: s.small_files / min(v) for e, v in seconds["small"].items()}

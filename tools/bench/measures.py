@@ -169,13 +169,17 @@ async def drop_commit_overlay(mgr: OverlayManager) -> list[str]:
     return []
 
 
-async def engine_cycle(mgr: OverlayManager, image: Path, mnt: Path) -> float:
+async def engine_cycle(mgr: OverlayManager, image: Path, mnt: Path | None = None, *,
+                       name: str = CYCLE_NAME, **keys: str) -> float:
+    """Seconds of one cycle in-process: Create (of 64 MiB, at MNT or the default mount
+    point, with more spec KEYS such as upper or engine), a small write, Discard."""
     t0 = time.perf_counter()
-    spec = parse_spec({"name": CYCLE_NAME, "image": str(image), "mountpoint": str(mnt),
-                       "size": CYCLE_TMPFS})
-    await mgr.create(spec)
-    write_small(mnt)
-    await mgr.discard(CYCLE_NAME)
+    spec: dict[str, object] = {"name": name, "image": str(image), "size": CYCLE_TMPFS, **keys}
+    if mnt is not None:
+        spec["mountpoint"] = str(mnt)
+    rec = await mgr.create(parse_spec(spec))
+    write_small(Path(rec.mountpoint))
+    await mgr.discard(name)
     return time.perf_counter() - t0
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 from overlayd.manager import OverlayManager
 from overlayd.model import parse_spec
-from tools.bench.measures import Bench
+from tools.bench.measures import Bench, engine_cycle
 from tools.bench.report import Row
 from tools.bench.settings import MIB, say
-from tools.bench.workload import write_small
 
 DATA_MIB = 256
 UPPER_SIZE = 512 * MIB
@@ -104,15 +103,6 @@ async def _ram_and_seconds(mgr: OverlayManager, image: Path, upper: str,
         await mgr.discard(NAME, force=True)
 
 
-async def _cycle(mgr: OverlayManager, image: Path, upper: str) -> float:
-    t0 = time.perf_counter()
-    rec = await mgr.create(parse_spec({"name": NAME, "image": str(image), "upper": upper,
-                                       "size": 64 * MIB}))
-    write_small(Path(rec.mountpoint))
-    await mgr.discard(NAME)
-    return time.perf_counter() - t0
-
-
 async def rows(bench: Bench, mgr: OverlayManager) -> list[Row]:
     if not os.path.exists("/sys/class/zram-control"):
         say("uppers: no zram in this kernel; skipped")
@@ -138,8 +128,8 @@ async def rows(bench: Bench, mgr: OverlayManager) -> list[Row]:
     zc: list[float] = []
     tc: list[float] = []
     for _ in range(CYCLES):
-        zc.append(await _cycle(mgr, image, "zram"))
-        tc.append(await _cycle(mgr, image, "tmpfs"))
+        zc.append(await engine_cycle(mgr, image, name=NAME, upper="zram"))
+        tc.append(await engine_cycle(mgr, image, name=NAME, upper="tmpfs"))
     bench.raw.setdefault("uppers", {})["cycle_seconds"] = {"zram": zc, "tmpfs": tc}
     out.append(Row("zram: cycle median (vs tmpfs)", "ms", statistics.median(zc) * 1000,
                    statistics.median(tc) * 1000, ("<=", 10.0)))
